@@ -1,0 +1,201 @@
+//! The command line: `serve` (default), `migrate`, `check --deploy`, `healthcheck`,
+//! `compress-static`. Parses the configuration once and hands it to the command.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::checks::{self, Report, Severity};
+use crate::config::{AppEnv, Config, Settings};
+use crate::db::Db;
+use crate::server::{self, Application};
+use crate::telemetry;
+
+#[derive(Parser)]
+#[command(name = "shipshape", version, about = "A production-ready web service: HTTP API, migrations and deploy checks.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (the default)
+    Serve,
+    /// Apply pending database migrations, print them, and exit (the release step)
+    Migrate,
+    /// Judge the configuration by production rules; exit 1 if any error is found
+    Check {
+        /// Run the deployment checks (required; kept for familiarity with Django)
+        #[arg(long, required = true)]
+        deploy: bool,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Also try to reach the database and Redis
+        #[arg(long)]
+        connect: bool,
+    },
+    /// GET /healthz on this machine's port; exit 0 on 200 within 2 s (for Docker HEALTHCHECK)
+    Healthcheck,
+    /// Write .gz and .br copies beside each text asset (default dir: STATIC_DIR)
+    CompressStatic {
+        /// Folder to compress
+        dir: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Exit codes: 0 success, 1 failure at run time, 2 bad configuration or usage.
+const EXIT_FAILURE: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+pub fn run() -> ExitCode {
+    if let Err(error) = dotenvy::dotenv()
+        && !error.not_found()
+    {
+        eprintln!("invalid .env file: {error}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    // `check --deploy` judges production defaults whatever APP_ENV says.
+    let force_env = matches!(command, Command::Check { .. }).then_some(AppEnv::Production);
+    let config = match Config::from_settings(&cli.settings, force_env) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(async move {
+        match command {
+            Command::Serve => serve(config).await,
+            Command::Migrate => migrate(config).await,
+            Command::Check { format, connect, .. } => check(config, format, connect).await,
+            Command::Healthcheck => healthcheck(config).await,
+            Command::CompressStatic { dir } => {
+                let dir = dir.unwrap_or_else(|| config.static_dir.clone());
+                crate::static_files::compress_dir_command(&dir)
+            }
+        }
+    })
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let _log_guard = telemetry::init(&config);
+    if config.app_env == AppEnv::Production {
+        let report = Report::new(checks::check_config(&config));
+        if report.errors > 0 {
+            for finding in report.findings.iter().filter(|f| f.severity == Severity::Error) {
+                eprintln!("{finding}");
+            }
+            eprintln!("refusing to start in production: fix the errors above (see `shipshape check --deploy`)");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        for finding in &report.findings {
+            tracing::warn!(id = finding.id, fix = finding.fix, "{}", finding.message);
+        }
+    }
+    if config.secret_key_generated {
+        tracing::warn!("SECRET_KEY is not set: using a random key for this process; tokens end with it");
+    }
+    tracing::info!(config = ?config, "configuration");
+    let app = match Application::build(config).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    tracing::info!(address = %app.local_addr(), "listening");
+    app.run_until(server::shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+async fn migrate(config: Config) -> ExitCode {
+    let result = match Db::connect_lazy(&config.database) {
+        Ok(db) => {
+            let applied = db.migrate().await;
+            db.close().await;
+            applied.map_err(anyhow::Error::from)
+        }
+        Err(error) => Err(error.into()),
+    };
+    match result {
+        Ok(applied) if applied.is_empty() => {
+            println!("no pending migrations");
+            ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            for (version, description) in applied {
+                println!("applied {version} {description}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("migration failed: {error:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn check(config: Config, format: Format, connect: bool) -> ExitCode {
+    let mut findings = checks::check_config(&config);
+    if connect {
+        findings.extend(checks::check_connections(&config).await);
+    }
+    let report = Report::new(findings);
+    match format {
+        Format::Json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(error) => eprintln!("cannot render the report: {error}"),
+        },
+        Format::Text => {
+            for finding in &report.findings {
+                println!("{finding}");
+            }
+            println!("{} error(s), {} warning(s)", report.errors, report.warnings);
+        }
+    }
+    if report.errors > 0 { ExitCode::from(EXIT_FAILURE) } else { ExitCode::SUCCESS }
+}
+
+/// For images without curl: asks the local server for `/healthz`.
+async fn healthcheck(config: Config) -> ExitCode {
+    // A server bound to every address is reachable on loopback; one bound to a single address only there.
+    let ip = if config.host.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { config.host };
+    let url = format!("http://{}/healthz", SocketAddr::new(ip, config.port));
+    let result = async {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        client.get(&url).send().await
+    }
+    .await;
+    match result {
+        Ok(response) if response.status() == reqwest::StatusCode::OK => ExitCode::SUCCESS,
+        Ok(response) => {
+            eprintln!("unhealthy: {url} answered {}", response.status());
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Err(error) => {
+            eprintln!("unhealthy: {url}: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

@@ -1,0 +1,652 @@
+//! Configuration: read once at start from the environment (and `.env`), checked, typed.
+//!
+//! clap reads every variable as an optional string ([`Settings`]) so that defaults can depend on
+//! `APP_ENV` and every error can name the variable it came from. [`Config::from_settings`] turns
+//! those strings into the typed [`Config`] the rest of the program uses. Nothing else reads env vars.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Every setting of the service, as clap reads it from flags or environment variables.
+///
+/// Values are kept as strings here: typing happens in [`Config::from_settings`], where the
+/// defaults for `APP_ENV` are known and a bad value can be reported by its variable name.
+#[derive(clap::Args, Clone, Default)]
+#[command(next_help_heading = "Configuration (flag or environment variable)")]
+pub struct Settings {
+    /// `development` or `production`; picks the defaults below [default: development]
+    #[arg(long, env = "APP_ENV", global = true)]
+    pub app_env: Option<String>,
+    /// `true` adds internal error detail to 500 bodies; refused in production [default: false]
+    #[arg(long, env = "DEBUG", global = true)]
+    pub debug: Option<String>,
+    /// Address to listen on [default: development 127.0.0.1, production 0.0.0.0]
+    #[arg(long, env = "HOST", global = true)]
+    pub host: Option<String>,
+    /// Port to listen on [default: 8080]
+    #[arg(long, env = "PORT", global = true)]
+    pub port: Option<String>,
+    /// Signs tokens; production: 32+ chars, 8+ distinct [default: development random per process, production required]
+    #[arg(long, env = "SECRET_KEY", global = true, hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// Comma list of old keys still accepted when verifying tokens [default: empty]
+    #[arg(long, env = "SECRET_KEY_FALLBACKS", global = true, hide_env_values = true)]
+    pub secret_key_fallbacks: Option<String>,
+    /// `sqlite:` file or `postgres://` URL [default: sqlite://data/app.db]
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Largest pool size [default: 10]
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", global = true)]
+    pub database_max_connections: Option<String>,
+    /// Connections kept open when idle [default: 0]
+    #[arg(long, env = "DATABASE_MIN_CONNECTIONS", global = true)]
+    pub database_min_connections: Option<String>,
+    /// Wait for a pooled connection before answering 503 [default: 5]
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_SECS", global = true)]
+    pub database_acquire_timeout_secs: Option<String>,
+    /// Close connections idle this long [default: 600]
+    #[arg(long, env = "DATABASE_IDLE_TIMEOUT_SECS", global = true)]
+    pub database_idle_timeout_secs: Option<String>,
+    /// Replace connections older than this [default: 1800]
+    #[arg(long, env = "DATABASE_MAX_LIFETIME_SECS", global = true)]
+    pub database_max_lifetime_secs: Option<String>,
+    /// Postgres `statement_timeout` per connection [default: 30]
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_SECS", global = true)]
+    pub database_statement_timeout_secs: Option<String>,
+    /// Apply migrations before listening [default: development true, production false]
+    #[arg(long, env = "RUN_MIGRATIONS_ON_START", global = true)]
+    pub run_migrations_on_start: Option<String>,
+    /// Redis shared by every instance for rate limits and events [default: unset]
+    #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Comma list; `.example.com` matches the domain and its subdomains, `*` all [default: development localhost,127.0.0.1,[::1], production required]
+    #[arg(long, env = "ALLOWED_HOSTS", global = true)]
+    pub allowed_hosts: Option<String>,
+    /// Comma list of exact origins allowed by CORS [default: empty, no CORS]
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", global = true)]
+    pub cors_allowed_origins: Option<String>,
+    /// Redirect `X-Forwarded-Proto: http` to https [default: development false, production true]
+    #[arg(long, env = "SECURE_SSL_REDIRECT", global = true)]
+    pub secure_ssl_redirect: Option<String>,
+    /// HSTS max-age, 0 is off [default: development 0, production 31536000]
+    #[arg(long, env = "SECURE_HSTS_SECONDS", global = true)]
+    pub secure_hsts_seconds: Option<String>,
+    /// HSTS includeSubDomains [default: true]
+    #[arg(long, env = "SECURE_HSTS_INCLUDE_SUBDOMAINS", global = true)]
+    pub secure_hsts_include_subdomains: Option<String>,
+    /// HSTS preload [default: development false, production true]
+    #[arg(long, env = "SECURE_HSTS_PRELOAD", global = true)]
+    pub secure_hsts_preload: Option<String>,
+    /// Content-Security-Policy header [default: default-src 'self'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'; object-src 'none']
+    #[arg(long, env = "CONTENT_SECURITY_POLICY", global = true)]
+    pub content_security_policy: Option<String>,
+    /// Where the client IP comes from: connect, fly, x-forwarded-for, x-real-ip, cf-connecting-ip [default: connect]
+    #[arg(long, env = "CLIENT_IP_SOURCE", global = true)]
+    pub client_ip_source: Option<String>,
+    /// Per client IP, all routes but health: `N/s|m|h|d` or `off` [default: 600/m]
+    #[arg(long, env = "RATE_LIMIT_GLOBAL", global = true)]
+    pub rate_limit_global: Option<String>,
+    /// Login attempts per client IP [default: 5/m]
+    #[arg(long, env = "RATE_LIMIT_LOGIN", global = true)]
+    pub rate_limit_login: Option<String>,
+    /// Signups per client IP [default: 3/h]
+    #[arg(long, env = "RATE_LIMIT_SIGNUP", global = true)]
+    pub rate_limit_signup: Option<String>,
+    /// Invoices created per user [default: 10/h]
+    #[arg(long, env = "RATE_LIMIT_INVOICE_CREATE", global = true)]
+    pub rate_limit_invoice_create: Option<String>,
+    /// Largest request body [default: 1048576]
+    #[arg(long, env = "MAX_BODY_BYTES", global = true)]
+    pub max_body_bytes: Option<String>,
+    /// Whole-request deadline, then 503 `timeout` [default: 30]
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", global = true)]
+    pub request_timeout_secs: Option<String>,
+    /// Disconnect a client whose headers are not complete by then [default: 10]
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", global = true)]
+    pub header_read_timeout_secs: Option<String>,
+    /// Longest drain of in-flight requests on SIGTERM/SIGINT [default: 25]
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", global = true)]
+    pub shutdown_timeout_secs: Option<String>,
+    /// Lifetime of issued tokens [default: 3600]
+    #[arg(long, env = "TOKEN_TTL_SECS", global = true)]
+    pub token_ttl_secs: Option<String>,
+    /// Password hashes computed at once [default: CPU count]
+    #[arg(long, env = "PASSWORD_HASH_CONCURRENCY", global = true)]
+    pub password_hash_concurrency: Option<String>,
+    /// `pretty` or `json` [default: development pretty, production json]
+    #[arg(long, env = "LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+    /// Log filter in `RUST_LOG` syntax [default: info]
+    #[arg(long, env = "LOG_LEVEL", global = true)]
+    pub log_level: Option<String>,
+    /// Wins over LOG_LEVEL when set [default: unset]
+    #[arg(long, env = "RUST_LOG", global = true)]
+    pub rust_log: Option<String>,
+    /// Sentry DSN; Sentry is off when unset [default: unset]
+    #[arg(long, env = "SENTRY_DSN", global = true, hide_env_values = true)]
+    pub sentry_dsn: Option<String>,
+    /// Environment reported to Sentry [default: APP_ENV]
+    #[arg(long, env = "SENTRY_ENVIRONMENT", global = true)]
+    pub sentry_environment: Option<String>,
+    /// Share of requests traced, 0.0 to 1.0 [default: 0.0]
+    #[arg(long, env = "SENTRY_TRACES_SAMPLE_RATE", global = true)]
+    pub sentry_traces_sample_rate: Option<String>,
+    /// Port of the Prometheus `/metrics` listener, or `off` [default: development off, production 9091]
+    #[arg(long, env = "METRICS_PORT", global = true)]
+    pub metrics_port: Option<String>,
+    /// Folder served at /static/ [default: static]
+    #[arg(long, env = "STATIC_DIR", global = true)]
+    pub static_dir: Option<String>,
+    /// Cache lifetime of static files without a content hash in their name [default: 3600]
+    #[arg(long, env = "STATIC_MAX_AGE_SECS", global = true)]
+    pub static_max_age_secs: Option<String>,
+    /// HMAC key of the payment webhook; the route answers 404 while unset [default: unset]
+    #[arg(long, env = "WEBHOOK_SECRET", global = true, hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Open event streams per instance [default: 1000]
+    #[arg(long, env = "MAX_SSE_STREAMS", global = true)]
+    pub max_sse_streams: Option<String>,
+}
+
+pub const DEFAULT_CSP: &str =
+    "default-src 'self'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'; object-src 'none'";
+const DEV_ALLOWED_HOSTS: &str = "localhost,127.0.0.1,[::1]";
+const DEFAULT_DATABASE_URL: &str = "sqlite://data/app.db";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+impl AppEnv {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppEnv::Development => "development",
+            AppEnv::Production => "production",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Where the client's address is read from. Only the configured source is trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientIpSource {
+    Connect,
+    Fly,
+    XForwardedFor,
+    XRealIp,
+    CfConnectingIp,
+}
+
+impl ClientIpSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientIpSource::Connect => "connect",
+            ClientIpSource::Fly => "fly",
+            ClientIpSource::XForwardedFor => "x-forwarded-for",
+            ClientIpSource::XRealIp => "x-real-ip",
+            ClientIpSource::CfConnectingIp => "cf-connecting-ip",
+        }
+    }
+}
+
+/// A rate in GCRA terms: a burst of `burst`, refilled at `burst` per `period`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub burst: NonZeroU32,
+    pub period: Duration,
+}
+
+impl Rate {
+    /// Time for one unit of capacity to come back (`period / burst`).
+    pub fn replenish_interval(&self) -> Duration {
+        self.period / self.burst.get()
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.period.as_secs() {
+            1 => "s",
+            60 => "m",
+            3600 => "h",
+            _ => "d",
+        };
+        write!(f, "{}/{}", self.burst, unit)
+    }
+}
+
+/// A secret string: its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// A URL that may carry credentials: `Debug` shows it with the password (or, for a
+/// Sentry DSN, the key) replaced by `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("***"));
+                } else if !url.username().is_empty() && url.scheme().starts_with("http") {
+                    // A Sentry DSN carries its key as the user name.
+                    let _ = url.set_username("***");
+                }
+                url.to_string()
+            }
+            Err(_) => "***".to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DatabaseConfig {
+    pub url: SecretUrl,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub statement_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    pub fn is_sqlite(&self) -> bool {
+        self.url.expose().starts_with("sqlite:")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RateLimits {
+    pub global: Option<Rate>,
+    pub login: Option<Rate>,
+    pub signup: Option<Rate>,
+    pub invoice_create: Option<Rate>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Hsts {
+    pub seconds: u64,
+    pub include_subdomains: bool,
+    pub preload: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SentryConfig {
+    pub dsn: Option<SecretUrl>,
+    pub environment: String,
+    pub traces_sample_rate: f32,
+}
+
+/// The whole configuration, typed. Built once in `main` and shared read-only.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub app_env: AppEnv,
+    pub debug: bool,
+    pub host: IpAddr,
+    pub port: u16,
+    /// `None` only in production when unset; `check --deploy` (E001) refuses to serve then.
+    pub secret_key: Option<Secret>,
+    /// True when the key was generated for this process (development without `SECRET_KEY`).
+    pub secret_key_generated: bool,
+    pub secret_key_fallbacks: Vec<Secret>,
+    pub database: DatabaseConfig,
+    pub run_migrations_on_start: bool,
+    pub redis_url: Option<SecretUrl>,
+    pub allowed_hosts: Vec<String>,
+    pub cors_allowed_origins: Vec<String>,
+    pub secure_ssl_redirect: bool,
+    pub hsts: Hsts,
+    pub content_security_policy: String,
+    pub client_ip_source: ClientIpSource,
+    pub rate_limits: RateLimits,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub token_ttl: Duration,
+    pub password_hash_concurrency: usize,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub sentry: SentryConfig,
+    pub metrics_port: Option<u16>,
+    pub static_dir: PathBuf,
+    pub static_max_age_secs: u64,
+    pub webhook_secret: Option<Secret>,
+    pub max_sse_streams: usize,
+}
+
+/// A setting that could not be used. Its `Display` is the one line printed before exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}{shown}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    shown: String,
+    reason: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, value: Option<&str>, reason: impl Into<String>) -> Self {
+        let shown = match value {
+            Some(v) => format!("={v:?}"),
+            None => String::new(),
+        };
+        ConfigError { var, shown, reason: reason.into() }
+    }
+}
+
+/// Reads one raw value: empty strings count as unset, as `FOO=` in a shell means "no value".
+fn raw(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn parse_num<T: FromStr>(var: &'static str, value: &Option<String>, default: T, what: &str) -> Result<T, ConfigError> {
+    match raw(value) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| ConfigError::new(var, Some(v), format!("expected {what}"))),
+    }
+}
+
+fn parse_secs(var: &'static str, value: &Option<String>, default: u64) -> Result<Duration, ConfigError> {
+    parse_num(var, value, default, "a whole number of seconds").map(Duration::from_secs)
+}
+
+fn parse_bool(var: &'static str, value: &Option<String>, default: bool) -> Result<bool, ConfigError> {
+    match raw(value).map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some("false" | "0" | "no" | "off") => Ok(false),
+        Some(_) => Err(ConfigError::new(var, raw(value), "expected true or false")),
+    }
+}
+
+fn parse_list(value: Option<&str>) -> Vec<String> {
+    value
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Parses `N/s`, `N/m`, `N/h`, `N/d` or `off` (`None`).
+pub fn parse_rate(text: &str) -> Result<Option<Rate>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let expected = || "expected N/s, N/m, N/h, N/d or off".to_owned();
+    let (count, unit) = text.split_once('/').ok_or_else(expected)?;
+    let burst = count.trim().parse::<NonZeroU32>().map_err(|_| expected())?;
+    let period = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(expected()),
+    };
+    Ok(Some(Rate { burst, period: Duration::from_secs(period) }))
+}
+
+fn rate(var: &'static str, value: &Option<String>, default: &str) -> Result<Option<Rate>, ConfigError> {
+    let text = raw(value).unwrap_or(default);
+    parse_rate(text).map_err(|reason| ConfigError::new(var, Some(text), reason))
+}
+
+fn validate_database_url(url: &str) -> Result<(), ConfigError> {
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        "sqlite" => Ok(()),
+        "postgres" | "postgresql" => url::Url::parse(url)
+            .map(|_| ())
+            .map_err(|e| ConfigError::new("DATABASE_URL", None, format!("not a valid URL ({e})"))),
+        other => Err(ConfigError::new(
+            "DATABASE_URL",
+            None,
+            format!("unsupported scheme {other:?}: expected sqlite:, postgres:// or postgresql://"),
+        )),
+    }
+}
+
+fn secret_url(var: &'static str, value: Option<&str>, schemes: &[&str]) -> Result<Option<SecretUrl>, ConfigError> {
+    let Some(text) = value else { return Ok(None) };
+    match url::Url::parse(text) {
+        Ok(url) if schemes.contains(&url.scheme()) => Ok(Some(SecretUrl(text.to_owned()))),
+        // The value may hold a password: name the variable, never echo it.
+        _ => Err(ConfigError::new(var, None, format!("expected a URL starting with {}", schemes.join("://, ") + "://"))),
+    }
+}
+
+/// A random development key, so that `cargo run` works with nothing set. Tokens die with the process.
+fn random_secret() -> Secret {
+    Secret(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()))
+}
+
+impl Config {
+    /// Types and checks every setting. `force_env` overrides `APP_ENV` (used by `check --deploy`,
+    /// which judges production defaults whatever the environment says).
+    pub fn from_settings(s: &Settings, force_env: Option<AppEnv>) -> Result<Config, ConfigError> {
+        let app_env = match raw(&s.app_env) {
+            None | Some("development") => AppEnv::Development,
+            Some("production") => AppEnv::Production,
+            Some(v) => return Err(ConfigError::new("APP_ENV", Some(v), "expected development or production")),
+        };
+        let app_env = force_env.unwrap_or(app_env);
+        let prod = app_env == AppEnv::Production;
+
+        let host_default = if prod { "0.0.0.0" } else { "127.0.0.1" };
+        let host_text = raw(&s.host).unwrap_or(host_default);
+        let host = host_text
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<IpAddr>()
+            .map_err(|_| ConfigError::new("HOST", Some(host_text), "expected an IP address such as 0.0.0.0 or ::"))?;
+
+        let (secret_key, secret_key_generated) = match raw(&s.secret_key) {
+            Some(v) => (Some(Secret::new(v)), false),
+            None if prod => (None, false),
+            None => (Some(random_secret()), true),
+        };
+
+        let database_url = raw(&s.database_url).unwrap_or(DEFAULT_DATABASE_URL);
+        validate_database_url(database_url)?;
+        let max_connections: u32 = parse_num("DATABASE_MAX_CONNECTIONS", &s.database_max_connections, 10, "a whole number")?;
+        if max_connections == 0 {
+            return Err(ConfigError::new("DATABASE_MAX_CONNECTIONS", Some("0"), "must be at least 1"));
+        }
+        let min_connections: u32 = parse_num("DATABASE_MIN_CONNECTIONS", &s.database_min_connections, 0, "a whole number")?;
+        if min_connections > max_connections {
+            return Err(ConfigError::new(
+                "DATABASE_MIN_CONNECTIONS",
+                raw(&s.database_min_connections),
+                "must not exceed DATABASE_MAX_CONNECTIONS",
+            ));
+        }
+        let database = DatabaseConfig {
+            url: SecretUrl(database_url.to_owned()),
+            max_connections,
+            min_connections,
+            acquire_timeout: parse_secs("DATABASE_ACQUIRE_TIMEOUT_SECS", &s.database_acquire_timeout_secs, 5)?,
+            idle_timeout: parse_secs("DATABASE_IDLE_TIMEOUT_SECS", &s.database_idle_timeout_secs, 600)?,
+            max_lifetime: parse_secs("DATABASE_MAX_LIFETIME_SECS", &s.database_max_lifetime_secs, 1800)?,
+            statement_timeout: parse_secs("DATABASE_STATEMENT_TIMEOUT_SECS", &s.database_statement_timeout_secs, 30)?,
+        };
+        if database.acquire_timeout.is_zero() {
+            return Err(ConfigError::new("DATABASE_ACQUIRE_TIMEOUT_SECS", Some("0"), "must be at least 1"));
+        }
+
+        let client_ip_source = match raw(&s.client_ip_source).unwrap_or("connect").to_ascii_lowercase().as_str() {
+            "connect" => ClientIpSource::Connect,
+            "fly" => ClientIpSource::Fly,
+            "x-forwarded-for" => ClientIpSource::XForwardedFor,
+            "x-real-ip" => ClientIpSource::XRealIp,
+            "cf-connecting-ip" => ClientIpSource::CfConnectingIp,
+            _ => {
+                return Err(ConfigError::new(
+                    "CLIENT_IP_SOURCE",
+                    raw(&s.client_ip_source),
+                    "expected connect, fly, x-forwarded-for, x-real-ip or cf-connecting-ip",
+                ));
+            }
+        };
+
+        let log_format = match raw(&s.log_format).map(str::to_ascii_lowercase).as_deref() {
+            None if prod => LogFormat::Json,
+            None => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(v) => return Err(ConfigError::new("LOG_FORMAT", Some(v), "expected pretty or json")),
+        };
+        let (log_var, log_filter) = match (raw(&s.rust_log), raw(&s.log_level)) {
+            (Some(v), _) => ("RUST_LOG", v),
+            (None, Some(v)) => ("LOG_LEVEL", v),
+            (None, None) => ("LOG_LEVEL", "info"),
+        };
+        tracing_subscriber::EnvFilter::try_new(log_filter)
+            .map_err(|e| ConfigError::new(log_var, Some(log_filter), format!("not a valid filter ({e})")))?;
+
+        let traces_sample_rate: f32 =
+            parse_num("SENTRY_TRACES_SAMPLE_RATE", &s.sentry_traces_sample_rate, 0.0, "a number from 0.0 to 1.0")?;
+        if !(0.0..=1.0).contains(&traces_sample_rate) {
+            return Err(ConfigError::new(
+                "SENTRY_TRACES_SAMPLE_RATE",
+                raw(&s.sentry_traces_sample_rate),
+                "expected a number from 0.0 to 1.0",
+            ));
+        }
+
+        let metrics_port = match raw(&s.metrics_port) {
+            None if prod => Some(9091),
+            None => None,
+            Some(v) if v.eq_ignore_ascii_case("off") => None,
+            Some(v) => Some(
+                v.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| ConfigError::new("METRICS_PORT", Some(v), "expected a port number 1-65535 or off"))?,
+            ),
+        };
+
+        let default_hash_concurrency = std::thread::available_parallelism().map_or(1, usize::from);
+        let password_hash_concurrency = parse_num(
+            "PASSWORD_HASH_CONCURRENCY",
+            &s.password_hash_concurrency,
+            default_hash_concurrency,
+            "a whole number",
+        )?;
+        if password_hash_concurrency == 0 {
+            return Err(ConfigError::new("PASSWORD_HASH_CONCURRENCY", Some("0"), "must be at least 1"));
+        }
+        let max_body_bytes = parse_num("MAX_BODY_BYTES", &s.max_body_bytes, 1_048_576, "a whole number of bytes")?;
+        let request_timeout = parse_secs("REQUEST_TIMEOUT_SECS", &s.request_timeout_secs, 30)?;
+        let header_read_timeout = parse_secs("HEADER_READ_TIMEOUT_SECS", &s.header_read_timeout_secs, 10)?;
+        for (var, value, d) in [
+            ("REQUEST_TIMEOUT_SECS", &s.request_timeout_secs, request_timeout),
+            ("HEADER_READ_TIMEOUT_SECS", &s.header_read_timeout_secs, header_read_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::new(var, raw(value), "must be at least 1"));
+            }
+        }
+
+        Ok(Config {
+            app_env,
+            debug: parse_bool("DEBUG", &s.debug, false)?,
+            host,
+            port: parse_num("PORT", &s.port, 8080, "a port number 0-65535")?,
+            secret_key,
+            secret_key_generated,
+            secret_key_fallbacks: parse_list(raw(&s.secret_key_fallbacks)).into_iter().map(Secret).collect(),
+            database,
+            run_migrations_on_start: parse_bool("RUN_MIGRATIONS_ON_START", &s.run_migrations_on_start, !prod)?,
+            redis_url: secret_url("REDIS_URL", raw(&s.redis_url), &["redis", "rediss"])?,
+            allowed_hosts: parse_list(raw(&s.allowed_hosts).or((!prod).then_some(DEV_ALLOWED_HOSTS)))
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            cors_allowed_origins: parse_list(raw(&s.cors_allowed_origins)),
+            secure_ssl_redirect: parse_bool("SECURE_SSL_REDIRECT", &s.secure_ssl_redirect, prod)?,
+            hsts: Hsts {
+                seconds: parse_num(
+                    "SECURE_HSTS_SECONDS",
+                    &s.secure_hsts_seconds,
+                    if prod { 31_536_000 } else { 0 },
+                    "a whole number of seconds",
+                )?,
+                include_subdomains: parse_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", &s.secure_hsts_include_subdomains, true)?,
+                preload: parse_bool("SECURE_HSTS_PRELOAD", &s.secure_hsts_preload, prod)?,
+            },
+            content_security_policy: raw(&s.content_security_policy).unwrap_or(DEFAULT_CSP).to_owned(),
+            client_ip_source,
+            rate_limits: RateLimits {
+                global: rate("RATE_LIMIT_GLOBAL", &s.rate_limit_global, "600/m")?,
+                login: rate("RATE_LIMIT_LOGIN", &s.rate_limit_login, "5/m")?,
+                signup: rate("RATE_LIMIT_SIGNUP", &s.rate_limit_signup, "3/h")?,
+                invoice_create: rate("RATE_LIMIT_INVOICE_CREATE", &s.rate_limit_invoice_create, "10/h")?,
+            },
+            max_body_bytes,
+            request_timeout,
+            header_read_timeout,
+            shutdown_timeout: parse_secs("SHUTDOWN_TIMEOUT_SECS", &s.shutdown_timeout_secs, 25)?,
+            token_ttl: parse_secs("TOKEN_TTL_SECS", &s.token_ttl_secs, 3600)?,
+            password_hash_concurrency,
+            log_format,
+            log_filter: log_filter.to_owned(),
+            sentry: SentryConfig {
+                dsn: secret_url("SENTRY_DSN", raw(&s.sentry_dsn), &["http", "https"])?,
+                environment: raw(&s.sentry_environment).unwrap_or(app_env.as_str()).to_owned(),
+                traces_sample_rate,
+            },
+            metrics_port,
+            static_dir: PathBuf::from(raw(&s.static_dir).unwrap_or("static")),
+            static_max_age_secs: parse_num("STATIC_MAX_AGE_SECS", &s.static_max_age_secs, 3600, "a whole number of seconds")?,
+            webhook_secret: raw(&s.webhook_secret).map(Secret::new),
+            max_sse_streams: parse_num("MAX_SSE_STREAMS", &s.max_sse_streams, 1000, "a whole number")?,
+        })
+    }
+
+    /// Development defaults with nothing set: what tests start from.
+    pub fn development() -> Config {
+        // Every default is valid by construction; this cannot fail.
+        Config::from_settings(&Settings::default(), Some(AppEnv::Development))
+            .unwrap_or_else(|e| unreachable!("development defaults are invalid: {e}"))
+    }
+}

@@ -1,0 +1,117 @@
+//! Database: one pool for SQLite or PostgreSQL, chosen by `DATABASE_URL`, and the migrations.
+//!
+//! The pool is typed (`PgPool` or `SqlitePool`) rather than sqlx's `Any` driver, which cannot
+//! read several column types on either side. Queries are written once in portable SQL and run
+//! on whichever pool is live through [`with_db!`].
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::config::DatabaseConfig;
+
+/// Migrations from `migrations/`, embedded in the binary; the same files serve both backends.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+#[derive(Clone, Debug)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs the same expression against whichever pool is live: `with_db!(db, pool => query.fetch_one(pool))`.
+#[macro_export]
+macro_rules! with_db {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres($pool) => $body,
+            $crate::db::Db::Sqlite($pool) => $body,
+        }
+    };
+}
+
+impl Db {
+    /// Builds the pool without connecting: the server starts even while the database is down,
+    /// and every acquire (bounded by the acquire timeout) retries until it is back.
+    pub fn connect_lazy(config: &DatabaseConfig) -> Result<Db, sqlx::Error> {
+        let url = config.url.expose();
+        if config.is_sqlite() {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                // WAL lets readers run beside the one writer; NORMAL is durable enough under WAL.
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(config.acquire_timeout);
+            if let Some(folder) = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(folder)?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(config.max_connections)
+                .min_connections(config.min_connections)
+                .acquire_timeout(config.acquire_timeout)
+                .idle_timeout(config.idle_timeout)
+                .max_lifetime(config.max_lifetime)
+                .connect_lazy_with(options);
+            Ok(Db::Sqlite(pool))
+        } else {
+            let statement_timeout = format!("{}ms", config.statement_timeout.as_millis());
+            let options = PgConnectOptions::from_str(url)?
+                .application_name("shipshape")
+                .options([("statement_timeout", statement_timeout.as_str())]);
+            let pool = PgPoolOptions::new()
+                .max_connections(config.max_connections)
+                .min_connections(config.min_connections)
+                .acquire_timeout(config.acquire_timeout)
+                .idle_timeout(config.idle_timeout)
+                .max_lifetime(config.max_lifetime)
+                .connect_lazy_with(options);
+            Ok(Db::Postgres(pool))
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Postgres(_) => "postgres",
+            Db::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies pending migrations; returns the `(version, description)` of each one applied.
+    pub async fn migrate(&self) -> Result<Vec<(i64, String)>, sqlx::migrate::MigrateError> {
+        let before = self.applied_versions().await;
+        with_db!(self, pool => MIGRATOR.run(pool).await)?;
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| !before.contains(&m.version))
+            .map(|m| (m.version, m.description.to_string()))
+            .collect())
+    }
+
+    /// Versions already applied; empty when the migrations table does not exist yet.
+    async fn applied_versions(&self) -> HashSet<i64> {
+        let sql = "SELECT version FROM _sqlx_migrations WHERE success";
+        let rows: Result<Vec<i64>, _> = with_db!(self, pool => sqlx::query_scalar(sql).fetch_all(pool).await);
+        rows.unwrap_or_default().into_iter().collect()
+    }
+
+    /// A round trip to the database (`SELECT 1`) bounded by `limit`.
+    pub async fn ping(&self, limit: Duration) -> Result<Duration, sqlx::Error> {
+        let started = std::time::Instant::now();
+        let query = async { with_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop)) };
+        tokio::time::timeout(limit, query).await.map_err(|_| sqlx::Error::PoolTimedOut)??;
+        Ok(started.elapsed())
+    }
+
+    /// Open connections and idle ones, for metrics.
+    pub fn pool_usage(&self) -> (u32, usize) {
+        with_db!(self, pool => (pool.size(), pool.num_idle()))
+    }
+
+    pub async fn close(&self) {
+        with_db!(self, pool => pool.close().await);
+    }
+}

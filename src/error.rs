@@ -1,0 +1,299 @@
+//! The one error type. Every handler returns `Result<_, ApiError>`; every error the service
+//! sends, including axum's rejections and bare errors from middleware, leaves as the JSON of
+//! SPEC §4 (or, for a browser on a non-API path, as the HTML error page).
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderValue, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use utoipa::ToSchema;
+
+use crate::telemetry;
+
+/// One field that failed validation.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("the Host header names a host this service does not serve")]
+    InvalidHost,
+    #[error("the cursor is not valid")]
+    InvalidCursor,
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("the email or password is wrong")]
+    InvalidCredentials,
+    #[error("the webhook signature or timestamp is not valid")]
+    InvalidSignature,
+    #[error("no such resource")]
+    NotFound,
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
+    #[error("the request took too long")]
+    Timeout,
+    #[error("this email is already registered")]
+    EmailTaken,
+    #[error("{0}")]
+    InvalidTransition(&'static str),
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("the request is not valid")]
+    Validation(Vec<FieldError>),
+    #[error("too many requests")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("the service is temporarily unavailable")]
+    ServiceUnavailable,
+    #[error("an internal error occurred")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// The JSON error body of SPEC §4.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `validation_failed`.
+    pub code: &'static str,
+    pub message: String,
+    /// The request id, also in the `X-Request-Id` response header and the log line.
+    pub request_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Vec<FieldError>>,
+}
+
+/// Marks a response as an error the service rendered, with its code (read by the log line
+/// and by [`render_bare_errors`], which leaves such responses alone).
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
+
+/// Retry-After for 503s: long enough for a pool or database to recover, short for clients.
+const RETRY_AFTER_UNAVAILABLE_SECS: u64 = 5;
+
+impl ApiError {
+    pub fn validation(field: &str, message: &str) -> Self {
+        ApiError::Validation(vec![FieldError::new(field, message)])
+    }
+
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use ApiError::*;
+        match self {
+            InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            InvalidHost => (StatusCode::BAD_REQUEST, "invalid_host"),
+            InvalidCursor => (StatusCode::BAD_REQUEST, "invalid_cursor"),
+            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            InvalidSignature => (StatusCode::UNAUTHORIZED, "invalid_signature"),
+            NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            EmailTaken => (StatusCode::CONFLICT, "email_taken"),
+            InvalidTransition(_) => (StatusCode::CONFLICT, "invalid_transition"),
+            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ServiceUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+
+    /// The error a bare status from middleware or axum's router stands for.
+    fn from_status(status: StatusCode) -> ApiError {
+        match status {
+            StatusCode::NOT_FOUND => ApiError::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+            StatusCode::REQUEST_TIMEOUT => ApiError::Timeout,
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::ServiceUnavailable,
+            StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited { retry_after_secs: 1 },
+            StatusCode::BAD_REQUEST => ApiError::InvalidJson("the request could not be read".to_owned()),
+            _ => ApiError::Internal(anyhow::anyhow!("bare {status} response from a middleware")),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            // The database is away or every connection is busy: tell the client to come back.
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                tracing::warn!(error = %error, "database unavailable");
+                ApiError::ServiceUnavailable
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> Self {
+        ApiError::Internal(error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let request = telemetry::current_request();
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            ApiError::ServiceUnavailable | ApiError::Timeout => Some(RETRY_AFTER_UNAVAILABLE_SECS),
+            _ => None,
+        };
+        let mut message = self.to_string();
+        if let ApiError::Internal(cause) = &self {
+            // The cause chain goes to the log (and Sentry), never to the client unless DEBUG.
+            tracing::error!(error = format!("{cause:#}"), "internal error");
+            if request.expose_internal_errors {
+                message = format!("{message}: {cause:#}");
+            }
+        }
+        let details = match self {
+            ApiError::Validation(details) => Some(details),
+            _ => None,
+        };
+        let body = ErrorBody { error: ErrorDetail { code, message, request_id: request.id.as_str().to_owned(), details } };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Some(secs) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(code, "unauthorized" | "invalid_credentials") {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response.extensions_mut().insert(ErrorCode(code));
+        response
+    }
+}
+
+/// Turns any error response that did not come from [`ApiError`] (axum's 404 and 405, a
+/// middleware's 413 or 408, ...) into one that did, keeping its headers (`Allow`,
+/// `Retry-After`). Runs inside the request-id scope, so the body carries the request id.
+pub fn render_bare_error(response: Response) -> Response {
+    if response.status().as_u16() < 400 || response.extensions().get::<ErrorCode>().is_some() {
+        return response;
+    }
+    let (parts, _body) = response.into_parts();
+    let mut rendered = ApiError::from_status(parts.status).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rendered.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rendered
+}
+
+/// The 404 for every path no route matches.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// A panic in a handler: a 500 of the usual shape; the connection and process carry on.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    ApiError::Internal(anyhow::anyhow!("handler panicked: {detail}")).into_response()
+}
+
+/// JSON body extractor whose every failure is an [`ApiError`]: wrong content type → 415,
+/// oversize → 413, broken JSON → 400 `invalid_json`, wrong shape → 422 naming the field.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !has_json_content_type(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::InvalidJson("the body could not be read".to_owned())
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Deserialises JSON, telling syntax errors (400) from shape errors (422, with the field path).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let inner = error.inner();
+        if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+            return ApiError::InvalidJson(strip_position(&inner.to_string()));
+        }
+        let path = error.path().to_string();
+        let message = strip_position(&inner.to_string());
+        // serde names a missing or unknown field only in its message: "missing field `email`".
+        let field = if path == "." { backticked(&message).unwrap_or("body").to_owned() } else { path };
+        ApiError::Validation(vec![FieldError::new(field, message)])
+    })?;
+    // Trailing bytes after the value ("{}x") are a syntax error, not a valid body.
+    deserializer.end().map_err(|e| ApiError::InvalidJson(strip_position(&e.to_string())))?;
+    Ok(value)
+}
+
+fn backticked(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+/// serde_json appends " at line 1 column 42", which means nothing to an API client.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Query-string extractor whose failures are 422 `validation_failed`.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer).map(ApiQuery).map_err(|error| {
+            let message = error.inner().to_string();
+            let path = error.path().to_string();
+            let field = if path == "." { backticked(&message).unwrap_or("query").to_owned() } else { path };
+            ApiError::Validation(vec![FieldError::new(field, message)])
+        })
+    }
+}

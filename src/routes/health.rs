@@ -1,0 +1,89 @@
+//! Liveness and readiness probes for platforms and load balancers.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::app::AppState;
+
+/// The database check of `/readyz` never takes longer than this.
+const READINESS_DB_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    status: &'static str,
+}
+
+/// Liveness: the process answers. Touches nothing, so a slow database never restarts it.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    status: &'static str,
+    checks: Checks,
+    /// True while the server drains for shutdown.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    draining: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Checks {
+    database: DatabaseCheck,
+    redis: RedisCheck,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DatabaseCheck {
+    /// `ok` or `error`.
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<f64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RedisCheck {
+    /// `ok`, `disabled` or `error`; a Redis failure does not fail readiness.
+    status: &'static str,
+}
+
+/// Readiness: the database answers within 2 s and the server is not draining.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, body = Readiness, description = "ready to take traffic"),
+    (status = 503, body = Readiness, description = "database unreachable, or shutting down"),
+))]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let draining = state.lifecycle.is_draining();
+    let database = if draining {
+        DatabaseCheck { status: "error", latency_ms: None }
+    } else {
+        match state.db.ping(READINESS_DB_TIMEOUT).await {
+            Ok(latency) => DatabaseCheck { status: "ok", latency_ms: Some(latency.as_micros() as f64 / 1000.0) },
+            Err(error) => {
+                tracing::warn!(%error, "readiness: database check failed");
+                DatabaseCheck { status: "error", latency_ms: None }
+            }
+        }
+    };
+    let ready = !draining && database.status == "ok";
+    let body = Readiness {
+        status: if ready { "ready" } else { "unavailable" },
+        checks: Checks { database, redis: RedisCheck { status: "disabled" } },
+        draining,
+    };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body))
+}

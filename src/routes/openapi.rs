@@ -1,0 +1,32 @@
+//! `/openapi.json`: the OpenAPI 3.1 document, generated from the route annotations.
+
+use axum::Router;
+use axum::http::header;
+use axum::body::Bytes;
+use axum::routing::get;
+use utoipa::OpenApi;
+
+use crate::app::AppState;
+use crate::error::{ErrorBody, ErrorDetail, FieldError};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "shipshape", description = "A production-ready Rust web service to fork."),
+    components(schemas(ErrorBody, ErrorDetail, FieldError))
+)]
+struct ApiDoc;
+
+/// The document the route modules add their paths to.
+pub fn base_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// Serves the finished document, serialised once at start.
+pub fn router(document: utoipa::openapi::OpenApi) -> Router<AppState> {
+    // Serialising plain data structures cannot fail; an empty object would show it if it did.
+    let body = Bytes::from(document.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
+    Router::new().route(
+        "/openapi.json",
+        get(move || std::future::ready(([(header::CONTENT_TYPE, "application/json")], body.clone()))),
+    )
+}

@@ -1,0 +1,139 @@
+//! The HTTP server: binding, the accept loop (hyper-util, for the header-read timeout that
+//! `axum::serve` lacks), signals, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use crate::app::{self, AppState};
+use crate::config::Config;
+use crate::db::Db;
+
+/// A bound, ready-to-run server (zero2prod style: binding first lets tests use port 0).
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+}
+
+impl Application {
+    /// Builds the pool (lazily: a database that is down does not stop the start), applies
+    /// migrations when `RUN_MIGRATIONS_ON_START` says so, and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let config = Arc::new(config);
+        let db = Db::connect_lazy(&config.database).context("could not set up the database pool")?;
+        if config.run_migrations_on_start {
+            let applied = db.migrate().await.context("could not apply migrations at start (is the database reachable?)")?;
+            for (version, description) in applied {
+                tracing::info!(version, description, "migration applied");
+            }
+        }
+        let state = AppState::new(config.clone(), db);
+        let router = app::build_router(state.clone());
+        let listener = TcpListener::bind((config.host, config.port))
+            .await
+            .with_context(|| format!("could not listen on {}:{}", config.host, config.port))?;
+        Ok(Application { listener, router, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then drains.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        serve(self.listener, self.router, self.state, shutdown).await;
+    }
+}
+
+/// Accepts connections until `shutdown`, then: `/readyz` turns 503, the listener closes,
+/// in-flight requests finish (for at most `SHUTDOWN_TIMEOUT_SECS`), and the pool closes.
+pub async fn serve(listener: TcpListener, router: Router, state: AppState, shutdown: impl Future<Output = ()>) {
+    let config = state.config.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client that dribbles its headers is cut off instead of holding a connection forever.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => connection,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(request)
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "connection closed with an error");
+            }
+        });
+    }
+
+    state.lifecycle.start_draining();
+    drop(listener);
+    tracing::info!(timeout_secs = config.shutdown_timeout.as_secs(), "shutting down: draining in-flight requests");
+    if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!("drain did not finish within SHUTDOWN_TIMEOUT_SECS; dropping the remaining connections");
+    }
+    state.db.close().await;
+    tracing::info!("shutdown complete");
+}
+
+/// Completes at the first SIGTERM (platforms, `docker stop`) or SIGINT (Ctrl-C, Fly's default).
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,131 @@
+//! Logs and request ids: the tracing subscriber (JSON or human-readable), and the outermost
+//! request middleware that assigns the request id and writes one log line per request.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::EnvFilter;
+
+use crate::app::AppState;
+use crate::config::{Config, LogFormat};
+use crate::error;
+use crate::security::client_ip::{self, ClientIp};
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Installs the global subscriber. Lines are written by a background thread so a slow stdout
+/// never stalls a request; keep the guard alive until exit so the last lines are flushed.
+pub fn init(config: &Config) -> WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stdout());
+    let filter = EnvFilter::new(&config.log_filter);
+    // Colour codes only for a terminal; a log file or collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
+    let result = match config.log_format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("logging was already set up: {e}");
+    }
+    guard
+}
+
+/// The id of one request: the caller's `X-Request-Id` when it is sane, else a new UUID.
+#[derive(Clone, Debug)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    fn from_incoming(value: Option<&HeaderValue>) -> RequestId {
+        match value {
+            Some(v) if is_acceptable_request_id(v.as_bytes()) => RequestId(v.clone()),
+            _ => RequestId::generate(),
+        }
+    }
+
+    fn generate() -> RequestId {
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+        RequestId(HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII ever gets in (checked above or generated), so this cannot fail.
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// SPEC §10: `^[A-Za-z0-9._-]{1,128}$`; anything else could inject into logs.
+fn is_acceptable_request_id(bytes: &[u8]) -> bool {
+    (1..=128).contains(&bytes.len())
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// What code running for a request may need to know about it without being handed it:
+/// read by [`error::ApiError`] when it renders.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub id: RequestId,
+    pub expose_internal_errors: bool,
+}
+
+tokio::task_local! {
+    static CURRENT_REQUEST: RequestContext;
+}
+
+/// The request being served on this task (a placeholder outside of one).
+pub fn current_request() -> RequestContext {
+    CURRENT_REQUEST.try_with(Clone::clone).unwrap_or_else(|_| RequestContext {
+        id: RequestId(HeaderValue::from_static("none")),
+        expose_internal_errors: false,
+    })
+}
+
+/// The outermost request middleware: request id, client IP, error rendering and the log line.
+pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = RequestId::from_incoming(req.headers().get(REQUEST_ID_HEADER));
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let ip = client_ip::resolve(state.config.client_ip_source, req.headers(), peer);
+    req.extensions_mut().insert(ClientIp(ip));
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+
+    let context = RequestContext { id: id.clone(), expose_internal_errors: state.expose_internal_errors() };
+    let mut response = CURRENT_REQUEST
+        .scope(context, async move { error::render_bare_error(next.run(req).await) })
+        .await;
+    response.headers_mut().insert(REQUEST_ID_HEADER, id.0.clone());
+
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
+    // Platform probes hit health routes every few seconds; their successes would drown the log.
+    if status == 200 && (route == "/healthz" || route == "/readyz") {
+        tracing::debug!(target: "http", request_id = %id, method = %method, route, status, latency_ms, client_ip = %ip, "request");
+    } else {
+        tracing::info!(target: "http", request_id = %id, method = %method, route, status, latency_ms, client_ip = %ip, "request");
+    }
+    response
+}
