@@ -3,20 +3,28 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::auth::Auth;
 use crate::config::{AppEnv, Config};
 use crate::db::Db;
+use crate::events::EventHub;
 use crate::lifecycle::Lifecycle;
+use crate::rate_limit::{self, Limit, RateLimiters, SharedStore};
 use crate::security::headers::SecurityHeaders;
 use crate::security::hosts::AllowedHosts;
 use crate::{error, routes, security, telemetry};
@@ -28,6 +36,11 @@ pub struct AppState(Arc<AppStateInner>);
 pub struct AppStateInner {
     pub config: Arc<Config>,
     pub db: Db,
+    /// Present when `REDIS_URL` is set; reconnects by itself.
+    pub redis: Option<ConnectionManager>,
+    pub auth: Auth,
+    pub rate_limiters: Arc<RateLimiters>,
+    pub events: EventHub,
     pub lifecycle: Lifecycle,
     pub allowed_hosts: AllowedHosts,
     pub security_headers: SecurityHeaders,
@@ -40,15 +53,43 @@ impl Deref for AppState {
     }
 }
 
+/// Redis must never stall a request: short timeouts, and the callers fall back.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+
 impl AppState {
-    pub fn new(config: Arc<Config>, db: Db) -> AppState {
-        AppState(Arc::new(AppStateInner {
+    /// Builds the shared state. Must run inside the Tokio runtime (it starts background tasks).
+    pub fn new(config: Arc<Config>, db: Db) -> anyhow::Result<AppState> {
+        let redis = match &config.redis_url {
+            Some(url) => {
+                let client =
+                    redis::Client::open(url.expose()).context("REDIS_URL is not usable")?;
+                let settings = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(REDIS_TIMEOUT))
+                    .set_response_timeout(Some(REDIS_TIMEOUT))
+                    .set_number_of_retries(1);
+                Some(
+                    ConnectionManager::new_lazy_with_config(client, settings)
+                        .context("cannot set up Redis")?,
+                )
+            }
+            None => None,
+        };
+        let shared_limits = redis
+            .clone()
+            .map(|connection| Arc::new(SharedStore::new(connection)));
+        let rate_limiters = Arc::new(RateLimiters::new(&config.rate_limits, shared_limits));
+        rate_limit::spawn_pruner(Arc::downgrade(&rate_limiters));
+        Ok(AppState(Arc::new(AppStateInner {
+            auth: Auth::from_config(&config)?,
+            events: EventHub::new(config.max_sse_streams),
             allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
             security_headers: SecurityHeaders::from_config(&config),
             lifecycle: Lifecycle::default(),
+            rate_limiters,
+            redis,
             db,
             config,
-        }))
+        })))
     }
 
     /// `DEBUG=true` shows internal error detail, but never in production.
@@ -57,26 +98,60 @@ impl AppState {
     }
 }
 
-/// All routes, with their OpenAPI descriptions collected as they are added.
-pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(routes::openapi::base_document()).merge(routes::health::router())
+/// All routes, each behind its own rate limit where it has one, with their OpenAPI
+/// descriptions collected as they are added.
+pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
+    let per_ip = |limit| middleware::from_fn_with_state((state.clone(), limit), rate_limit::per_ip);
+    let per_user =
+        |limit| middleware::from_fn_with_state((state.clone(), limit), rate_limit::per_user);
+    // Responses that carry a user's data must not be stored by browsers or proxies.
+    let user_data = OpenApiRouter::new()
+        .merge(routes::auth::me_router())
+        .merge(routes::invoices::create_router().route_layer(per_user(Limit::InvoiceCreate)))
+        .merge(routes::invoices::router())
+        .merge(routes::events::router())
+        .merge(routes::stats::router())
+        .route_layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
+    OpenApiRouter::with_openapi(routes::openapi::base_document())
+        .merge(routes::health::router())
+        .merge(routes::auth::signup_router().route_layer(per_ip(Limit::Signup)))
+        .merge(routes::auth::login_router().route_layer(per_ip(Limit::Login)))
+        .merge(user_data)
+        .merge(routes::webhooks::router())
 }
 
 /// Builds the application: routes, then the middleware stack, outermost layer first.
 pub fn build_router(state: AppState) -> Router {
-    let (router, openapi) = routes().split_for_parts();
+    let (router, openapi) = routes(&state).split_for_parts();
     let config = &state.config;
     let stack = ServiceBuilder::new()
         // Request id, client IP, one log line per request; renders every error as §4 JSON.
-        .layer(middleware::from_fn_with_state(state.clone(), telemetry::observe))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            telemetry::observe,
+        ))
         // Host check, HTTPS redirect, and the security headers on every response below.
-        .layer(middleware::from_fn_with_state(state.clone(), security::guard))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            security::guard,
+        ))
         // A panicking handler becomes a 500 of the usual shape; the server keeps serving.
         .layer(CatchPanicLayer::custom(error::panic_response))
         // CORS for the configured origins only (absent when none are).
         .option_layer(security::cors::layer(&config.cors_allowed_origins))
+        // RATE_LIMIT_GLOBAL per client IP, health probes exempt.
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), Limit::Global),
+            rate_limit::per_ip,
+        ))
         // Whole-request deadline; its 408 is rendered as 503 `timeout`.
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
         // Bodies over MAX_BODY_BYTES are refused with 413 before a handler reads them.
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         // The layer above enforces the limit; axum's own 2 MB default would contradict it.

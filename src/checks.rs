@@ -30,7 +30,11 @@ impl std::fmt::Display for Finding {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{} [{severity}] {} — {}", self.id, self.message, self.fix)
+        write!(
+            f,
+            "{} [{severity}] {} — {}",
+            self.id, self.message, self.fix
+        )
     }
 }
 
@@ -43,17 +47,34 @@ pub struct Report {
 
 impl Report {
     pub fn new(findings: Vec<Finding>) -> Report {
-        let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
-        Report { warnings: findings.len() - errors, errors, findings }
+        let errors = findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .count();
+        Report {
+            warnings: findings.len() - errors,
+            errors,
+            findings,
+        }
     }
 }
 
 fn error(id: &'static str, message: impl Into<String>, fix: &'static str) -> Finding {
-    Finding { id, severity: Severity::Error, message: message.into(), fix }
+    Finding {
+        id,
+        severity: Severity::Error,
+        message: message.into(),
+        fix,
+    }
 }
 
 fn warning(id: &'static str, message: impl Into<String>, fix: &'static str) -> Finding {
-    Finding { id, severity: Severity::Warning, message: message.into(), fix }
+    Finding {
+        id,
+        severity: Severity::Warning,
+        message: message.into(),
+        fix,
+    }
 }
 
 const ONE_YEAR_SECS: u64 = 31_536_000;
@@ -114,10 +135,18 @@ pub fn check_config(config: &Config) -> Vec<Finding> {
         }
     }
     if config.debug {
-        findings.push(error("E002", "DEBUG=true exposes internal errors", "unset DEBUG (or set DEBUG=false)"));
+        findings.push(error(
+            "E002",
+            "DEBUG=true exposes internal errors",
+            "unset DEBUG (or set DEBUG=false)",
+        ));
     }
     if config.allowed_hosts.is_empty() {
-        findings.push(error("E003", "ALLOWED_HOSTS is empty", "set ALLOWED_HOSTS to your domain(s), e.g. api.example.com"));
+        findings.push(error(
+            "E003",
+            "ALLOWED_HOSTS is empty",
+            "set ALLOWED_HOSTS to your domain(s), e.g. api.example.com",
+        ));
     } else if config.allowed_hosts.iter().any(|h| h == "*") {
         findings.push(error(
             "E003",
@@ -133,12 +162,19 @@ pub fn check_config(config: &Config) -> Vec<Finding> {
         ));
     }
     if !config.secure_ssl_redirect {
-        findings.push(warning("W002", "SECURE_SSL_REDIRECT is off", "set SECURE_SSL_REDIRECT=true"));
+        findings.push(warning(
+            "W002",
+            "SECURE_SSL_REDIRECT is off",
+            "set SECURE_SSL_REDIRECT=true",
+        ));
     }
     if config.hsts.seconds < ONE_YEAR_SECS {
         findings.push(warning(
             "W003",
-            format!("HSTS is off or shorter than a year (SECURE_HSTS_SECONDS={})", config.hsts.seconds),
+            format!(
+                "HSTS is off or shorter than a year (SECURE_HSTS_SECONDS={})",
+                config.hsts.seconds
+            ),
             "set SECURE_HSTS_SECONDS=31536000 once HTTPS works everywhere",
         ));
     }
@@ -157,7 +193,11 @@ pub fn check_config(config: &Config) -> Vec<Finding> {
         ));
     }
     if config.sentry.dsn.is_none() {
-        findings.push(warning("W006", "SENTRY_DSN is not set: errors are not tracked", "set SENTRY_DSN"));
+        findings.push(warning(
+            "W006",
+            "SENTRY_DSN is not set: errors are not tracked",
+            "set SENTRY_DSN",
+        ));
     }
     if config.redis_url.is_none() {
         findings.push(warning(
@@ -167,10 +207,16 @@ pub fn check_config(config: &Config) -> Vec<Finding> {
         ));
     }
     match &config.webhook_secret {
-        None => findings.push(warning("W008", "WEBHOOK_SECRET is not set: the payment webhook is off", WEBHOOK_FIX)),
-        Some(s) if s.expose().chars().count() < 32 => {
-            findings.push(warning("W008", "WEBHOOK_SECRET is shorter than 32 characters", WEBHOOK_FIX))
-        }
+        None => findings.push(warning(
+            "W008",
+            "WEBHOOK_SECRET is not set: the payment webhook is off",
+            WEBHOOK_FIX,
+        )),
+        Some(s) if s.expose().chars().count() < 32 => findings.push(warning(
+            "W008",
+            "WEBHOOK_SECRET is shorter than 32 characters",
+            WEBHOOK_FIX,
+        )),
         Some(_) => {}
     }
     if config.client_ip_source == ClientIpSource::Connect {
@@ -190,7 +236,8 @@ pub fn check_config(config: &Config) -> Vec<Finding> {
     findings
 }
 
-const WEBHOOK_FIX: &str = "set WEBHOOK_SECRET to the 32+ character secret your payment provider gives you";
+const WEBHOOK_FIX: &str =
+    "set WEBHOOK_SECRET to the 32+ character secret your payment provider gives you";
 
 /// The host of a `postgres://` URL that is public and lacks `sslmode=require` or stricter.
 fn postgres_host_without_tls(url: &str) -> Option<String> {
@@ -198,11 +245,21 @@ fn postgres_host_without_tls(url: &str) -> Option<String> {
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
         return None;
     }
-    let sslmode = parsed.query_pairs().find(|(k, _)| k == "sslmode").map(|(_, v)| v.into_owned());
-    if matches!(sslmode.as_deref(), Some("require" | "verify-ca" | "verify-full")) {
+    let sslmode = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "sslmode")
+        .map(|(_, v)| v.into_owned());
+    if matches!(
+        sslmode.as_deref(),
+        Some("require" | "verify-ca" | "verify-full")
+    ) {
         return None;
     }
-    let host = parsed.host_str().unwrap_or("localhost").trim_matches(|c| c == '[' || c == ']').to_owned();
+    let host = parsed
+        .host_str()
+        .unwrap_or("localhost")
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_owned();
     (!is_private_host(&host)).then_some(host)
 }
 
@@ -214,7 +271,9 @@ fn is_private_host(host: &str) -> bool {
         Err(_) => {
             host == "localhost"
                 || !host.contains('.')
-                || [".internal", ".flycast", ".local", ".localhost"].iter().any(|s| host.ends_with(s))
+                || [".internal", ".flycast", ".local", ".localhost"]
+                    .iter()
+                    .any(|s| host.ends_with(s))
         }
     }
 }
@@ -267,11 +326,26 @@ mod tests {
 
     #[test]
     fn postgres_tls_rule() {
-        assert_eq!(postgres_host_without_tls("postgres://u:p@db.example.com/app").as_deref(), Some("db.example.com"));
-        assert_eq!(postgres_host_without_tls("postgres://u:p@db.example.com/app?sslmode=require"), None);
-        assert_eq!(postgres_host_without_tls("postgres://u:p@10.1.2.3/app"), None);
-        assert_eq!(postgres_host_without_tls("postgres://u:p@myapp-db.flycast:5432/app"), None);
-        assert_eq!(postgres_host_without_tls("postgres://u:p@postgres/app"), None);
+        assert_eq!(
+            postgres_host_without_tls("postgres://u:p@db.example.com/app").as_deref(),
+            Some("db.example.com")
+        );
+        assert_eq!(
+            postgres_host_without_tls("postgres://u:p@db.example.com/app?sslmode=require"),
+            None
+        );
+        assert_eq!(
+            postgres_host_without_tls("postgres://u:p@10.1.2.3/app"),
+            None
+        );
+        assert_eq!(
+            postgres_host_without_tls("postgres://u:p@myapp-db.flycast:5432/app"),
+            None
+        );
+        assert_eq!(
+            postgres_host_without_tls("postgres://u:p@postgres/app"),
+            None
+        );
         assert_eq!(postgres_host_without_tls("sqlite://data/app.db"), None);
     }
 }

@@ -14,7 +14,11 @@ use crate::server::{self, Application};
 use crate::telemetry;
 
 #[derive(Parser)]
-#[command(name = "shipshape", version, about = "A production-ready web service: HTTP API, migrations and deploy checks.")]
+#[command(
+    name = "shipshape",
+    version,
+    about = "A production-ready web service: HTTP API, migrations and deploy checks."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -77,7 +81,10 @@ pub fn run() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot start the async runtime: {error}");
@@ -88,7 +95,9 @@ pub fn run() -> ExitCode {
         match command {
             Command::Serve => serve(config).await,
             Command::Migrate => migrate(config).await,
-            Command::Check { format, connect, .. } => check(config, format, connect).await,
+            Command::Check {
+                format, connect, ..
+            } => check(config, format, connect).await,
             Command::Healthcheck => healthcheck(config).await,
             Command::CompressStatic { dir } => {
                 let dir = dir.unwrap_or_else(|| config.static_dir.clone());
@@ -103,10 +112,16 @@ async fn serve(config: Config) -> ExitCode {
     if config.app_env == AppEnv::Production {
         let report = Report::new(checks::check_config(&config));
         if report.errors > 0 {
-            for finding in report.findings.iter().filter(|f| f.severity == Severity::Error) {
+            for finding in report
+                .findings
+                .iter()
+                .filter(|f| f.severity == Severity::Error)
+            {
                 eprintln!("{finding}");
             }
-            eprintln!("refusing to start in production: fix the errors above (see `shipshape check --deploy`)");
+            eprintln!(
+                "refusing to start in production: fix the errors above (see `shipshape check --deploy`)"
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
         for finding in &report.findings {
@@ -114,7 +129,9 @@ async fn serve(config: Config) -> ExitCode {
         }
     }
     if config.secret_key_generated {
-        tracing::warn!("SECRET_KEY is not set: using a random key for this process; tokens end with it");
+        tracing::warn!(
+            "SECRET_KEY is not set: using a random key for this process; tokens end with it"
+        );
     }
     tracing::info!(config = ?config, "configuration");
     let app = match Application::build(config).await {
@@ -174,16 +191,26 @@ async fn check(config: Config, format: Format, connect: bool) -> ExitCode {
             println!("{} error(s), {} warning(s)", report.errors, report.warnings);
         }
     }
-    if report.errors > 0 { ExitCode::from(EXIT_FAILURE) } else { ExitCode::SUCCESS }
+    if report.errors > 0 {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// For images without curl: asks the local server for `/healthz`.
 async fn healthcheck(config: Config) -> ExitCode {
     // A server bound to every address is reachable on loopback; one bound to a single address only there.
-    let ip = if config.host.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { config.host };
+    let ip = if config.host.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        config.host
+    };
     let url = format!("http://{}/healthz", SocketAddr::new(ip, config.port));
     let result = async {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
         client.get(&url).send().await
     }
     .await;

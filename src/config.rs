@@ -34,7 +34,12 @@ pub struct Settings {
     #[arg(long, env = "SECRET_KEY", global = true, hide_env_values = true)]
     pub secret_key: Option<String>,
     /// Comma list of old keys still accepted when verifying tokens [default: empty]
-    #[arg(long, env = "SECRET_KEY_FALLBACKS", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SECRET_KEY_FALLBACKS",
+        global = true,
+        hide_env_values = true
+    )]
     pub secret_key_fallbacks: Option<String>,
     /// `sqlite:` file or `postgres://` URL [default: sqlite://data/app.db]
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
@@ -152,8 +157,7 @@ pub struct Settings {
     pub max_sse_streams: Option<String>,
 }
 
-pub const DEFAULT_CSP: &str =
-    "default-src 'self'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'; object-src 'none'";
+pub const DEFAULT_CSP: &str = "default-src 'self'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'; object-src 'none'";
 const DEV_ALLOWED_HOSTS: &str = "localhost,127.0.0.1,[::1]";
 const DEFAULT_DATABASE_URL: &str = "sqlite://data/app.db";
 
@@ -369,7 +373,11 @@ impl ConfigError {
             Some(v) => format!("={v:?}"),
             None => String::new(),
         };
-        ConfigError { var, shown, reason: reason.into() }
+        ConfigError {
+            var,
+            shown,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -378,18 +386,33 @@ fn raw(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
-fn parse_num<T: FromStr>(var: &'static str, value: &Option<String>, default: T, what: &str) -> Result<T, ConfigError> {
+fn parse_num<T: FromStr>(
+    var: &'static str,
+    value: &Option<String>,
+    default: T,
+    what: &str,
+) -> Result<T, ConfigError> {
     match raw(value) {
         None => Ok(default),
-        Some(v) => v.parse().map_err(|_| ConfigError::new(var, Some(v), format!("expected {what}"))),
+        Some(v) => v
+            .parse()
+            .map_err(|_| ConfigError::new(var, Some(v), format!("expected {what}"))),
     }
 }
 
-fn parse_secs(var: &'static str, value: &Option<String>, default: u64) -> Result<Duration, ConfigError> {
+fn parse_secs(
+    var: &'static str,
+    value: &Option<String>,
+    default: u64,
+) -> Result<Duration, ConfigError> {
     parse_num(var, value, default, "a whole number of seconds").map(Duration::from_secs)
 }
 
-fn parse_bool(var: &'static str, value: &Option<String>, default: bool) -> Result<bool, ConfigError> {
+fn parse_bool(
+    var: &'static str,
+    value: &Option<String>,
+    default: bool,
+) -> Result<bool, ConfigError> {
     match raw(value).map(str::to_ascii_lowercase).as_deref() {
         None => Ok(default),
         Some("true" | "1" | "yes" | "on") => Ok(true),
@@ -424,10 +447,17 @@ pub fn parse_rate(text: &str) -> Result<Option<Rate>, String> {
         "d" => 86_400,
         _ => return Err(expected()),
     };
-    Ok(Some(Rate { burst, period: Duration::from_secs(period) }))
+    Ok(Some(Rate {
+        burst,
+        period: Duration::from_secs(period),
+    }))
 }
 
-fn rate(var: &'static str, value: &Option<String>, default: &str) -> Result<Option<Rate>, ConfigError> {
+fn rate(
+    var: &'static str,
+    value: &Option<String>,
+    default: &str,
+) -> Result<Option<Rate>, ConfigError> {
     let text = raw(value).unwrap_or(default);
     parse_rate(text).map_err(|reason| ConfigError::new(var, Some(text), reason))
 }
@@ -447,18 +477,33 @@ fn validate_database_url(url: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn secret_url(var: &'static str, value: Option<&str>, schemes: &[&str]) -> Result<Option<SecretUrl>, ConfigError> {
+fn secret_url(
+    var: &'static str,
+    value: Option<&str>,
+    schemes: &[&str],
+) -> Result<Option<SecretUrl>, ConfigError> {
     let Some(text) = value else { return Ok(None) };
     match url::Url::parse(text) {
         Ok(url) if schemes.contains(&url.scheme()) => Ok(Some(SecretUrl(text.to_owned()))),
         // The value may hold a password: name the variable, never echo it.
-        _ => Err(ConfigError::new(var, None, format!("expected a URL starting with {}", schemes.join("://, ") + "://"))),
+        _ => Err(ConfigError::new(
+            var,
+            None,
+            format!(
+                "expected a URL starting with {}",
+                schemes.join("://, ") + "://"
+            ),
+        )),
     }
 }
 
 /// A random development key, so that `cargo run` works with nothing set. Tokens die with the process.
 fn random_secret() -> Secret {
-    Secret(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()))
+    Secret(format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    ))
 }
 
 impl Config {
@@ -468,7 +513,13 @@ impl Config {
         let app_env = match raw(&s.app_env) {
             None | Some("development") => AppEnv::Development,
             Some("production") => AppEnv::Production,
-            Some(v) => return Err(ConfigError::new("APP_ENV", Some(v), "expected development or production")),
+            Some(v) => {
+                return Err(ConfigError::new(
+                    "APP_ENV",
+                    Some(v),
+                    "expected development or production",
+                ));
+            }
         };
         let app_env = force_env.unwrap_or(app_env);
         let prod = app_env == AppEnv::Production;
@@ -478,7 +529,13 @@ impl Config {
         let host = host_text
             .trim_matches(|c| c == '[' || c == ']')
             .parse::<IpAddr>()
-            .map_err(|_| ConfigError::new("HOST", Some(host_text), "expected an IP address such as 0.0.0.0 or ::"))?;
+            .map_err(|_| {
+                ConfigError::new(
+                    "HOST",
+                    Some(host_text),
+                    "expected an IP address such as 0.0.0.0 or ::",
+                )
+            })?;
 
         let (secret_key, secret_key_generated) = match raw(&s.secret_key) {
             Some(v) => (Some(Secret::new(v)), false),
@@ -488,11 +545,25 @@ impl Config {
 
         let database_url = raw(&s.database_url).unwrap_or(DEFAULT_DATABASE_URL);
         validate_database_url(database_url)?;
-        let max_connections: u32 = parse_num("DATABASE_MAX_CONNECTIONS", &s.database_max_connections, 10, "a whole number")?;
+        let max_connections: u32 = parse_num(
+            "DATABASE_MAX_CONNECTIONS",
+            &s.database_max_connections,
+            10,
+            "a whole number",
+        )?;
         if max_connections == 0 {
-            return Err(ConfigError::new("DATABASE_MAX_CONNECTIONS", Some("0"), "must be at least 1"));
+            return Err(ConfigError::new(
+                "DATABASE_MAX_CONNECTIONS",
+                Some("0"),
+                "must be at least 1",
+            ));
         }
-        let min_connections: u32 = parse_num("DATABASE_MIN_CONNECTIONS", &s.database_min_connections, 0, "a whole number")?;
+        let min_connections: u32 = parse_num(
+            "DATABASE_MIN_CONNECTIONS",
+            &s.database_min_connections,
+            0,
+            "a whole number",
+        )?;
         if min_connections > max_connections {
             return Err(ConfigError::new(
                 "DATABASE_MIN_CONNECTIONS",
@@ -504,16 +575,40 @@ impl Config {
             url: SecretUrl(database_url.to_owned()),
             max_connections,
             min_connections,
-            acquire_timeout: parse_secs("DATABASE_ACQUIRE_TIMEOUT_SECS", &s.database_acquire_timeout_secs, 5)?,
-            idle_timeout: parse_secs("DATABASE_IDLE_TIMEOUT_SECS", &s.database_idle_timeout_secs, 600)?,
-            max_lifetime: parse_secs("DATABASE_MAX_LIFETIME_SECS", &s.database_max_lifetime_secs, 1800)?,
-            statement_timeout: parse_secs("DATABASE_STATEMENT_TIMEOUT_SECS", &s.database_statement_timeout_secs, 30)?,
+            acquire_timeout: parse_secs(
+                "DATABASE_ACQUIRE_TIMEOUT_SECS",
+                &s.database_acquire_timeout_secs,
+                5,
+            )?,
+            idle_timeout: parse_secs(
+                "DATABASE_IDLE_TIMEOUT_SECS",
+                &s.database_idle_timeout_secs,
+                600,
+            )?,
+            max_lifetime: parse_secs(
+                "DATABASE_MAX_LIFETIME_SECS",
+                &s.database_max_lifetime_secs,
+                1800,
+            )?,
+            statement_timeout: parse_secs(
+                "DATABASE_STATEMENT_TIMEOUT_SECS",
+                &s.database_statement_timeout_secs,
+                30,
+            )?,
         };
         if database.acquire_timeout.is_zero() {
-            return Err(ConfigError::new("DATABASE_ACQUIRE_TIMEOUT_SECS", Some("0"), "must be at least 1"));
+            return Err(ConfigError::new(
+                "DATABASE_ACQUIRE_TIMEOUT_SECS",
+                Some("0"),
+                "must be at least 1",
+            ));
         }
 
-        let client_ip_source = match raw(&s.client_ip_source).unwrap_or("connect").to_ascii_lowercase().as_str() {
+        let client_ip_source = match raw(&s.client_ip_source)
+            .unwrap_or("connect")
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "connect" => ClientIpSource::Connect,
             "fly" => ClientIpSource::Fly,
             "x-forwarded-for" => ClientIpSource::XForwardedFor,
@@ -533,18 +628,33 @@ impl Config {
             None => LogFormat::Pretty,
             Some("json") => LogFormat::Json,
             Some("pretty") => LogFormat::Pretty,
-            Some(v) => return Err(ConfigError::new("LOG_FORMAT", Some(v), "expected pretty or json")),
+            Some(v) => {
+                return Err(ConfigError::new(
+                    "LOG_FORMAT",
+                    Some(v),
+                    "expected pretty or json",
+                ));
+            }
         };
         let (log_var, log_filter) = match (raw(&s.rust_log), raw(&s.log_level)) {
             (Some(v), _) => ("RUST_LOG", v),
             (None, Some(v)) => ("LOG_LEVEL", v),
             (None, None) => ("LOG_LEVEL", "info"),
         };
-        tracing_subscriber::EnvFilter::try_new(log_filter)
-            .map_err(|e| ConfigError::new(log_var, Some(log_filter), format!("not a valid filter ({e})")))?;
+        tracing_subscriber::EnvFilter::try_new(log_filter).map_err(|e| {
+            ConfigError::new(
+                log_var,
+                Some(log_filter),
+                format!("not a valid filter ({e})"),
+            )
+        })?;
 
-        let traces_sample_rate: f32 =
-            parse_num("SENTRY_TRACES_SAMPLE_RATE", &s.sentry_traces_sample_rate, 0.0, "a number from 0.0 to 1.0")?;
+        let traces_sample_rate: f32 = parse_num(
+            "SENTRY_TRACES_SAMPLE_RATE",
+            &s.sentry_traces_sample_rate,
+            0.0,
+            "a number from 0.0 to 1.0",
+        )?;
         if !(0.0..=1.0).contains(&traces_sample_rate) {
             return Err(ConfigError::new(
                 "SENTRY_TRACES_SAMPLE_RATE",
@@ -557,12 +667,13 @@ impl Config {
             None if prod => Some(9091),
             None => None,
             Some(v) if v.eq_ignore_ascii_case("off") => None,
-            Some(v) => Some(
-                v.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| ConfigError::new("METRICS_PORT", Some(v), "expected a port number 1-65535 or off"))?,
-            ),
+            Some(v) => Some(v.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                ConfigError::new(
+                    "METRICS_PORT",
+                    Some(v),
+                    "expected a port number 1-65535 or off",
+                )
+            })?),
         };
 
         let default_hash_concurrency = std::thread::available_parallelism().map_or(1, usize::from);
@@ -573,14 +684,32 @@ impl Config {
             "a whole number",
         )?;
         if password_hash_concurrency == 0 {
-            return Err(ConfigError::new("PASSWORD_HASH_CONCURRENCY", Some("0"), "must be at least 1"));
+            return Err(ConfigError::new(
+                "PASSWORD_HASH_CONCURRENCY",
+                Some("0"),
+                "must be at least 1",
+            ));
         }
-        let max_body_bytes = parse_num("MAX_BODY_BYTES", &s.max_body_bytes, 1_048_576, "a whole number of bytes")?;
+        let max_body_bytes = parse_num(
+            "MAX_BODY_BYTES",
+            &s.max_body_bytes,
+            1_048_576,
+            "a whole number of bytes",
+        )?;
         let request_timeout = parse_secs("REQUEST_TIMEOUT_SECS", &s.request_timeout_secs, 30)?;
-        let header_read_timeout = parse_secs("HEADER_READ_TIMEOUT_SECS", &s.header_read_timeout_secs, 10)?;
+        let header_read_timeout =
+            parse_secs("HEADER_READ_TIMEOUT_SECS", &s.header_read_timeout_secs, 10)?;
         for (var, value, d) in [
-            ("REQUEST_TIMEOUT_SECS", &s.request_timeout_secs, request_timeout),
-            ("HEADER_READ_TIMEOUT_SECS", &s.header_read_timeout_secs, header_read_timeout),
+            (
+                "REQUEST_TIMEOUT_SECS",
+                &s.request_timeout_secs,
+                request_timeout,
+            ),
+            (
+                "HEADER_READ_TIMEOUT_SECS",
+                &s.header_read_timeout_secs,
+                header_read_timeout,
+            ),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::new(var, raw(value), "must be at least 1"));
@@ -594,14 +723,23 @@ impl Config {
             port: parse_num("PORT", &s.port, 8080, "a port number 0-65535")?,
             secret_key,
             secret_key_generated,
-            secret_key_fallbacks: parse_list(raw(&s.secret_key_fallbacks)).into_iter().map(Secret).collect(),
-            database,
-            run_migrations_on_start: parse_bool("RUN_MIGRATIONS_ON_START", &s.run_migrations_on_start, !prod)?,
-            redis_url: secret_url("REDIS_URL", raw(&s.redis_url), &["redis", "rediss"])?,
-            allowed_hosts: parse_list(raw(&s.allowed_hosts).or((!prod).then_some(DEV_ALLOWED_HOSTS)))
+            secret_key_fallbacks: parse_list(raw(&s.secret_key_fallbacks))
                 .into_iter()
-                .map(|h| h.to_ascii_lowercase())
+                .map(Secret)
                 .collect(),
+            database,
+            run_migrations_on_start: parse_bool(
+                "RUN_MIGRATIONS_ON_START",
+                &s.run_migrations_on_start,
+                !prod,
+            )?,
+            redis_url: secret_url("REDIS_URL", raw(&s.redis_url), &["redis", "rediss"])?,
+            allowed_hosts: parse_list(
+                raw(&s.allowed_hosts).or((!prod).then_some(DEV_ALLOWED_HOSTS)),
+            )
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
             cors_allowed_origins: parse_list(raw(&s.cors_allowed_origins)),
             secure_ssl_redirect: parse_bool("SECURE_SSL_REDIRECT", &s.secure_ssl_redirect, prod)?,
             hsts: Hsts {
@@ -611,16 +749,26 @@ impl Config {
                     if prod { 31_536_000 } else { 0 },
                     "a whole number of seconds",
                 )?,
-                include_subdomains: parse_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", &s.secure_hsts_include_subdomains, true)?,
+                include_subdomains: parse_bool(
+                    "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+                    &s.secure_hsts_include_subdomains,
+                    true,
+                )?,
                 preload: parse_bool("SECURE_HSTS_PRELOAD", &s.secure_hsts_preload, prod)?,
             },
-            content_security_policy: raw(&s.content_security_policy).unwrap_or(DEFAULT_CSP).to_owned(),
+            content_security_policy: raw(&s.content_security_policy)
+                .unwrap_or(DEFAULT_CSP)
+                .to_owned(),
             client_ip_source,
             rate_limits: RateLimits {
                 global: rate("RATE_LIMIT_GLOBAL", &s.rate_limit_global, "600/m")?,
                 login: rate("RATE_LIMIT_LOGIN", &s.rate_limit_login, "5/m")?,
                 signup: rate("RATE_LIMIT_SIGNUP", &s.rate_limit_signup, "3/h")?,
-                invoice_create: rate("RATE_LIMIT_INVOICE_CREATE", &s.rate_limit_invoice_create, "10/h")?,
+                invoice_create: rate(
+                    "RATE_LIMIT_INVOICE_CREATE",
+                    &s.rate_limit_invoice_create,
+                    "10/h",
+                )?,
             },
             max_body_bytes,
             request_timeout,
@@ -632,14 +780,26 @@ impl Config {
             log_filter: log_filter.to_owned(),
             sentry: SentryConfig {
                 dsn: secret_url("SENTRY_DSN", raw(&s.sentry_dsn), &["http", "https"])?,
-                environment: raw(&s.sentry_environment).unwrap_or(app_env.as_str()).to_owned(),
+                environment: raw(&s.sentry_environment)
+                    .unwrap_or(app_env.as_str())
+                    .to_owned(),
                 traces_sample_rate,
             },
             metrics_port,
             static_dir: PathBuf::from(raw(&s.static_dir).unwrap_or("static")),
-            static_max_age_secs: parse_num("STATIC_MAX_AGE_SECS", &s.static_max_age_secs, 3600, "a whole number of seconds")?,
+            static_max_age_secs: parse_num(
+                "STATIC_MAX_AGE_SECS",
+                &s.static_max_age_secs,
+                3600,
+                "a whole number of seconds",
+            )?,
             webhook_secret: raw(&s.webhook_secret).map(Secret::new),
-            max_sse_streams: parse_num("MAX_SSE_STREAMS", &s.max_sse_streams, 1000, "a whole number")?,
+            max_sse_streams: parse_num(
+                "MAX_SSE_STREAMS",
+                &s.max_sse_streams,
+                1000,
+                "a whole number",
+            )?,
         })
     }
 

@@ -9,7 +9,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::config::DatabaseConfig;
 
@@ -46,7 +48,11 @@ impl Db {
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(config.acquire_timeout);
-            if let Some(folder) = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Some(folder) = options
+                .get_filename()
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
                 std::fs::create_dir_all(folder)?;
             }
             let pool = SqlitePoolOptions::new()
@@ -94,15 +100,19 @@ impl Db {
     /// Versions already applied; empty when the migrations table does not exist yet.
     async fn applied_versions(&self) -> HashSet<i64> {
         let sql = "SELECT version FROM _sqlx_migrations WHERE success";
-        let rows: Result<Vec<i64>, _> = with_db!(self, pool => sqlx::query_scalar(sql).fetch_all(pool).await);
+        let rows: Result<Vec<i64>, _> =
+            with_db!(self, pool => sqlx::query_scalar(sql).fetch_all(pool).await);
         rows.unwrap_or_default().into_iter().collect()
     }
 
     /// A round trip to the database (`SELECT 1`) bounded by `limit`.
     pub async fn ping(&self, limit: Duration) -> Result<Duration, sqlx::Error> {
         let started = std::time::Instant::now();
-        let query = async { with_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop)) };
-        tokio::time::timeout(limit, query).await.map_err(|_| sqlx::Error::PoolTimedOut)??;
+        let query =
+            async { with_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop)) };
+        tokio::time::timeout(limit, query)
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
         Ok(started.elapsed())
     }
 
@@ -114,4 +124,45 @@ impl Db {
     pub async fn close(&self) {
         with_db!(self, pool => pool.close().await);
     }
+}
+
+/// Timestamps are stored as unix microseconds (`BIGINT`), portable across both backends.
+pub fn now_micros() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}
+
+/// A stored timestamp as RFC 3339 UTC, e.g. `2026-11-22T10:00:00.123456Z`.
+pub fn rfc3339(micros: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// True when an error is a unique-constraint violation (e.g. an email already registered).
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
+}
+
+/// Runs `$body` with `$tx` bound to a new transaction on whichever pool is live; the body
+/// commits, and any early return or error rolls back. SQLite starts with `BEGIN IMMEDIATE`:
+/// taking the write lock up front avoids "database is locked" when two deferred
+/// transactions both try to upgrade to writing.
+#[macro_export]
+macro_rules! with_transaction {
+    ($db:expr, $tx:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres(pool) => {
+                let mut $tx = pool.begin().await?;
+                $body
+            }
+            $crate::db::Db::Sqlite(pool) => {
+                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                $body
+            }
+        }
+    };
 }

@@ -20,7 +20,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -124,8 +127,12 @@ impl ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
             StatusCode::REQUEST_TIMEOUT => ApiError::Timeout,
             StatusCode::SERVICE_UNAVAILABLE => ApiError::ServiceUnavailable,
-            StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited { retry_after_secs: 1 },
-            StatusCode::BAD_REQUEST => ApiError::InvalidJson("the request could not be read".to_owned()),
+            StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited {
+                retry_after_secs: 1,
+            },
+            StatusCode::BAD_REQUEST => {
+                ApiError::InvalidJson("the request could not be read".to_owned())
+            }
             _ => ApiError::Internal(anyhow::anyhow!("bare {status} response from a middleware")),
         }
     }
@@ -135,7 +142,10 @@ impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match error {
             // The database is away or every connection is busy: tell the client to come back.
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => {
                 tracing::warn!(error = %error, "database unavailable");
                 ApiError::ServiceUnavailable
             }
@@ -171,7 +181,14 @@ impl IntoResponse for ApiError {
             ApiError::Validation(details) => Some(details),
             _ => None,
         };
-        let body = ErrorBody { error: ErrorDetail { code, message, request_id: request.id.as_str().to_owned(), details } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message,
+                request_id: request.id.as_str().to_owned(),
+                details,
+            },
+        };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         if let Some(secs) = retry_after {
@@ -228,23 +245,34 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         if !has_json_content_type(req.headers()) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::InvalidJson("the body could not be read".to_owned())
-            }
-        })?;
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::InvalidJson("the body could not be read".to_owned())
+                }
+            })?;
         parse_json(&bytes).map(ApiJson)
     }
 }
 
-fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+pub fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Deserialises JSON, telling syntax errors (400) from shape errors (422, with the field path).
@@ -258,11 +286,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = error.path().to_string();
         let message = strip_position(&inner.to_string());
         // serde names a missing or unknown field only in its message: "missing field `email`".
-        let field = if path == "." { backticked(&message).unwrap_or("body").to_owned() } else { path };
+        let field = if path == "." {
+            backticked(&message).unwrap_or("body").to_owned()
+        } else {
+            path
+        };
         ApiError::Validation(vec![FieldError::new(field, message)])
     })?;
     // Trailing bytes after the value ("{}x") are a syntax error, not a valid body.
-    deserializer.end().map_err(|e| ApiError::InvalidJson(strip_position(&e.to_string())))?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::InvalidJson(strip_position(&e.to_string())))?;
     Ok(value)
 }
 
@@ -288,12 +322,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
-        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(deserializer).map(ApiQuery).map_err(|error| {
-            let message = error.inner().to_string();
-            let path = error.path().to_string();
-            let field = if path == "." { backticked(&message).unwrap_or("query").to_owned() } else { path };
-            ApiError::Validation(vec![FieldError::new(field, message)])
-        })
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(ApiQuery)
+            .map_err(|error| {
+                let message = error.inner().to_string();
+                let path = error.path().to_string();
+                let field = if path == "." {
+                    backticked(&message).unwrap_or("query").to_owned()
+                } else {
+                    path
+                };
+                ApiError::Validation(vec![FieldError::new(field, message)])
+            })
     }
 }

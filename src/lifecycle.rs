@@ -11,7 +11,9 @@ pub struct Lifecycle {
 
 impl Default for Lifecycle {
     fn default() -> Self {
-        Lifecycle { draining: watch::Sender::new(false) }
+        Lifecycle {
+            draining: watch::Sender::new(false),
+        }
     }
 }
 
@@ -22,5 +24,15 @@ impl Lifecycle {
 
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow()
+    }
+}
+
+impl Lifecycle {
+    /// Completes when draining starts (at once if it already has).
+    pub fn draining(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut receiver = self.draining.subscribe();
+        async move {
+            let _ = receiver.wait_for(|draining| *draining).await;
+        }
     }
 }

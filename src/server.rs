@@ -32,23 +32,33 @@ impl Application {
     /// migrations when `RUN_MIGRATIONS_ON_START` says so, and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let config = Arc::new(config);
-        let db = Db::connect_lazy(&config.database).context("could not set up the database pool")?;
+        let db =
+            Db::connect_lazy(&config.database).context("could not set up the database pool")?;
         if config.run_migrations_on_start {
-            let applied = db.migrate().await.context("could not apply migrations at start (is the database reachable?)")?;
+            let applied = db
+                .migrate()
+                .await
+                .context("could not apply migrations at start (is the database reachable?)")?;
             for (version, description) in applied {
                 tracing::info!(version, description, "migration applied");
             }
         }
-        let state = AppState::new(config.clone(), db);
+        let state = AppState::new(config.clone(), db)?;
         let router = app::build_router(state.clone());
         let listener = TcpListener::bind((config.host, config.port))
             .await
             .with_context(|| format!("could not listen on {}:{}", config.host, config.port))?;
-        Ok(Application { listener, router, state })
+        Ok(Application {
+            listener,
+            router,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     pub fn state(&self) -> &AppState {
@@ -63,11 +73,19 @@ impl Application {
 
 /// Accepts connections until `shutdown`, then: `/readyz` turns 503, the listener closes,
 /// in-flight requests finish (for at most `SHUTDOWN_TIMEOUT_SECS`), and the pool closes.
-pub async fn serve(listener: TcpListener, router: Router, state: AppState, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+) {
     let config = state.config.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A client that dribbles its headers is cut off instead of holding a connection forever.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -91,7 +109,9 @@ pub async fn serve(listener: TcpListener, router: Router, state: AppState, shutd
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request)
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -102,9 +122,17 @@ pub async fn serve(listener: TcpListener, router: Router, state: AppState, shutd
 
     state.lifecycle.start_draining();
     drop(listener);
-    tracing::info!(timeout_secs = config.shutdown_timeout.as_secs(), "shutting down: draining in-flight requests");
-    if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown()).await.is_err() {
-        tracing::warn!("drain did not finish within SHUTDOWN_TIMEOUT_SECS; dropping the remaining connections");
+    tracing::info!(
+        timeout_secs = config.shutdown_timeout.as_secs(),
+        "shutting down: draining in-flight requests"
+    );
+    if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "drain did not finish within SHUTDOWN_TIMEOUT_SECS; dropping the remaining connections"
+        );
     }
     state.db.close().await;
     tracing::info!("shutdown complete");

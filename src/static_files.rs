@@ -5,14 +5,20 @@ use std::path::Path;
 use std::process::ExitCode;
 
 /// Text types worth compressing; images and fonts are compressed already.
-const COMPRESSIBLE: &[&str] = &["css", "js", "mjs", "html", "svg", "json", "txt", "xml", "map", "wasm"];
+const COMPRESSIBLE: &[&str] = &[
+    "css", "js", "mjs", "html", "svg", "json", "txt", "xml", "map", "wasm",
+];
 /// A compressed copy is kept only if it saves at least 5 % (as whitenoise does).
 const MIN_SAVING: f64 = 0.05;
 
 /// What `compress-static` did to one file.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Written { gzip: usize, brotli: usize, original: usize },
+    Written {
+        gzip: usize,
+        brotli: usize,
+        original: usize,
+    },
     NotWorthIt,
 }
 
@@ -36,7 +42,9 @@ pub fn compress_dir(dir: &Path) -> std::io::Result<Vec<(std::path::PathBuf, Outc
 }
 
 fn is_compressible(path: &Path) -> bool {
-    path.extension().and_then(|e| e.to_str()).is_some_and(|ext| COMPRESSIBLE.contains(&ext.to_ascii_lowercase().as_str()))
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|ext| COMPRESSIBLE.contains(&ext.to_ascii_lowercase().as_str()))
 }
 
 fn compress_file(path: &Path) -> std::io::Result<Outcome> {
@@ -49,7 +57,8 @@ fn compress_file(path: &Path) -> std::io::Result<Outcome> {
         let mut writer = brotli::CompressorWriter::new(&mut brotli, 4096, 11, 22);
         writer.write_all(&original)?;
     }
-    let worth_it = |compressed: &[u8]| (compressed.len() as f64) <= original.len() as f64 * (1.0 - MIN_SAVING);
+    let worth_it =
+        |compressed: &[u8]| (compressed.len() as f64) <= original.len() as f64 * (1.0 - MIN_SAVING);
     let gz_path = sibling(path, "gz");
     let br_path = sibling(path, "br");
     if !worth_it(&gzip) {
@@ -64,7 +73,11 @@ fn compress_file(path: &Path) -> std::io::Result<Outcome> {
     } else {
         let _ = std::fs::remove_file(br_path);
     }
-    Ok(Outcome::Written { gzip: gzip.len(), brotli: brotli.len(), original: original.len() })
+    Ok(Outcome::Written {
+        gzip: gzip.len(),
+        brotli: brotli.len(),
+        original: original.len(),
+    })
 }
 
 fn sibling(path: &Path, ext: &str) -> std::path::PathBuf {
@@ -79,10 +92,19 @@ pub fn compress_dir_command(dir: &Path) -> ExitCode {
         Ok(results) => {
             for (path, outcome) in results {
                 match outcome {
-                    Outcome::Written { gzip, brotli, original } => {
-                        println!("{}: {original} B → gzip {gzip} B, br {brotli} B", path.display())
+                    Outcome::Written {
+                        gzip,
+                        brotli,
+                        original,
+                    } => {
+                        println!(
+                            "{}: {original} B → gzip {gzip} B, br {brotli} B",
+                            path.display()
+                        )
                     }
-                    Outcome::NotWorthIt => println!("{}: skipped (compression saves < 5 %)", path.display()),
+                    Outcome::NotWorthIt => {
+                        println!("{}: skipped (compression saves < 5 %)", path.display())
+                    }
                 }
             }
             ExitCode::SUCCESS

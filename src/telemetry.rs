@@ -27,7 +27,10 @@ pub fn init(config: &Config) -> WorkerGuard {
     let filter = EnvFilter::new(&config.log_filter);
     // Colour codes only for a terminal; a log file or collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi);
     let result = match config.log_format {
         LogFormat::Json => builder
             .json()
@@ -58,7 +61,9 @@ impl RequestId {
     fn generate() -> RequestId {
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        RequestId(HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
+        RequestId(
+            HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+        )
     }
 
     pub fn as_str(&self) -> &str {
@@ -76,7 +81,9 @@ impl std::fmt::Display for RequestId {
 /// SPEC §10: `^[A-Za-z0-9._-]{1,128}$`; anything else could inject into logs.
 fn is_acceptable_request_id(bytes: &[u8]) -> bool {
     (1..=128).contains(&bytes.len())
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// What code running for a request may need to know about it without being handed it:
@@ -93,10 +100,12 @@ tokio::task_local! {
 
 /// The request being served on this task (a placeholder outside of one).
 pub fn current_request() -> RequestContext {
-    CURRENT_REQUEST.try_with(Clone::clone).unwrap_or_else(|_| RequestContext {
-        id: RequestId(HeaderValue::from_static("none")),
-        expose_internal_errors: false,
-    })
+    CURRENT_REQUEST
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| RequestContext {
+            id: RequestId(HeaderValue::from_static("none")),
+            expose_internal_errors: false,
+        })
 }
 
 /// The outermost request middleware: request id, client IP, error rendering and the log line.
@@ -112,11 +121,18 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
 
-    let context = RequestContext { id: id.clone(), expose_internal_errors: state.expose_internal_errors() };
+    let context = RequestContext {
+        id: id.clone(),
+        expose_internal_errors: state.expose_internal_errors(),
+    };
     let mut response = CURRENT_REQUEST
-        .scope(context, async move { error::render_bare_error(next.run(req).await) })
+        .scope(context, async move {
+            error::render_bare_error(next.run(req).await)
+        })
         .await;
-    response.headers_mut().insert(REQUEST_ID_HEADER, id.0.clone());
+    response
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER, id.0.clone());
 
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let status = response.status().as_u16();

@@ -13,9 +13,12 @@ use crate::app::AppState;
 
 /// The database check of `/readyz` never takes longer than this.
 const READINESS_DB_TIMEOUT: Duration = Duration::from_secs(2);
+const READINESS_REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -60,6 +63,20 @@ pub struct RedisCheck {
     status: &'static str,
 }
 
+/// Redis is optional to readiness: while it is away the rate limiter falls back to this instance.
+async fn redis_status(state: &AppState) -> &'static str {
+    let Some(redis) = &state.redis else {
+        return "disabled";
+    };
+    let mut connection = redis.clone();
+    let command = redis::cmd("PING");
+    let ping = command.query_async::<String>(&mut connection);
+    match tokio::time::timeout(READINESS_REDIS_TIMEOUT, ping).await {
+        Ok(Ok(_)) => "ok",
+        _ => "error",
+    }
+}
+
 /// Readiness: the database answers within 2 s and the server is not draining.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, body = Readiness, description = "ready to take traffic"),
@@ -68,22 +85,40 @@ pub struct RedisCheck {
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let draining = state.lifecycle.is_draining();
     let database = if draining {
-        DatabaseCheck { status: "error", latency_ms: None }
+        DatabaseCheck {
+            status: "error",
+            latency_ms: None,
+        }
     } else {
         match state.db.ping(READINESS_DB_TIMEOUT).await {
-            Ok(latency) => DatabaseCheck { status: "ok", latency_ms: Some(latency.as_micros() as f64 / 1000.0) },
+            Ok(latency) => DatabaseCheck {
+                status: "ok",
+                latency_ms: Some(latency.as_micros() as f64 / 1000.0),
+            },
             Err(error) => {
                 tracing::warn!(%error, "readiness: database check failed");
-                DatabaseCheck { status: "error", latency_ms: None }
+                DatabaseCheck {
+                    status: "error",
+                    latency_ms: None,
+                }
             }
         }
     };
     let ready = !draining && database.status == "ok";
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" },
-        checks: Checks { database, redis: RedisCheck { status: "disabled" } },
+        checks: Checks {
+            database,
+            redis: RedisCheck {
+                status: redis_status(&state).await,
+            },
+        },
         draining,
     };
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body))
 }

@@ -1,8 +1,8 @@
 //! `/openapi.json`: the OpenAPI 3.1 document, generated from the route annotations.
 
 use axum::Router;
-use axum::http::header;
 use axum::body::Bytes;
+use axum::http::header;
 use axum::routing::get;
 use utoipa::OpenApi;
 
@@ -11,7 +11,10 @@ use crate::error::{ErrorBody, ErrorDetail, FieldError};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "shipshape", description = "A production-ready Rust web service to fork."),
+    info(
+        title = "shipshape",
+        description = "A production-ready Rust web service to fork."
+    ),
     components(schemas(ErrorBody, ErrorDetail, FieldError))
 )]
 struct ApiDoc;
@@ -24,9 +27,15 @@ pub fn base_document() -> utoipa::openapi::OpenApi {
 /// Serves the finished document, serialised once at start.
 pub fn router(document: utoipa::openapi::OpenApi) -> Router<AppState> {
     // Serialising plain data structures cannot fail; an empty object would show it if it did.
-    let body = Bytes::from(document.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
+    let body = Bytes::from(
+        document
+            .to_pretty_json()
+            .unwrap_or_else(|_| "{}".to_owned()),
+    );
     Router::new().route(
         "/openapi.json",
-        get(move || std::future::ready(([(header::CONTENT_TYPE, "application/json")], body.clone()))),
+        get(move || {
+            std::future::ready(([(header::CONTENT_TYPE, "application/json")], body.clone()))
+        }),
     )
 }

@@ -32,7 +32,11 @@ impl<S: Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<ClientIp>().copied().unwrap_or(ClientIp(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
+        Ok(parts
+            .extensions
+            .get::<ClientIp>()
+            .copied()
+            .unwrap_or(ClientIp(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
     }
 }
 
@@ -59,7 +63,10 @@ mod tests {
     #[test]
     fn x_forwarded_for_takes_the_rightmost_entry() {
         let h = headers(&[("x-forwarded-for", "1.1.1.1, 3.3.3.3")]);
-        assert_eq!(resolve(ClientIpSource::XForwardedFor, &h, PEER), "3.3.3.3".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            resolve(ClientIpSource::XForwardedFor, &h, PEER),
+            "3.3.3.3".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

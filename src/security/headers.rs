@@ -16,16 +16,28 @@ impl SecurityHeaders {
         let csp = HeaderValue::from_str(&config.content_security_policy)
             .unwrap_or_else(|_| HeaderValue::from_static(crate::config::DEFAULT_CSP));
         let always = vec![
-            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
             (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
-            (header::REFERRER_POLICY, HeaderValue::from_static("strict-origin-when-cross-origin")),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("strict-origin-when-cross-origin"),
+            ),
             (header::CONTENT_SECURITY_POLICY, csp),
             (
                 HeaderName::from_static("permissions-policy"),
                 HeaderValue::from_static("camera=(), microphone=(), geolocation=()"),
             ),
-            (HeaderName::from_static("cross-origin-opener-policy"), HeaderValue::from_static("same-origin")),
-            (HeaderName::from_static("cross-origin-resource-policy"), HeaderValue::from_static("same-origin")),
+            (
+                HeaderName::from_static("cross-origin-opener-policy"),
+                HeaderValue::from_static("same-origin"),
+            ),
+            (
+                HeaderName::from_static("cross-origin-resource-policy"),
+                HeaderValue::from_static("same-origin"),
+            ),
             // The legacy XSS auditor is itself an attack vector; modern guidance turns it off.
             (header::X_XSS_PROTECTION, HeaderValue::from_static("0")),
         ];
@@ -37,7 +49,8 @@ impl SecurityHeaders {
             if config.hsts.preload {
                 value.push_str("; preload");
             }
-            HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("max-age=31536000"))
+            HeaderValue::from_str(&value)
+                .unwrap_or_else(|_| HeaderValue::from_static("max-age=31536000"))
         });
         SecurityHeaders { always, hsts }
     }

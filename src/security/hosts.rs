@@ -46,12 +46,17 @@ impl AllowedHosts {
         if self.any {
             return true;
         }
-        let name = strip_port(host.trim()).trim_end_matches('.').to_ascii_lowercase();
+        let name = strip_port(host.trim())
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         if name.is_empty() {
             return false;
         }
         self.exact.iter().any(|e| *e == name)
-            || self.domains.iter().any(|d| name.ends_with(d.as_str()) || name == d[1..])
+            || self
+                .domains
+                .iter()
+                .any(|d| name.ends_with(d.as_str()) || name == d[1..])
     }
 }
 

@@ -29,13 +29,22 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
         next.run(req).await
     } else if !state.allowed_hosts.allows_request(req.headers(), req.uri()) {
         ApiError::InvalidHost.into_response()
-    } else if let Some(location) =
-        state.config.secure_ssl_redirect.then(|| https::redirect_location(req.headers(), req.uri())).flatten()
+    } else if let Some(location) = state
+        .config
+        .secure_ssl_redirect
+        .then(|| https::redirect_location(req.headers(), req.uri()))
+        .flatten()
     {
-        (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response()
+        (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response()
     } else {
         next.run(req).await
     };
-    state.security_headers.apply(response.headers_mut(), was_https);
+    state
+        .security_headers
+        .apply(response.headers_mut(), was_https);
     response
 }

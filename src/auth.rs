@@ -1,0 +1,194 @@
+//! Authentication: Argon2id password hashes (bounded concurrency, on the blocking pool) and
+//! HS256 bearer tokens, with the [`AuthUser`] extractor for protected routes.
+//!
+//! There are no cookies, so there is no ambient credential for a CSRF attack to ride on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Params, Version};
+use axum::extract::FromRequestParts;
+use axum::http::{HeaderMap, header, request::Parts};
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::config::Config;
+use crate::error::ApiError;
+
+/// OWASP's Argon2id recommendation: 19 MiB, 2 iterations, 1 lane.
+const ARGON2_MEMORY_KIB: u32 = 19_456;
+const ARGON2_ITERATIONS: u32 = 2;
+const ARGON2_LANES: u32 = 1;
+
+/// A well-formed hash with the parameters above that matches no known password. Logins for
+/// unknown emails verify against it, so they cost the same time as a wrong password.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2hpcHNoYXBlLWR1bW15LXNhbHQ$PdIbfkzMSn8VQa9hFwPWJwU3P0TpWWY2zqQ8RMdb2u8";
+
+fn hasher() -> Argon2<'static> {
+    // Constant, valid parameters: `Params::new` cannot fail for them (a unit test runs it).
+    let params =
+        Params::new(ARGON2_MEMORY_KIB, ARGON2_ITERATIONS, ARGON2_LANES, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Token claims: subject (user id), issued-at and expiry, in unix seconds.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// Signing and verification keys, the token lifetime, and the password-hash gate.
+pub struct Auth {
+    encoding: EncodingKey,
+    /// `SECRET_KEY` first, then each of `SECRET_KEY_FALLBACKS`.
+    decoding: Vec<DecodingKey>,
+    validation: Validation,
+    pub token_ttl: Duration,
+    /// At most `PASSWORD_HASH_CONCURRENCY` hashes at once: each takes 19 MiB and a core.
+    hash_permits: Arc<Semaphore>,
+}
+
+impl Auth {
+    pub fn from_config(config: &Config) -> anyhow::Result<Auth> {
+        let key = config
+            .secret_key
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("SECRET_KEY is required to sign tokens"))?;
+        let decoding = std::iter::once(key)
+            .chain(&config.secret_key_fallbacks)
+            .map(|k| DecodingKey::from_secret(k.expose().as_bytes()))
+            .collect();
+        // Only HS256: `alg: none` and every other algorithm are refused before any key is tried.
+        let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub", "iat"]);
+        validation.leeway = 5;
+        Ok(Auth {
+            encoding: EncodingKey::from_secret(key.expose().as_bytes()),
+            decoding,
+            validation,
+            token_ttl: config.token_ttl,
+            hash_permits: Arc::new(Semaphore::new(config.password_hash_concurrency)),
+        })
+    }
+
+    pub fn issue_token(&self, user_id: Uuid) -> Result<String, ApiError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let claims = Claims {
+            sub: user_id.to_string(),
+            iat: now,
+            exp: now + self.token_ttl.as_secs() as i64,
+        };
+        jsonwebtoken::encode(
+            &Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot sign token: {e}")))
+    }
+
+    /// The user id of a valid token signed by the current key or any fallback key.
+    pub fn verify_token(&self, token: &str) -> Option<Uuid> {
+        self.decoding
+            .iter()
+            .find_map(|key| jsonwebtoken::decode::<Claims>(token, key, &self.validation).ok())
+            .and_then(|data| Uuid::parse_str(&data.claims.sub).ok())
+    }
+
+    /// The user id carried by a request's `Authorization: Bearer` header, if valid.
+    pub fn user_from_headers(&self, headers: &HeaderMap) -> Option<Uuid> {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| self.verify_token(token.trim()))
+            .flatten()
+    }
+
+    pub async fn hash_password(&self, password: String) -> Result<String, ApiError> {
+        self.run_hasher(move || {
+            hasher()
+                .hash_password(password.as_bytes())
+                .map(|h| h.to_string())
+                .map_err(|e| anyhow::anyhow!("argon2: {e}"))
+        })
+        .await?
+        .map_err(ApiError::Internal)
+    }
+
+    /// Checks a password against a stored hash, or against a dummy hash when there is no
+    /// account, so both cases take the same time.
+    pub async fn verify_password(
+        &self,
+        password: String,
+        stored_hash: Option<String>,
+    ) -> Result<bool, ApiError> {
+        let has_account = stored_hash.is_some();
+        let matched = self
+            .run_hasher(move || {
+                let hash = stored_hash.as_deref().unwrap_or(DUMMY_HASH);
+                hasher().verify_password(password.as_bytes(), hash).is_ok()
+            })
+            .await?;
+        Ok(matched && has_account)
+    }
+
+    /// Runs CPU-heavy hashing on the blocking pool, at most `PASSWORD_HASH_CONCURRENCY` at once.
+    async fn run_hasher<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self
+            .hash_permits
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal(anyhow::anyhow!("password hash gate closed")))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("password hashing task failed: {e}")))
+    }
+}
+
+/// The authenticated caller of a protected route. Missing, malformed, expired or forged
+/// tokens are 401 `unauthorized` with `WWW-Authenticate: Bearer`.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthUser {
+    pub id: Uuid,
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state
+            .auth
+            .user_from_headers(&parts.headers)
+            .map(|id| AuthUser { id })
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_valid_and_dummy_hash_uses_them() {
+        assert!(Params::new(ARGON2_MEMORY_KIB, ARGON2_ITERATIONS, ARGON2_LANES, None).is_ok());
+        let parsed = argon2::PasswordHash::new(DUMMY_HASH).expect("dummy hash parses");
+        assert_eq!(parsed.algorithm.as_str(), "argon2id");
+        assert!(DUMMY_HASH.contains(&format!(
+            "m={ARGON2_MEMORY_KIB},t={ARGON2_ITERATIONS},p={ARGON2_LANES}"
+        )));
+        assert!(
+            hasher()
+                .verify_password(b"anything at all", DUMMY_HASH)
+                .is_err()
+        );
+    }
+}

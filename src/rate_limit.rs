@@ -1,0 +1,386 @@
+//! Rate limits (SPEC §6): GCRA, a burst of N refilled at N per period, keyed by client IP
+//! or user id. In-process with `governor`; shared by every instance through one atomic Redis
+//! script call when `REDIS_URL` is set, falling back to in-process while Redis is away.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use redis::aio::ConnectionManager;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::config::{Rate, RateLimits};
+use crate::error::ApiError;
+use crate::security::client_ip::ClientIp;
+use crate::security::is_health_path;
+
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+
+/// A Redis call slower than this counts as Redis being away: limits must never stall requests.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// After a Redis fault, use the in-process limiter this long before trying Redis again.
+const REDIS_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Redis faults are logged at most this often.
+const FAULT_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// How often idle in-process keys are dropped, so memory stays bounded however many IPs visit.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LimitKey {
+    Ip(IpAddr),
+    User(Uuid),
+}
+
+impl std::fmt::Display for LimitKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LimitKey::Ip(ip) => write!(f, "ip:{ip}"),
+            LimitKey::User(id) => write!(f, "user:{id}"),
+        }
+    }
+}
+
+/// The outcome of one check, with what the response headers need.
+#[derive(Clone, Copy, Debug)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    pub retry_after: Duration,
+}
+
+impl Decision {
+    fn apply_headers(&self, headers: &mut HeaderMap) {
+        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(self.limit));
+        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
+    }
+
+    /// Whole seconds, rounded up: a client that waits this long will pass.
+    fn retry_after_secs(&self) -> u64 {
+        self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0)
+    }
+}
+
+type LocalLimiter = RateLimiter<
+    LimitKey,
+    DefaultKeyedStateStore<LimitKey>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+
+/// One named limit.
+pub struct Limiter {
+    /// `global`, `login`, `signup` or `invoice_create`: the metric label and Redis key part.
+    pub name: &'static str,
+    rate: Rate,
+    local: LocalLimiter,
+    shared: Option<Arc<SharedStore>>,
+}
+
+impl Limiter {
+    fn new(name: &'static str, rate: Rate, shared: Option<Arc<SharedStore>>) -> Limiter {
+        // `replenish_interval` is never zero: the period is at least 1 s and the burst a u32.
+        let quota = Quota::with_period(rate.replenish_interval())
+            .unwrap_or_else(|| Quota::per_second(rate.burst))
+            .allow_burst(rate.burst);
+        let local = RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>();
+        Limiter {
+            name,
+            rate,
+            local,
+            shared,
+        }
+    }
+
+    pub async fn check(&self, key: LimitKey) -> Decision {
+        if let Some(shared) = &self.shared
+            && let Some(decision) = shared.check(self.name, key, self.rate).await
+        {
+            return decision;
+        }
+        self.check_local(key)
+    }
+
+    fn check_local(&self, key: LimitKey) -> Decision {
+        let limit = self.rate.burst.get();
+        match self.local.check_key(&key) {
+            Ok(snapshot) => Decision {
+                allowed: true,
+                limit,
+                remaining: snapshot.remaining_burst_capacity(),
+                retry_after: Duration::ZERO,
+            },
+            Err(not_until) => Decision {
+                allowed: false,
+                limit,
+                remaining: 0,
+                retry_after: not_until.wait_time_from(self.local.clock().now()),
+            },
+        }
+    }
+
+    fn prune(&self) {
+        self.local.retain_recent();
+        self.local.shrink_to_fit();
+    }
+}
+
+/// The GCRA in Redis, atomically. State per key is its "theoretical arrival time" (ms).
+/// ARGV: emission interval (ms), burst. Returns {allowed, remaining, retry_after_ms}.
+const GCRA_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allowed_at = new_tat - interval * burst
+if allowed_at > now then
+  return {0, 0, allowed_at - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
+return {1, math.floor((now - allowed_at) / interval), 0}
+";
+
+/// Redis connection for the limiters, with the fault bookkeeping for the fallback.
+pub struct SharedStore {
+    connection: ConnectionManager,
+    script: redis::Script,
+    started: Instant,
+    /// Milliseconds since `started` before which Redis is not tried again.
+    skip_until_ms: AtomicU64,
+    /// Milliseconds since `started` of the last fault log line (0: never).
+    last_fault_log_ms: AtomicU64,
+}
+
+impl SharedStore {
+    pub fn new(connection: ConnectionManager) -> SharedStore {
+        SharedStore {
+            connection,
+            script: redis::Script::new(GCRA_SCRIPT),
+            started: Instant::now(),
+            skip_until_ms: AtomicU64::new(0),
+            last_fault_log_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// `None` when Redis cannot answer quickly: the caller falls back to in-process.
+    async fn check(&self, name: &str, key: LimitKey, rate: Rate) -> Option<Decision> {
+        if self.now_ms() < self.skip_until_ms.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut connection = self.connection.clone();
+        let interval_ms = rate.replenish_interval().as_millis().max(1) as u64;
+        let call = async {
+            self.script
+                .key(format!("shipshape:ratelimit:{name}:{key}"))
+                .arg(interval_ms)
+                .arg(rate.burst.get())
+                .invoke_async::<(u8, u32, u64)>(&mut connection)
+                .await
+        };
+        let result = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", REDIS_TIMEOUT.as_millis())),
+        };
+        match result {
+            Ok((allowed, remaining, retry_after_ms)) => Some(Decision {
+                allowed: allowed == 1,
+                limit: rate.burst.get(),
+                remaining,
+                retry_after: Duration::from_millis(retry_after_ms),
+            }),
+            Err(reason) => {
+                self.record_fault(&reason);
+                None
+            }
+        }
+    }
+
+    fn record_fault(&self, reason: &str) {
+        let now = self.now_ms();
+        self.skip_until_ms.store(
+            now + REDIS_RETRY_AFTER.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        let last = self.last_fault_log_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= FAULT_LOG_INTERVAL.as_millis() as u64;
+        if due
+            && self
+                .last_fault_log_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                reason,
+                "Redis unreachable: rate limits fall back to this instance (logged once a minute)"
+            );
+        }
+    }
+}
+
+/// The four limits of §2; `None` where set to `off`.
+pub struct RateLimiters {
+    pub global: Option<Limiter>,
+    pub login: Option<Limiter>,
+    pub signup: Option<Limiter>,
+    pub invoice_create: Option<Limiter>,
+}
+
+impl RateLimiters {
+    pub fn new(limits: &RateLimits, shared: Option<Arc<SharedStore>>) -> RateLimiters {
+        let make = |name, rate: Option<Rate>| rate.map(|r| Limiter::new(name, r, shared.clone()));
+        RateLimiters {
+            global: make("global", limits.global),
+            login: make("login", limits.login),
+            signup: make("signup", limits.signup),
+            invoice_create: make("invoice_create", limits.invoice_create),
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Limiter> {
+        [
+            &self.global,
+            &self.login,
+            &self.signup,
+            &self.invoice_create,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// Drops idle in-process keys every minute; stops once the limiters are gone.
+pub fn spawn_pruner(limiters: Weak<RateLimiters>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(limiters) = limiters.upgrade() else {
+                break;
+            };
+            limiters.all().for_each(Limiter::prune);
+        }
+    });
+}
+
+/// Which limit a route is under.
+#[derive(Clone, Copy, Debug)]
+pub enum Limit {
+    Global,
+    Login,
+    Signup,
+    InvoiceCreate,
+}
+
+impl RateLimiters {
+    fn get(&self, which: Limit) -> Option<&Limiter> {
+        match which {
+            Limit::Global => self.global.as_ref(),
+            Limit::Login => self.login.as_ref(),
+            Limit::Signup => self.signup.as_ref(),
+            Limit::InvoiceCreate => self.invoice_create.as_ref(),
+        }
+    }
+}
+
+/// Middleware: limits by client IP (`global` exempts the health probes).
+pub async fn per_ip(
+    State((state, which)): State<(AppState, Limit)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(limiter) = state.rate_limiters.get(which) else {
+        return next.run(req).await;
+    };
+    if matches!(which, Limit::Global) && is_health_path(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let ip = req
+        .extensions()
+        .get::<ClientIp>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
+    enforce(limiter, LimitKey::Ip(ip), req, next).await
+}
+
+/// Middleware: limits by authenticated user; requests without a valid token pass through
+/// to the handler, which answers 401.
+pub async fn per_user(
+    State((state, which)): State<(AppState, Limit)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(limiter) = state.rate_limiters.get(which) else {
+        return next.run(req).await;
+    };
+    let Some(user) = state.auth.user_from_headers(req.headers()) else {
+        return next.run(req).await;
+    };
+    enforce(limiter, LimitKey::User(user), req, next).await
+}
+
+async fn enforce(limiter: &Limiter, key: LimitKey, req: Request, next: Next) -> Response {
+    let decision = limiter.check(key).await;
+    if !decision.allowed {
+        metrics::counter!("rate_limited_total", "limit" => limiter.name).increment(1);
+        let mut response = ApiError::RateLimited {
+            retry_after_secs: decision.retry_after_secs(),
+        }
+        .into_response();
+        decision.apply_headers(response.headers_mut());
+        return response;
+    }
+    let mut response = next.run(req).await;
+    // A stricter, route-specific limit inside this one has already reported itself.
+    if !response.headers().contains_key(X_RATELIMIT_LIMIT) {
+        decision.apply_headers(response.headers_mut());
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_rate;
+
+    fn limiter(rate: &str) -> Limiter {
+        Limiter::new("test", parse_rate(rate).unwrap().unwrap(), None)
+    }
+
+    #[test]
+    fn five_per_minute_allows_a_burst_of_five_then_asks_for_twelve_seconds() {
+        let l = limiter("5/m");
+        let key = LimitKey::Ip(IpAddr::from([10, 0, 0, 1]));
+        for expected_remaining in (0..5).rev() {
+            let d = l.check_local(key);
+            assert!(d.allowed);
+            assert_eq!(d.remaining, expected_remaining);
+        }
+        let d = l.check_local(key);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after_secs(), 12);
+        // Another key has its own budget.
+        assert!(
+            l.check_local(LimitKey::Ip(IpAddr::from([10, 0, 0, 2])))
+                .allowed
+        );
+    }
+}
