@@ -123,9 +123,14 @@ pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(routes::webhooks::router())
 }
 
-/// Builds the application: routes, then the middleware stack, outermost layer first.
+/// Builds the application: every route, `/openapi.json`, and the middleware stack.
 pub fn build_router(state: AppState) -> Router {
     let (router, openapi) = routes(&state).split_for_parts();
+    with_middleware(router.merge(routes::openapi::router(openapi)), state)
+}
+
+/// Wraps routes in the 404 fallback and the whole middleware stack, outermost layer first.
+pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
     let config = &state.config;
     let stack = ServiceBuilder::new()
         // Request id, client IP, one log line per request; renders every error as §4 JSON.
@@ -158,7 +163,6 @@ pub fn build_router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable());
 
     router
-        .merge(routes::openapi::router(openapi))
         .fallback(error::not_found)
         .layer(stack)
         .with_state(state)

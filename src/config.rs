@@ -255,6 +255,10 @@ impl fmt::Debug for Secret {
 pub struct SecretUrl(String);
 
 impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        SecretUrl(url.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -206,7 +206,10 @@ impl IntoResponse for ApiError {
 /// middleware's 413 or 408, ...) into one that did, keeping its headers (`Allow`,
 /// `Retry-After`). Runs inside the request-id scope, so the body carries the request id.
 pub fn render_bare_error(response: Response) -> Response {
-    if response.status().as_u16() < 400 || response.extensions().get::<ErrorCode>().is_some() {
+    let already_rendered = response.extensions().get::<ErrorCode>().is_some()
+        // A handler's own JSON answer with an error status (e.g. `/readyz` 503) is deliberate.
+        || response.headers().get(header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if response.status().as_u16() < 400 || already_rendered {
         return response;
     }
     let (parts, _body) = response.into_parts();

@@ -16,3 +16,9 @@ pub mod security;
 pub mod server;
 pub mod static_files;
 pub mod telemetry;
+
+/// Installs rustls' ring crypto provider for the whole process. Must run before any TLS
+/// client (Sentry, reqwest, Postgres with TLS) is built; later calls do nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

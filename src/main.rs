@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // rustls needs its process-wide crypto provider (ring) before any TLS client is built.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    shipshape::install_crypto_provider();
     shipshape::cli::run()
 }

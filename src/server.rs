@@ -65,6 +65,11 @@ impl Application {
         &self.state
     }
 
+    /// Replaces the routes (tests mount extra ones inside the same middleware stack).
+    pub fn with_router(self, router: Router) -> Application {
+        Application { router, ..self }
+    }
+
     /// Serves until `shutdown` completes, then drains.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
         serve(self.listener, self.router, self.state, shutdown).await;

@@ -4,7 +4,8 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::http::header;
 use axum::routing::get;
-use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 use crate::app::AppState;
 use crate::error::{ErrorBody, ErrorDetail, FieldError};
@@ -15,9 +16,24 @@ use crate::error::{ErrorBody, ErrorDetail, FieldError};
         title = "shipshape",
         description = "A production-ready Rust web service to fork."
     ),
-    components(schemas(ErrorBody, ErrorDetail, FieldError))
+    components(schemas(ErrorBody, ErrorDetail, FieldError)),
+    modifiers(&BearerAuth)
 )]
 struct ApiDoc;
+
+/// Declares the `bearer` scheme that protected routes name in `security(("bearer" = []))`.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("JWT")
+            .build();
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
 
 /// The document the route modules add their paths to.
 pub fn base_document() -> utoipa::openapi::OpenApi {

@@ -1,0 +1,339 @@
+//! The binary itself: configuration errors, `--help`, `migrate`, the request log line,
+//! signals, and `check --deploy` / production start-up checks.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::{TEST_SECRET, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shipshape");
+
+/// Every variable of SPEC §2.
+const SETTINGS: &[&str] = &[
+    "APP_ENV",
+    "DEBUG",
+    "HOST",
+    "PORT",
+    "SECRET_KEY",
+    "SECRET_KEY_FALLBACKS",
+    "DATABASE_URL",
+    "DATABASE_MAX_CONNECTIONS",
+    "DATABASE_MIN_CONNECTIONS",
+    "DATABASE_ACQUIRE_TIMEOUT_SECS",
+    "DATABASE_IDLE_TIMEOUT_SECS",
+    "DATABASE_MAX_LIFETIME_SECS",
+    "DATABASE_STATEMENT_TIMEOUT_SECS",
+    "RUN_MIGRATIONS_ON_START",
+    "REDIS_URL",
+    "ALLOWED_HOSTS",
+    "CORS_ALLOWED_ORIGINS",
+    "SECURE_SSL_REDIRECT",
+    "SECURE_HSTS_SECONDS",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "SECURE_HSTS_PRELOAD",
+    "CONTENT_SECURITY_POLICY",
+    "CLIENT_IP_SOURCE",
+    "RATE_LIMIT_GLOBAL",
+    "RATE_LIMIT_LOGIN",
+    "RATE_LIMIT_SIGNUP",
+    "RATE_LIMIT_INVOICE_CREATE",
+    "MAX_BODY_BYTES",
+    "REQUEST_TIMEOUT_SECS",
+    "HEADER_READ_TIMEOUT_SECS",
+    "SHUTDOWN_TIMEOUT_SECS",
+    "TOKEN_TTL_SECS",
+    "PASSWORD_HASH_CONCURRENCY",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+    "SENTRY_DSN",
+    "SENTRY_ENVIRONMENT",
+    "SENTRY_TRACES_SAMPLE_RATE",
+    "METRICS_PORT",
+    "STATIC_DIR",
+    "STATIC_MAX_AGE_SECS",
+    "WEBHOOK_SECRET",
+    "MAX_SSE_STREAMS",
+];
+
+/// The binary in a scratch directory with a clean environment (no `.env`, no inherited settings).
+fn shipshape(dir: &tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    shipshape(&dir, args, env).output().expect("binary runs")
+}
+
+#[test]
+fn each_kind_of_bad_value_exits_2_with_one_line_naming_the_variable() {
+    for (var, value) in [
+        ("PORT", "abc"),
+        ("RATE_LIMIT_LOGIN", "5/x"),
+        ("DATABASE_URL", "mysql://root@localhost/app"),
+        ("DEBUG", "maybe"),
+        ("APP_ENV", "staging"),
+        ("HOST", "not-an-ip"),
+        ("CLIENT_IP_SOURCE", "leftmost"),
+        ("LOG_FORMAT", "xml"),
+        ("LOG_LEVEL", "info,[bad"),
+        ("MAX_BODY_BYTES", "-1"),
+        ("DATABASE_ACQUIRE_TIMEOUT_SECS", "0"),
+        ("SENTRY_TRACES_SAMPLE_RATE", "2"),
+        ("METRICS_PORT", "99999"),
+        ("REDIS_URL", "http://user:hunter2@cache:6379"),
+    ] {
+        let output = run(&["serve"], &[(var, value)]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{var}: one line, got {stderr}"
+        );
+        assert!(stderr.contains(var), "{var} named in {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("hunter2"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_lists_every_setting_and_hides_secret_values() {
+    let output = run(
+        &["--help"],
+        &[("SECRET_KEY", "do-not-print-this-key-1234567890abcdef")],
+    );
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for var in SETTINGS {
+        assert!(help.contains(&format!("env: {var}")), "--help lists {var}");
+    }
+    assert!(help.contains("[default: 8080]"), "defaults are shown");
+    assert!(
+        !help.contains("do-not-print-this-key"),
+        "secret values are hidden"
+    );
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let output = run(&["--version"], &[]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn migrate_applies_then_finds_nothing_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/nested/app.db", dir.path().display());
+    let first = shipshape(&dir, &["migrate"], &[("DATABASE_URL", &url)])
+        .output()
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("applied"),
+        "folder created, migrations applied"
+    );
+    let second = shipshape(&dir, &["migrate"], &[("DATABASE_URL", &url)])
+        .output()
+        .unwrap();
+    assert!(second.status.success());
+    assert!(String::from_utf8_lossy(&second.stdout).contains("no pending migrations"));
+}
+
+#[test]
+fn migrate_on_postgres_is_idempotent() {
+    let Some(crate::helpers::Backend::Postgres(admin)) = crate::helpers::Backend::postgres() else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let url = runtime.block_on(crate::helpers::fresh_postgres_database(&admin));
+    let first = run(&["migrate"], &[("DATABASE_URL", &url)]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied"));
+    let second = run(&["migrate"], &[("DATABASE_URL", &url)]);
+    assert!(String::from_utf8_lossy(&second.stdout).contains("no pending migrations"));
+}
+
+#[test]
+fn unreachable_database_with_migrations_on_start_exits_1_with_a_clear_line() {
+    let port = free_port().to_string();
+    let output = run(
+        &["serve"],
+        &[
+            ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+            ("DATABASE_ACQUIRE_TIMEOUT_SECS", "1"),
+            ("PORT", &port),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("could not apply migrations at start")
+    );
+}
+
+/// A running server process, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(env: &[(&str, &str)]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut all_env = vec![("PORT", port_text.as_str()), ("SECRET_KEY", TEST_SECRET)];
+    all_env.extend_from_slice(env);
+    let child = shipshape(&dir, &["serve"], &all_env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let server = Server {
+        child,
+        port,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn json_log_has_exactly_one_line_per_request_with_the_listed_fields() {
+    let mut server = start_server(&[("LOG_FORMAT", "json")]);
+    let client = reqwest::blocking_client();
+    let response = client(
+        &format!("http://127.0.0.1:{}/api/v1/nope", server.port),
+        &[("x-request-id", "log-test-1")],
+    );
+    assert_eq!(response, 404);
+    let health = client(
+        &format!("http://127.0.0.1:{}/healthz", server.port),
+        &[("x-request-id", "probe-1")],
+    );
+    assert_eq!(health, 200);
+    sigterm(&server.child);
+    let status = wait_with_deadline(&mut server.child, Duration::from_secs(10));
+    assert!(status.success(), "SIGTERM exits 0");
+
+    let stdout = BufReader::new(server.child.stdout.take().unwrap());
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str(&line.unwrap()).expect("every stdout line is one JSON object")
+        })
+        .collect();
+    let request_lines: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["request_id"] == "log-test-1")
+        .collect();
+    assert_eq!(request_lines.len(), 1, "exactly one line for the request");
+    let line = request_lines[0];
+    for field in [
+        "timestamp",
+        "level",
+        "message",
+        "request_id",
+        "method",
+        "route",
+        "status",
+        "latency_ms",
+        "client_ip",
+    ] {
+        assert!(!line[field].is_null(), "{field} in {line}");
+    }
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["route"], "unmatched");
+    assert_eq!(line["status"], 404);
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["client_ip"], "127.0.0.1");
+    assert!(
+        !lines.iter().any(|l| l["request_id"] == "probe-1"),
+        "a 200 health probe is not logged at INFO"
+    );
+}
+
+#[test]
+fn sigint_also_drains_and_exits_0() {
+    let mut server = start_server(&[]);
+    let status = Command::new("kill")
+        .args(["-INT", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(wait_with_deadline(&mut server.child, Duration::from_secs(10)).success());
+}
+
+/// Minimal blocking HTTP GET for process tests: returns the status code.
+mod reqwest {
+    pub fn blocking_client() -> impl Fn(&str, &[(&str, &str)]) -> u16 {
+        |url, headers| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut request = crate::helpers::http_client().get(url);
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
+                request.send().await.unwrap().status().as_u16()
+            })
+        }
+    }
+}

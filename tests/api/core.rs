@@ -1,0 +1,337 @@
+//! Health, readiness, OpenAPI, the error shape, request ids, panics, timeouts, shutdown and
+//! database outages.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use shipshape::app::AppState;
+
+use crate::helpers::{Backend, Options, TcpProxy, TestApp, assert_error};
+use crate::on_both_databases;
+
+on_both_databases!(
+    health_and_readiness_answer,
+    errors_have_one_shape,
+    pool_exhausted_is_a_quick_503,
+);
+
+async fn health_and_readiness_answer(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let health = app.get("/healthz", None).await;
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        json!({"status": "ok"})
+    );
+
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["checks"]["database"]["status"], "ok");
+    assert!(body["checks"]["database"]["latency_ms"].as_f64().is_some());
+    assert_eq!(body["checks"]["redis"]["status"], "disabled");
+    app.stop().await;
+}
+
+async fn errors_have_one_shape(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.max_body_bytes = 1024).await;
+    let login = "/api/v1/auth/login";
+
+    assert_error(app.get("/api/v1/nope", None).await, 404, "not_found").await;
+
+    let wrong_method = app.client.delete(app.url("/healthz")).send().await.unwrap();
+    let allow = wrong_method
+        .headers()
+        .get("allow")
+        .expect("Allow header")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(allow.contains("GET"), "Allow: {allow}");
+    assert_error(wrong_method, 405, "method_not_allowed").await;
+
+    let broken = app
+        .client
+        .post(app.url(login))
+        .header("content-type", "application/json")
+        .body("{\"email\":")
+        .send();
+    assert_error(broken.await.unwrap(), 400, "invalid_json").await;
+
+    let no_type = app
+        .client
+        .post(app.url(login))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_error(no_type, 415, "unsupported_media_type").await;
+
+    let oversize = json!({"email": "a@example.com", "password": "x".repeat(2048)});
+    assert_error(
+        app.post_json(login, &oversize, None).await,
+        413,
+        "payload_too_large",
+    )
+    .await;
+
+    let wrong_type = app
+        .post_json(login, &json!({"email": 5, "password": "x"}), None)
+        .await;
+    let body = assert_error(wrong_type, 422, "validation_failed").await;
+    assert_eq!(body["error"]["details"][0]["field"], "email");
+
+    let missing = app
+        .post_json(login, &json!({"email": "a@example.com"}), None)
+        .await;
+    let body = assert_error(missing, 422, "validation_failed").await;
+    assert_eq!(body["error"]["details"][0]["field"], "password");
+    app.stop().await;
+}
+
+async fn pool_exhausted_is_a_quick_503(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.database.max_connections = 1;
+        c.database.acquire_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let token = app.signup("pool@example.com").await;
+    // Hold the only connection, as a slow query would.
+    let held = match &app.state.db {
+        shipshape::db::Db::Postgres(pool) => (Some(pool.acquire().await.unwrap()), None),
+        shipshape::db::Db::Sqlite(pool) => (None, Some(pool.acquire().await.unwrap())),
+    };
+    let started = Instant::now();
+    let response = app.get("/api/v1/me", Some(&token)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered within the acquire timeout"
+    );
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("5")
+    );
+    assert_error(response, 503, "service_unavailable").await;
+    drop(held);
+    assert_eq!(app.get("/api/v1/me", Some(&token)).await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_documents_every_api_route() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let doc: Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/api/v1/auth/signup", "post"),
+        ("/api/v1/auth/login", "post"),
+        ("/api/v1/me", "get"),
+        ("/api/v1/invoices", "post"),
+        ("/api/v1/invoices", "get"),
+        ("/api/v1/invoices/{id}", "get"),
+        ("/api/v1/invoices/{id}/send", "post"),
+        ("/api/v1/invoices/events", "get"),
+        ("/api/v1/webhooks/payments", "post"),
+        ("/api/v1/stats/summary", "get"),
+    ] {
+        let operation = &paths[path][method];
+        assert!(operation.is_object(), "{method} {path} is documented");
+        assert!(
+            operation["responses"].as_object().unwrap().len() >= 2,
+            "{method} {path} lists its errors"
+        );
+    }
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn request_id_is_kept_when_sane_and_replaced_when_not() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let kept = app
+        .client
+        .get(app.url("/api/v1/nope"))
+        .header("x-request-id", "abc.DEF_123-x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.headers()["x-request-id"], "abc.DEF_123-x");
+    let body = assert_error(kept, 404, "not_found").await;
+    assert_eq!(body["error"]["request_id"], "abc.DEF_123-x");
+
+    for bad in ["has space", "semi;colon", &"x".repeat(129)] {
+        let replaced = app
+            .client
+            .get(app.url("/healthz"))
+            .header("x-request-id", bad)
+            .send()
+            .await
+            .unwrap();
+        let id = replaced.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_ne!(id, bad);
+        assert!(
+            uuid::Uuid::parse_str(&id).is_ok(),
+            "a new UUID replaces {bad:?}"
+        );
+    }
+    app.stop().await;
+}
+
+fn test_routes() -> Router<AppState> {
+    Router::new()
+        .route("/boom", get(explode))
+        .route(
+            "/slow",
+            post(|| async {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                "finished"
+            }),
+        )
+        .route(
+            "/stuck",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "too late"
+            }),
+        )
+}
+
+async fn app_with_test_routes() -> TestApp {
+    let options = Options {
+        backend: Backend::Sqlite,
+        extra_routes: Some(test_routes()),
+    };
+    TestApp::start(options, |c| c.request_timeout = Duration::from_secs(1)).await
+}
+
+#[tokio::test]
+async fn a_panic_is_a_500_and_the_server_keeps_serving() {
+    let app = app_with_test_routes().await;
+    for _ in 0..3 {
+        let body = assert_error(app.get("/boom", None).await, 500, "internal_error").await;
+        assert!(
+            !body.to_string().contains("exploded"),
+            "no panic text reaches the client"
+        );
+    }
+    assert_eq!(app.get("/healthz", None).await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_over_the_timeout_is_a_503() {
+    let app = app_with_test_routes().await;
+    let started = Instant::now();
+    assert_error(app.get("/stuck", None).await, 503, "timeout").await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_request_finish_and_readiness_fail() {
+    let mut app = app_with_test_routes().await;
+    let client = app.client.clone();
+    let url = app.url("/slow");
+    let in_flight = tokio::spawn(async move { client.post(url).send().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let server = app.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(app.state.lifecycle.is_draining(), "draining starts at once");
+    let (status, body) =
+        shipshape::routes::health::readyz(axum::extract::State(app.state.clone())).await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        serde_json::to_value(&body.0).unwrap()["status"],
+        "unavailable"
+    );
+
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "finished");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("drain ends")
+        .unwrap();
+    assert!(
+        app.client.get(app.url("/healthz")).send().await.is_err(),
+        "the listener is closed"
+    );
+}
+
+/// PostgreSQL goes away while serving (a proxy in front of it is cut), then comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_gives_503_and_recovers_without_restart() {
+    let Some(Backend::Postgres(admin)) = Backend::postgres() else {
+        return;
+    };
+    let database_url = crate::helpers::fresh_postgres_database(&admin).await;
+    let mut url = url::Url::parse(&database_url).unwrap();
+    let target = tokio::net::lookup_host((url.host_str().unwrap(), url.port().unwrap_or(5432)))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = TcpProxy::start(target).await;
+    url.set_host(Some("127.0.0.1")).unwrap();
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let app = TestApp::spawn_with(Backend::Postgres(admin), |c| {
+        c.database.url = shipshape::config::SecretUrl::new(url.to_string());
+        c.database.acquire_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let token = app.signup("outage@example.com").await;
+    assert_eq!(app.get("/readyz", None).await.status(), 200);
+
+    proxy.cut();
+    let started = Instant::now();
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status(), 503);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("\"status\":\"unavailable\""), "{body}");
+    assert_error(
+        app.get("/api/v1/me", Some(&token)).await,
+        503,
+        "service_unavailable",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answers are bounded, never a hang"
+    );
+    assert_eq!(
+        app.get("/healthz", None).await.status(),
+        200,
+        "liveness does not depend on the database"
+    );
+
+    proxy.restore().await;
+    let mut recovered = false;
+    for _ in 0..50 {
+        if app.get("/api/v1/me", Some(&token)).await.status() == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "requests succeed again without a restart");
+    assert_eq!(app.get("/readyz", None).await.status(), 200);
+    app.stop().await;
+}
+
+async fn explode() -> &'static str {
+    panic!("handler exploded")
+}

@@ -1,0 +1,365 @@
+//! The test harness: the real application on 127.0.0.1 port 0, against SQLite (always) or a
+//! fresh PostgreSQL database (when `TEST_DATABASE_URL` is set), plus helpers to drive it.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Once;
+use std::time::Duration;
+
+use axum::Router;
+use serde_json::{Value, json};
+use shipshape::app::{self, AppState};
+use shipshape::config::{Config, RateLimits, Secret, SecretUrl};
+use shipshape::server::Application;
+use sqlx::{Connection, Executor};
+use tokio::sync::oneshot;
+
+pub const TEST_SECRET: &str = "test-signing-key-5f1c9a7e2b4d6f8a0c3e5b7d9f1a2c4e";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Where a test's data lives.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+/// Prints once per test binary, past cargo's output capture, so a skip is never silent.
+pub fn notice(key: &'static Once, text: &str) {
+    key.call_once(|| {
+        let _ = writeln!(std::io::stderr(), "\n*** {text}\n");
+    });
+}
+
+static POSTGRES_NOTICE: Once = Once::new();
+static REDIS_NOTICE: Once = Once::new();
+
+impl Backend {
+    /// `None` (with a printed notice) when `TEST_DATABASE_URL` is unset.
+    pub fn postgres() -> Option<Backend> {
+        match std::env::var("TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => Some(Backend::Postgres(url)),
+            _ => {
+                notice(
+                    &POSTGRES_NOTICE,
+                    "TEST_DATABASE_URL is not set: skipping the PostgreSQL variants of the tests",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// `TEST_REDIS_URL`, or `None` with a printed notice.
+pub fn redis_url() -> Option<String> {
+    match std::env::var("TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            notice(
+                &REDIS_NOTICE,
+                "TEST_REDIS_URL is not set: skipping the tests that need Redis",
+            );
+            None
+        }
+    }
+}
+
+/// Creates an empty database for one test and returns its URL. Panics (loudly) if the
+/// server in `TEST_DATABASE_URL` cannot be reached: a set variable means the tests must run.
+pub async fn fresh_postgres_database(admin_url: &str) -> String {
+    let mut admin = sqlx::PgConnection::connect(admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("TEST_DATABASE_URL is set but PostgreSQL is unreachable: {e}"));
+    let name = format!("shipshape_test_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .expect("create test database");
+    let mut url = url::Url::parse(admin_url).expect("TEST_DATABASE_URL is a URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
+/// A configuration for tests: development defaults, port 0, a fixed key, limits off.
+pub async fn test_config(backend: &Backend, dir: &tempfile::TempDir) -> Config {
+    let mut config = Config::development();
+    config.port = 0;
+    config.secret_key = Some(Secret::new(TEST_SECRET));
+    config.secret_key_generated = false;
+    config.password_hash_concurrency = 2;
+    config.rate_limits = RateLimits {
+        global: None,
+        login: None,
+        signup: None,
+        invoice_create: None,
+    };
+    config.static_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("static");
+    config.database.url = match backend {
+        Backend::Sqlite => SecretUrl::new(format!("sqlite://{}/app.db", dir.path().display())),
+        Backend::Postgres(admin) => SecretUrl::new(fresh_postgres_database(admin).await),
+    };
+    config
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub backend: Backend,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Options {
+    pub backend: Backend,
+    /// Extra routes mounted inside the real middleware stack.
+    pub extra_routes: Option<Router<AppState>>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> TestApp {
+        TestApp::spawn_with(backend, |_| {}).await
+    }
+
+    pub async fn spawn_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestApp {
+        TestApp::start(
+            Options {
+                backend,
+                extra_routes: None,
+            },
+            configure,
+        )
+        .await
+    }
+
+    pub async fn start(options: Options, configure: impl FnOnce(&mut Config)) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(&options.backend, &dir).await;
+        configure(&mut config);
+        TestApp::start_with_config(options, config, dir).await
+    }
+
+    pub async fn start_with_config(
+        options: Options,
+        config: Config,
+        dir: tempfile::TempDir,
+    ) -> TestApp {
+        let mut application = Application::build(config)
+            .await
+            .expect("application builds");
+        let state = application.state().clone();
+        if let Some(extra) = options.extra_routes {
+            let (routes, _) = app::routes(&state).split_for_parts();
+            application =
+                application.with_router(app::with_middleware(routes.merge(extra), state.clone()));
+        }
+        let addr = application.local_addr();
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let server = tokio::spawn(application.run_until(async move {
+            let _ = signal.await;
+        }));
+        let client = http_client();
+        TestApp {
+            addr,
+            client,
+            state,
+            backend: options.backend,
+            shutdown: Some(shutdown),
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// Signs up `email` and returns its token.
+    pub async fn signup(&self, email: &str) -> String {
+        let response = self
+            .post_json(
+                "/api/v1/auth/signup",
+                &json!({"email": email, "password": PASSWORD}),
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), 201, "signup of {email}");
+        let body: Value = response.json().await.expect("json");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Creates an invoice and returns its JSON.
+    pub async fn create_invoice(&self, token: &str, amount_cents: i64) -> Value {
+        let body =
+            json!({"customer_name": "Acme Ltd", "amount_cents": amount_cents, "currency": "USD"});
+        let response = self.post_json("/api/v1/invoices", &body, Some(token)).await;
+        assert_eq!(response.status(), 201);
+        response.json().await.expect("json")
+    }
+
+    /// Triggers graceful shutdown and waits for the server to finish draining.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task");
+        }
+    }
+
+    /// Starts shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.server.take().expect("server running")
+    }
+}
+
+/// Asserts the §4 error shape and code, and returns the body.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "status for expected {code}"
+    );
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = response.json().await.expect("error body is JSON");
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "message in {body}"
+    );
+    assert_eq!(
+        body["error"]["request_id"].as_str(),
+        request_id.as_deref(),
+        "request id matches header"
+    );
+    body
+}
+
+/// Runs each named scenario `async fn name(backend: Backend)` on SQLite and, when
+/// `TEST_DATABASE_URL` is set, on PostgreSQL: tests `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(backend) = $crate::helpers::Backend::postgres() {
+                        super::$name(backend).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// An HTTP client that does not follow redirects (tests look at them).
+pub fn http_client() -> reqwest::Client {
+    shipshape::install_crypto_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// A free port on 127.0.0.1 (for child processes that must be told their port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A TCP proxy in front of a real server, to take it "down" and bring it back without
+/// touching the server other tests share: `cut` closes the port and every connection.
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    target: SocketAddr,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let proxy = TcpProxy {
+            addr: listener.local_addr().expect("addr"),
+            target,
+            tasks: Default::default(),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let target = self.target;
+        let tasks = self.tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let pump = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks.lock().unwrap().push(pump);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// The server "stops": the port refuses connections and open ones are dropped.
+    pub fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// The server "comes back" on the same port.
+    pub async fn restore(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("rebind proxy port");
+        self.serve(listener);
+    }
+}
