@@ -14,6 +14,8 @@ use axum::middleware;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -27,6 +29,7 @@ use crate::lifecycle::Lifecycle;
 use crate::rate_limit::{self, Limit, RateLimiters, SharedStore};
 use crate::security::headers::SecurityHeaders;
 use crate::security::hosts::AllowedHosts;
+use crate::static_files::{self, ErrorPages};
 use crate::{error, routes, security, telemetry};
 
 /// Everything a handler or middleware may need, behind one `Arc` so cloning it per request is cheap.
@@ -44,6 +47,7 @@ pub struct AppStateInner {
     pub lifecycle: Lifecycle,
     pub allowed_hosts: AllowedHosts,
     pub security_headers: SecurityHeaders,
+    pub error_pages: ErrorPages,
 }
 
 impl Deref for AppState {
@@ -84,6 +88,7 @@ impl AppState {
             events: EventHub::new(config.max_sse_streams),
             allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
             security_headers: SecurityHeaders::from_config(&config),
+            error_pages: ErrorPages::load(&config.static_dir),
             lifecycle: Lifecycle::default(),
             rate_limiters,
             redis,
@@ -123,10 +128,24 @@ pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(routes::webhooks::router())
 }
 
-/// Builds the application: every route, `/openapi.json`, and the middleware stack.
+/// Routes that are not part of the API: static files and the landing page.
+fn site_routes(state: &AppState) -> Router<AppState> {
+    static_files::router(&state.config)
+}
+
+/// Every route: `extra` (tests mount theirs here), the API, `/openapi.json` describing it,
+/// and the site (static files).
+pub fn all_routes(state: &AppState, extra: Router<AppState>) -> Router<AppState> {
+    let (api, openapi) = routes(state).split_for_parts();
+    extra
+        .merge(api)
+        .merge(routes::openapi::router(openapi))
+        .merge(site_routes(state))
+}
+
+/// Builds the application: every route inside the whole middleware stack.
 pub fn build_router(state: AppState) -> Router {
-    let (router, openapi) = routes(&state).split_for_parts();
-    with_middleware(router.merge(routes::openapi::router(openapi)), state)
+    with_middleware(all_routes(&state, Router::new()), state)
 }
 
 /// Wraps routes in the 404 fallback and the whole middleware stack, outermost layer first.
@@ -160,7 +179,16 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
         // Bodies over MAX_BODY_BYTES are refused with 413 before a handler reads them.
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         // The layer above enforces the limit; axum's own 2 MB default would contradict it.
-        .layer(DefaultBodyLimit::disable());
+        .layer(DefaultBodyLimit::disable())
+        // Dynamic JSON of 1 KiB or more is compressed (static files come precompressed).
+        .layer(
+            CompressionLayer::new().compress_when(
+                SizeAbove::new(1024)
+                    .and(NotForContentType::IMAGES)
+                    .and(NotForContentType::SSE)
+                    .and(NotForContentType::GRPC),
+            ),
+        );
 
     router
         .fallback(error::not_found)

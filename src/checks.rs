@@ -299,14 +299,14 @@ pub async fn check_connections(config: &Config) -> Vec<Finding> {
             "check DATABASE_URL and that the database accepts connections from here",
         ));
     }
-    if let Some(url) = &config.redis_url {
-        if let Err(reason) = crate::redis_store::ping(url.expose(), LIMIT).await {
-            findings.push(warning(
-                "W011",
-                format!("Redis is unreachable: {reason}"),
-                "check REDIS_URL; until Redis answers, rate limits fall back to per instance",
-            ));
-        }
+    if let Some(url) = &config.redis_url
+        && let Err(reason) = crate::redis_store::ping(url.expose(), LIMIT).await
+    {
+        findings.push(warning(
+            "W011",
+            format!("Redis is unreachable: {reason}"),
+            "check REDIS_URL; until Redis answers, rate limits fall back to per instance",
+        ));
     }
     findings
 }

@@ -70,7 +70,7 @@ pub fn run() -> ExitCode {
         eprintln!("invalid .env file: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(arguments());
     let command = cli.command.unwrap_or(Command::Serve);
     // `check --deploy` judges production defaults whatever APP_ENV says.
     let force_env = matches!(command, Command::Check { .. }).then_some(AppEnv::Production);
@@ -105,6 +105,17 @@ pub fn run() -> ExitCode {
             }
         }
     })
+}
+
+/// The process arguments, minus a repeated program name: platforms that hand a release
+/// command such as `shipshape migrate` to the image's ENTRYPOINT (Fly) run
+/// `/app/shipshape shipshape migrate`.
+fn arguments() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<_> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "shipshape") {
+        args.remove(1);
+    }
+    args
 }
 
 async fn serve(config: Config) -> ExitCode {

@@ -1,8 +1,142 @@
-//! Static files (SPEC §8) and `shipshape compress-static`.
+//! Static files (SPEC §8), the HTML error pages for browsers, and `shipshape compress-static`.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower_http::services::{ServeDir, ServeFile};
+
+use crate::app::AppState;
+use crate::config::Config;
+use crate::error::ApiError;
+
+/// `/` (the landing page) and `/static/*` from `STATIC_DIR`, with precompressed `.br`/`.gz`
+/// siblings, ETag/Last-Modified and 304s (all from tower-http), and our cache policy.
+pub fn router(config: &Config) -> Router<AppState> {
+    let files = ServeDir::new(&config.static_dir)
+        .precompressed_br()
+        .precompressed_gzip()
+        .append_index_html_on_directories(false);
+    let index = ServeFile::new(config.static_dir.join("index.html"))
+        .precompressed_br()
+        .precompressed_gzip();
+    let max_age = HeaderValue::from_str(&format!("public, max-age={}", config.static_max_age_secs))
+        .unwrap_or_else(|_| HeaderValue::from_static("public, max-age=3600"));
+    Router::new()
+        .nest_service("/static", files)
+        .route_service("/", index)
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let max_age = max_age.clone();
+            async move { guard_and_cache(max_age, req, next).await }
+        }))
+}
+
+const IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
+
+/// Refuses dotfiles and anything that decodes to `..`, then sets `Cache-Control`.
+async fn guard_and_cache(max_age: HeaderValue, req: Request, next: Next) -> Response {
+    let decoded = percent_encoding::percent_decode_str(req.uri().path())
+        .decode_utf8_lossy()
+        .into_owned();
+    if decoded
+        .split(['/', '\\'])
+        .any(|segment| segment.starts_with('.'))
+    {
+        return ApiError::NotFound.into_response();
+    }
+    let file_name = decoded.rsplit('/').next().unwrap_or_default().to_owned();
+    let mut response = next.run(req).await;
+    if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
+        let policy = if has_content_hash(&file_name) {
+            IMMUTABLE
+        } else {
+            max_age
+        };
+        response.headers_mut().insert(header::CACHE_CONTROL, policy);
+    }
+    response
+}
+
+/// `app.3f9a1c2e.css`: a name segment of 8+ hex digits means the content fixes the name,
+/// so the file can be cached for a year.
+fn has_content_hash(file_name: &str) -> bool {
+    let parts: Vec<&str> = file_name.split('.').collect();
+    parts.len() >= 3
+        && parts[1..parts.len() - 1]
+            .iter()
+            .any(|p| p.len() >= 8 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// `404.html` and `500.html` from `STATIC_DIR`, read once at start (built-in pages when missing).
+pub struct ErrorPages {
+    not_found: &'static str,
+    server_error: &'static str,
+}
+
+const BUILTIN_404: &str = "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>Not found</title>\
+    <h1>Not found</h1><p><a href=\"/\">Home</a></p></html>";
+const BUILTIN_500: &str = "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>Server error</title>\
+    <h1>Something went wrong</h1><p>Please try again later.</p></html>";
+
+impl ErrorPages {
+    pub fn load(static_dir: &Path) -> ErrorPages {
+        // Leaked once at start: the pages live as long as the process and are never copied.
+        let read = |name: &str, builtin: &'static str| -> &'static str {
+            std::fs::read_to_string(static_dir.join(name))
+                .map_or(builtin, |page| Box::leak(page.into_boxed_str()))
+        };
+        ErrorPages {
+            not_found: read("404.html", BUILTIN_404),
+            server_error: read("500.html", BUILTIN_500),
+        }
+    }
+
+    /// The HTML version of an error response for a browser, keeping status and headers;
+    /// statuses without a page of their own stay JSON.
+    pub fn render(&self, response: Response) -> Response {
+        let page = match response.status() {
+            StatusCode::NOT_FOUND => self.not_found,
+            status if status.is_server_error() => self.server_error,
+            _ => return response,
+        };
+        let (mut parts, _) = response.into_parts();
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Response::from_parts(parts, Body::from(page))
+    }
+}
+
+/// Whether an `Accept` header prefers HTML over JSON, as a browser's navigation does.
+pub fn prefers_html(accept: Option<&HeaderValue>) -> bool {
+    let Some(accept) = accept.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let quality = |wanted: &[&str]| {
+        accept
+            .split(',')
+            .filter_map(|item| {
+                let mut parts = item.split(';').map(str::trim);
+                let media = parts.next()?;
+                let q = parts
+                    .find_map(|p| p.strip_prefix("q="))
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                wanted.contains(&media).then_some(q)
+            })
+            .fold(0.0_f32, f32::max)
+    };
+    let html = quality(&["text/html"]);
+    html > 0.0 && html > quality(&["application/json", "*/*"])
+}
 
 /// Text types worth compressing; images and fonts are compressed already.
 const COMPRESSIBLE: &[&str] = &[
@@ -113,5 +247,35 @@ pub fn compress_dir_command(dir: &Path) -> ExitCode {
             eprintln!("compress-static failed in {}: {error}", dir.display());
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_hash_names() {
+        assert!(has_content_hash("app.3f9a1c2e.css"));
+        assert!(has_content_hash("app.3f9a1c2e0b.min.js"));
+        assert!(!has_content_hash("style.css"));
+        assert!(!has_content_hash("app.v2.css"));
+        assert!(!has_content_hash("3f9a1c2e.css"));
+    }
+
+    #[test]
+    fn browsers_prefer_html_and_api_clients_do_not() {
+        let browser = HeaderValue::from_static(
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        );
+        assert!(prefers_html(Some(&browser)));
+        assert!(!prefers_html(Some(&HeaderValue::from_static("*/*"))));
+        assert!(!prefers_html(Some(&HeaderValue::from_static(
+            "application/json"
+        ))));
+        assert!(!prefers_html(Some(&HeaderValue::from_static(
+            "application/json, text/html;q=0.5"
+        ))));
+        assert!(!prefers_html(None));
     }
 }

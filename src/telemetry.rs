@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing_appender::non_blocking::WorkerGuard;
@@ -13,8 +13,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::app::AppState;
 use crate::config::{Config, LogFormat};
-use crate::error;
 use crate::security::client_ip::{self, ClientIp};
+use crate::{error, static_files};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -120,6 +120,8 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     req.extensions_mut().insert(ClientIp(ip));
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
+    let wants_html_errors = !req.uri().path().starts_with("/api/")
+        && static_files::prefers_html(req.headers().get(header::ACCEPT));
 
     let context = RequestContext {
         id: id.clone(),
@@ -130,6 +132,9 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
             error::render_bare_error(next.run(req).await)
         })
         .await;
+    if wants_html_errors && response.status().as_u16() >= 400 {
+        response = state.error_pages.render(response);
+    }
     response
         .headers_mut()
         .insert(REQUEST_ID_HEADER, id.0.clone());

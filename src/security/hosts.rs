@@ -52,7 +52,7 @@ impl AllowedHosts {
         if name.is_empty() {
             return false;
         }
-        self.exact.iter().any(|e| *e == name)
+        self.exact.contains(&name)
             || self
                 .domains
                 .iter()

@@ -337,3 +337,18 @@ mod reqwest {
         }
     }
 }
+
+#[test]
+fn a_repeated_program_name_is_ignored_for_platform_release_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/app.db", dir.path().display());
+    let output = shipshape(&dir, &["shipshape", "migrate"], &[("DATABASE_URL", &url)])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("applied"));
+}

@@ -150,9 +150,8 @@ impl TestApp {
             .expect("application builds");
         let state = application.state().clone();
         if let Some(extra) = options.extra_routes {
-            let (routes, _) = app::routes(&state).split_for_parts();
-            application =
-                application.with_router(app::with_middleware(routes.merge(extra), state.clone()));
+            let routes = app::all_routes(&state, extra);
+            application = application.with_router(app::with_middleware(routes, state.clone()));
         }
         let addr = application.local_addr();
         let (shutdown, signal) = oneshot::channel::<()>();

@@ -4,3 +4,4 @@ mod helpers;
 
 mod cli;
 mod core;
+mod security;
