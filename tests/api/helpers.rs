@@ -174,25 +174,30 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+    /// Builds the request now (so nothing is borrowed) and sends it when awaited.
+    pub fn get(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> impl Future<Output = reqwest::Response> + use<> {
         let mut request = self.client.get(self.url(path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        request.send().await.expect("request sent")
+        async move { request.send().await.expect("request sent") }
     }
 
-    pub async fn post_json(
+    pub fn post_json(
         &self,
         path: &str,
         body: &Value,
         token: Option<&str>,
-    ) -> reqwest::Response {
+    ) -> impl Future<Output = reqwest::Response> + use<> {
         let mut request = self.client.post(self.url(path)).json(body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        request.send().await.expect("request sent")
+        async move { request.send().await.expect("request sent") }
     }
 
     /// Signs up `email` and returns its token.

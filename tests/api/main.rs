@@ -2,6 +2,9 @@
 
 mod helpers;
 
+mod accounts;
 mod cli;
 mod core;
+mod invoices;
 mod security;
+mod webhooks;
