@@ -106,3 +106,49 @@ impl EventHub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stalled_stream_is_dropped_as_lagged_while_a_reader_keeps_up() {
+        let hub = EventHub::new(10);
+        let user = Uuid::now_v7();
+        let stalled = hub.subscribe(user).unwrap();
+        let mut reader = hub.subscribe(user).unwrap();
+        for n in 0..STREAM_BUFFER + 10 {
+            hub.publish(user, "invoice.created", &serde_json::json!({ "n": n }));
+            let event = reader
+                .queue
+                .recv()
+                .await
+                .expect("the reader gets every event");
+            assert!(event.data.contains(&format!("\"n\":{n}")));
+        }
+        assert!(stalled.lagged(), "the stalled stream is marked lagged");
+        assert!(!reader.lagged());
+        let mut stalled = stalled;
+        let mut buffered = 0;
+        while stalled.queue.recv().await.is_some() {
+            buffered += 1;
+        }
+        assert_eq!(
+            buffered, STREAM_BUFFER,
+            "it keeps what was buffered, then its queue closes"
+        );
+    }
+
+    #[test]
+    fn streams_beyond_the_limit_are_refused() {
+        let hub = EventHub::new(1);
+        let first = hub.subscribe(Uuid::now_v7());
+        assert!(first.is_some());
+        assert!(hub.subscribe(Uuid::now_v7()).is_none());
+        drop(first);
+        assert!(
+            hub.subscribe(Uuid::now_v7()).is_some(),
+            "the permit returns with the stream"
+        );
+    }
+}

@@ -5,6 +5,8 @@ mod helpers;
 mod accounts;
 mod cli;
 mod core;
+mod events;
 mod invoices;
+mod rate_limits;
 mod security;
 mod webhooks;
