@@ -48,6 +48,10 @@ pub struct AppStateInner {
     pub allowed_hosts: AllowedHosts,
     pub security_headers: SecurityHeaders,
     pub error_pages: ErrorPages,
+    /// Whether a Sentry client is running (set up by `serve` before the state is built).
+    pub sentry_enabled: bool,
+    /// Whether the Prometheus recorder is installed (`METRICS_PORT` set).
+    pub metrics_enabled: bool,
 }
 
 impl Deref for AppState {
@@ -65,22 +69,16 @@ impl AppState {
     pub fn new(config: Arc<Config>, db: Db) -> anyhow::Result<AppState> {
         let redis = match &config.redis_url {
             Some(url) => {
-                let client =
-                    redis::Client::open(url.expose()).context("REDIS_URL is not usable")?;
+                let client = redis::Client::open(url.expose()).context("REDIS_URL is not usable")?;
                 let settings = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(REDIS_TIMEOUT))
                     .set_response_timeout(Some(REDIS_TIMEOUT))
                     .set_number_of_retries(1);
-                Some(
-                    ConnectionManager::new_lazy_with_config(client, settings)
-                        .context("cannot set up Redis")?,
-                )
+                Some(ConnectionManager::new_lazy_with_config(client, settings).context("cannot set up Redis")?)
             }
             None => None,
         };
-        let shared_limits = redis
-            .clone()
-            .map(|connection| Arc::new(SharedStore::new(connection)));
+        let shared_limits = redis.clone().map(|connection| Arc::new(SharedStore::new(connection)));
         let rate_limiters = Arc::new(RateLimiters::new(&config.rate_limits, shared_limits));
         rate_limit::spawn_pruner(Arc::downgrade(&rate_limiters));
         Ok(AppState(Arc::new(AppStateInner {
@@ -89,6 +87,8 @@ impl AppState {
             allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
             security_headers: SecurityHeaders::from_config(&config),
             error_pages: ErrorPages::load(&config.static_dir),
+            sentry_enabled: telemetry::sentry::enabled(),
+            metrics_enabled: config.metrics_port.is_some(),
             lifecycle: Lifecycle::default(),
             rate_limiters,
             redis,
@@ -107,8 +107,7 @@ impl AppState {
 /// descriptions collected as they are added.
 pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     let per_ip = |limit| middleware::from_fn_with_state((state.clone(), limit), rate_limit::per_ip);
-    let per_user =
-        |limit| middleware::from_fn_with_state((state.clone(), limit), rate_limit::per_user);
+    let per_user = |limit| middleware::from_fn_with_state((state.clone(), limit), rate_limit::per_user);
     // Responses that carry a user's data must not be stored by browsers or proxies.
     let user_data = OpenApiRouter::new()
         .merge(routes::auth::me_router())
@@ -153,15 +152,9 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
     let config = &state.config;
     let stack = ServiceBuilder::new()
         // Request id, client IP, one log line per request; renders every error as §4 JSON.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            telemetry::observe,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), telemetry::observe))
         // Host check, HTTPS redirect, and the security headers on every response below.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            security::guard,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), security::guard))
         // A panicking handler becomes a 500 of the usual shape; the server keeps serving.
         .layer(CatchPanicLayer::custom(error::panic_response))
         // CORS for the configured origins only (absent when none are).
@@ -190,8 +183,5 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
             ),
         );
 
-    router
-        .fallback(error::not_found)
-        .layer(stack)
-        .with_state(state)
+    router.fallback(error::not_found).layer(stack).with_state(state)
 }

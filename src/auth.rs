@@ -26,12 +26,12 @@ const ARGON2_LANES: u32 = 1;
 
 /// A well-formed hash with the parameters above that matches no known password. Logins for
 /// unknown emails verify against it, so they cost the same time as a wrong password.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2hpcHNoYXBlLWR1bW15LXNhbHQ$PdIbfkzMSn8VQa9hFwPWJwU3P0TpWWY2zqQ8RMdb2u8";
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2hpcHNoYXBlLWR1bW15LXNhbHQ$PdIbfkzMSn8VQa9hFwPWJwU3P0TpWWY2zqQ8RMdb2u8";
 
 fn hasher() -> Argon2<'static> {
     // Constant, valid parameters: `Params::new` cannot fail for them (a unit test runs it).
-    let params =
-        Params::new(ARGON2_MEMORY_KIB, ARGON2_ITERATIONS, ARGON2_LANES, None).unwrap_or_default();
+    let params = Params::new(ARGON2_MEMORY_KIB, ARGON2_ITERATIONS, ARGON2_LANES, None).unwrap_or_default();
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
@@ -84,12 +84,8 @@ impl Auth {
             iat: now,
             exp: now + self.token_ttl.as_secs() as i64,
         };
-        jsonwebtoken::encode(
-            &Header::new(jsonwebtoken::Algorithm::HS256),
-            &claims,
-            &self.encoding,
-        )
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot sign token: {e}")))
+        jsonwebtoken::encode(&Header::new(jsonwebtoken::Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot sign token: {e}")))
     }
 
     /// The user id of a valid token signed by the current key or any fallback key.
@@ -123,11 +119,7 @@ impl Auth {
 
     /// Checks a password against a stored hash, or against a dummy hash when there is no
     /// account, so both cases take the same time.
-    pub async fn verify_password(
-        &self,
-        password: String,
-        stored_hash: Option<String>,
-    ) -> Result<bool, ApiError> {
+    pub async fn verify_password(&self, password: String, stored_hash: Option<String>) -> Result<bool, ApiError> {
         let has_account = stored_hash.is_some();
         let matched = self
             .run_hasher(move || {
@@ -139,10 +131,7 @@ impl Auth {
     }
 
     /// Runs CPU-heavy hashing on the blocking pool, at most `PASSWORD_HASH_CONCURRENCY` at once.
-    async fn run_hasher<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, ApiError> {
+    async fn run_hasher<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
         let _permit = self
             .hash_permits
             .acquire()
@@ -182,13 +171,7 @@ mod tests {
         assert!(Params::new(ARGON2_MEMORY_KIB, ARGON2_ITERATIONS, ARGON2_LANES, None).is_ok());
         let parsed = argon2::PasswordHash::new(DUMMY_HASH).expect("dummy hash parses");
         assert_eq!(parsed.algorithm.as_str(), "argon2id");
-        assert!(DUMMY_HASH.contains(&format!(
-            "m={ARGON2_MEMORY_KIB},t={ARGON2_ITERATIONS},p={ARGON2_LANES}"
-        )));
-        assert!(
-            hasher()
-                .verify_password(b"anything at all", DUMMY_HASH)
-                .is_err()
-        );
+        assert!(DUMMY_HASH.contains(&format!("m={ARGON2_MEMORY_KIB},t={ARGON2_ITERATIONS},p={ARGON2_LANES}")));
+        assert!(hasher().verify_password(b"anything at all", DUMMY_HASH).is_err());
     }
 }

@@ -30,11 +30,7 @@ impl std::fmt::Display for Finding {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(
-            f,
-            "{} [{severity}] {} — {}",
-            self.id, self.message, self.fix
-        )
+        write!(f, "{} [{severity}] {} — {}", self.id, self.message, self.fix)
     }
 }
 
@@ -47,10 +43,7 @@ pub struct Report {
 
 impl Report {
     pub fn new(findings: Vec<Finding>) -> Report {
-        let errors = findings
-            .iter()
-            .filter(|f| f.severity == Severity::Error)
-            .count();
+        let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
         Report {
             warnings: findings.len() - errors,
             errors,
@@ -236,8 +229,7 @@ pub fn check_config(config: &Config) -> Vec<Finding> {
     findings
 }
 
-const WEBHOOK_FIX: &str =
-    "set WEBHOOK_SECRET to the 32+ character secret your payment provider gives you";
+const WEBHOOK_FIX: &str = "set WEBHOOK_SECRET to the 32+ character secret your payment provider gives you";
 
 /// The host of a `postgres://` URL that is public and lacks `sslmode=require` or stricter.
 fn postgres_host_without_tls(url: &str) -> Option<String> {
@@ -249,10 +241,7 @@ fn postgres_host_without_tls(url: &str) -> Option<String> {
         .query_pairs()
         .find(|(k, _)| k == "sslmode")
         .map(|(_, v)| v.into_owned());
-    if matches!(
-        sslmode.as_deref(),
-        Some("require" | "verify-ca" | "verify-full")
-    ) {
+    if matches!(sslmode.as_deref(), Some("require" | "verify-ca" | "verify-full")) {
         return None;
     }
     let host = parsed
@@ -334,18 +323,12 @@ mod tests {
             postgres_host_without_tls("postgres://u:p@db.example.com/app?sslmode=require"),
             None
         );
-        assert_eq!(
-            postgres_host_without_tls("postgres://u:p@10.1.2.3/app"),
-            None
-        );
+        assert_eq!(postgres_host_without_tls("postgres://u:p@10.1.2.3/app"), None);
         assert_eq!(
             postgres_host_without_tls("postgres://u:p@myapp-db.flycast:5432/app"),
             None
         );
-        assert_eq!(
-            postgres_host_without_tls("postgres://u:p@postgres/app"),
-            None
-        );
+        assert_eq!(postgres_host_without_tls("postgres://u:p@postgres/app"), None);
         assert_eq!(postgres_host_without_tls("sqlite://data/app.db"), None);
     }
 }

@@ -81,10 +81,7 @@ pub fn run() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot start the async runtime: {error}");
@@ -95,9 +92,7 @@ pub fn run() -> ExitCode {
         match command {
             Command::Serve => serve(config).await,
             Command::Migrate => migrate(config).await,
-            Command::Check {
-                format, connect, ..
-            } => check(config, format, connect).await,
+            Command::Check { format, connect, .. } => check(config, format, connect).await,
             Command::Healthcheck => healthcheck(config).await,
             Command::CompressStatic { dir } => {
                 let dir = dir.unwrap_or_else(|| config.static_dir.clone());
@@ -120,19 +115,15 @@ fn arguments() -> Vec<std::ffi::OsString> {
 
 async fn serve(config: Config) -> ExitCode {
     let _log_guard = telemetry::init(&config);
+    // Dropped last, after the drain: flushing pending events is the final step of shutdown.
+    let _sentry_guard = telemetry::sentry::init(&config);
     if config.app_env == AppEnv::Production {
         let report = Report::new(checks::check_config(&config));
         if report.errors > 0 {
-            for finding in report
-                .findings
-                .iter()
-                .filter(|f| f.severity == Severity::Error)
-            {
+            for finding in report.findings.iter().filter(|f| f.severity == Severity::Error) {
                 eprintln!("{finding}");
             }
-            eprintln!(
-                "refusing to start in production: fix the errors above (see `shipshape check --deploy`)"
-            );
+            eprintln!("refusing to start in production: fix the errors above (see `shipshape check --deploy`)");
             return ExitCode::from(EXIT_CONFIG);
         }
         for finding in &report.findings {
@@ -140,9 +131,7 @@ async fn serve(config: Config) -> ExitCode {
         }
     }
     if config.secret_key_generated {
-        tracing::warn!(
-            "SECRET_KEY is not set: using a random key for this process; tokens end with it"
-        );
+        tracing::warn!("SECRET_KEY is not set: using a random key for this process; tokens end with it");
     }
     tracing::info!(config = ?config, "configuration");
     let app = match Application::build(config).await {
@@ -219,9 +208,7 @@ async fn healthcheck(config: Config) -> ExitCode {
     };
     let url = format!("http://{}/healthz", SocketAddr::new(ip, config.port));
     let result = async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()?;
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
         client.get(&url).send().await
     }
     .await;

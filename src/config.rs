@@ -34,12 +34,7 @@ pub struct Settings {
     #[arg(long, env = "SECRET_KEY", global = true, hide_env_values = true)]
     pub secret_key: Option<String>,
     /// Comma list of old keys still accepted when verifying tokens [default: empty]
-    #[arg(
-        long,
-        env = "SECRET_KEY_FALLBACKS",
-        global = true,
-        hide_env_values = true
-    )]
+    #[arg(long, env = "SECRET_KEY_FALLBACKS", global = true, hide_env_values = true)]
     pub secret_key_fallbacks: Option<String>,
     /// `sqlite:` file or `postgres://` URL [default: sqlite://data/app.db]
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
@@ -157,7 +152,8 @@ pub struct Settings {
     pub max_sse_streams: Option<String>,
 }
 
-pub const DEFAULT_CSP: &str = "default-src 'self'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'; object-src 'none'";
+pub const DEFAULT_CSP: &str =
+    "default-src 'self'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'; object-src 'none'";
 const DEV_ALLOWED_HOSTS: &str = "localhost,127.0.0.1,[::1]";
 const DEFAULT_DATABASE_URL: &str = "sqlite://data/app.db";
 
@@ -390,12 +386,7 @@ fn raw(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
-fn parse_num<T: FromStr>(
-    var: &'static str,
-    value: &Option<String>,
-    default: T,
-    what: &str,
-) -> Result<T, ConfigError> {
+fn parse_num<T: FromStr>(var: &'static str, value: &Option<String>, default: T, what: &str) -> Result<T, ConfigError> {
     match raw(value) {
         None => Ok(default),
         Some(v) => v
@@ -404,19 +395,11 @@ fn parse_num<T: FromStr>(
     }
 }
 
-fn parse_secs(
-    var: &'static str,
-    value: &Option<String>,
-    default: u64,
-) -> Result<Duration, ConfigError> {
+fn parse_secs(var: &'static str, value: &Option<String>, default: u64) -> Result<Duration, ConfigError> {
     parse_num(var, value, default, "a whole number of seconds").map(Duration::from_secs)
 }
 
-fn parse_bool(
-    var: &'static str,
-    value: &Option<String>,
-    default: bool,
-) -> Result<bool, ConfigError> {
+fn parse_bool(var: &'static str, value: &Option<String>, default: bool) -> Result<bool, ConfigError> {
     match raw(value).map(str::to_ascii_lowercase).as_deref() {
         None => Ok(default),
         Some("true" | "1" | "yes" | "on") => Ok(true),
@@ -457,11 +440,7 @@ pub fn parse_rate(text: &str) -> Result<Option<Rate>, String> {
     }))
 }
 
-fn rate(
-    var: &'static str,
-    value: &Option<String>,
-    default: &str,
-) -> Result<Option<Rate>, ConfigError> {
+fn rate(var: &'static str, value: &Option<String>, default: &str) -> Result<Option<Rate>, ConfigError> {
     let text = raw(value).unwrap_or(default);
     parse_rate(text).map_err(|reason| ConfigError::new(var, Some(text), reason))
 }
@@ -481,11 +460,7 @@ fn validate_database_url(url: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn secret_url(
-    var: &'static str,
-    value: Option<&str>,
-    schemes: &[&str],
-) -> Result<Option<SecretUrl>, ConfigError> {
+fn secret_url(var: &'static str, value: Option<&str>, schemes: &[&str]) -> Result<Option<SecretUrl>, ConfigError> {
     let Some(text) = value else { return Ok(None) };
     match url::Url::parse(text) {
         Ok(url) if schemes.contains(&url.scheme()) => Ok(Some(SecretUrl(text.to_owned()))),
@@ -493,10 +468,7 @@ fn secret_url(
         _ => Err(ConfigError::new(
             var,
             None,
-            format!(
-                "expected a URL starting with {}",
-                schemes.join("://, ") + "://"
-            ),
+            format!("expected a URL starting with {}", schemes.join("://, ") + "://"),
         )),
     }
 }
@@ -533,13 +505,7 @@ impl Config {
         let host = host_text
             .trim_matches(|c| c == '[' || c == ']')
             .parse::<IpAddr>()
-            .map_err(|_| {
-                ConfigError::new(
-                    "HOST",
-                    Some(host_text),
-                    "expected an IP address such as 0.0.0.0 or ::",
-                )
-            })?;
+            .map_err(|_| ConfigError::new("HOST", Some(host_text), "expected an IP address such as 0.0.0.0 or ::"))?;
 
         let (secret_key, secret_key_generated) = match raw(&s.secret_key) {
             Some(v) => (Some(Secret::new(v)), false),
@@ -579,21 +545,9 @@ impl Config {
             url: SecretUrl(database_url.to_owned()),
             max_connections,
             min_connections,
-            acquire_timeout: parse_secs(
-                "DATABASE_ACQUIRE_TIMEOUT_SECS",
-                &s.database_acquire_timeout_secs,
-                5,
-            )?,
-            idle_timeout: parse_secs(
-                "DATABASE_IDLE_TIMEOUT_SECS",
-                &s.database_idle_timeout_secs,
-                600,
-            )?,
-            max_lifetime: parse_secs(
-                "DATABASE_MAX_LIFETIME_SECS",
-                &s.database_max_lifetime_secs,
-                1800,
-            )?,
+            acquire_timeout: parse_secs("DATABASE_ACQUIRE_TIMEOUT_SECS", &s.database_acquire_timeout_secs, 5)?,
+            idle_timeout: parse_secs("DATABASE_IDLE_TIMEOUT_SECS", &s.database_idle_timeout_secs, 600)?,
+            max_lifetime: parse_secs("DATABASE_MAX_LIFETIME_SECS", &s.database_max_lifetime_secs, 1800)?,
             statement_timeout: parse_secs(
                 "DATABASE_STATEMENT_TIMEOUT_SECS",
                 &s.database_statement_timeout_secs,
@@ -633,11 +587,7 @@ impl Config {
             Some("json") => LogFormat::Json,
             Some("pretty") => LogFormat::Pretty,
             Some(v) => {
-                return Err(ConfigError::new(
-                    "LOG_FORMAT",
-                    Some(v),
-                    "expected pretty or json",
-                ));
+                return Err(ConfigError::new("LOG_FORMAT", Some(v), "expected pretty or json"));
             }
         };
         let (log_var, log_filter) = match (raw(&s.rust_log), raw(&s.log_level)) {
@@ -645,13 +595,8 @@ impl Config {
             (None, Some(v)) => ("LOG_LEVEL", v),
             (None, None) => ("LOG_LEVEL", "info"),
         };
-        tracing_subscriber::EnvFilter::try_new(log_filter).map_err(|e| {
-            ConfigError::new(
-                log_var,
-                Some(log_filter),
-                format!("not a valid filter ({e})"),
-            )
-        })?;
+        tracing_subscriber::EnvFilter::try_new(log_filter)
+            .map_err(|e| ConfigError::new(log_var, Some(log_filter), format!("not a valid filter ({e})")))?;
 
         let traces_sample_rate: f32 = parse_num(
             "SENTRY_TRACES_SAMPLE_RATE",
@@ -667,18 +612,15 @@ impl Config {
             ));
         }
 
-        let metrics_port = match raw(&s.metrics_port) {
-            None if prod => Some(9091),
-            None => None,
-            Some(v) if v.eq_ignore_ascii_case("off") => None,
-            Some(v) => Some(v.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-                ConfigError::new(
-                    "METRICS_PORT",
-                    Some(v),
-                    "expected a port number 1-65535 or off",
-                )
-            })?),
-        };
+        let metrics_port =
+            match raw(&s.metrics_port) {
+                None if prod => Some(9091),
+                None => None,
+                Some(v) if v.eq_ignore_ascii_case("off") => None,
+                Some(v) => Some(v.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    ConfigError::new("METRICS_PORT", Some(v), "expected a port number 1-65535 or off")
+                })?),
+            };
 
         let default_hash_concurrency = std::thread::available_parallelism().map_or(1, usize::from);
         let password_hash_concurrency = parse_num(
@@ -701,14 +643,9 @@ impl Config {
             "a whole number of bytes",
         )?;
         let request_timeout = parse_secs("REQUEST_TIMEOUT_SECS", &s.request_timeout_secs, 30)?;
-        let header_read_timeout =
-            parse_secs("HEADER_READ_TIMEOUT_SECS", &s.header_read_timeout_secs, 10)?;
+        let header_read_timeout = parse_secs("HEADER_READ_TIMEOUT_SECS", &s.header_read_timeout_secs, 10)?;
         for (var, value, d) in [
-            (
-                "REQUEST_TIMEOUT_SECS",
-                &s.request_timeout_secs,
-                request_timeout,
-            ),
+            ("REQUEST_TIMEOUT_SECS", &s.request_timeout_secs, request_timeout),
             (
                 "HEADER_READ_TIMEOUT_SECS",
                 &s.header_read_timeout_secs,
@@ -732,18 +669,12 @@ impl Config {
                 .map(Secret)
                 .collect(),
             database,
-            run_migrations_on_start: parse_bool(
-                "RUN_MIGRATIONS_ON_START",
-                &s.run_migrations_on_start,
-                !prod,
-            )?,
+            run_migrations_on_start: parse_bool("RUN_MIGRATIONS_ON_START", &s.run_migrations_on_start, !prod)?,
             redis_url: secret_url("REDIS_URL", raw(&s.redis_url), &["redis", "rediss"])?,
-            allowed_hosts: parse_list(
-                raw(&s.allowed_hosts).or((!prod).then_some(DEV_ALLOWED_HOSTS)),
-            )
-            .into_iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect(),
+            allowed_hosts: parse_list(raw(&s.allowed_hosts).or((!prod).then_some(DEV_ALLOWED_HOSTS)))
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             cors_allowed_origins: parse_list(raw(&s.cors_allowed_origins)),
             secure_ssl_redirect: parse_bool("SECURE_SSL_REDIRECT", &s.secure_ssl_redirect, prod)?,
             hsts: Hsts {
@@ -760,19 +691,13 @@ impl Config {
                 )?,
                 preload: parse_bool("SECURE_HSTS_PRELOAD", &s.secure_hsts_preload, prod)?,
             },
-            content_security_policy: raw(&s.content_security_policy)
-                .unwrap_or(DEFAULT_CSP)
-                .to_owned(),
+            content_security_policy: raw(&s.content_security_policy).unwrap_or(DEFAULT_CSP).to_owned(),
             client_ip_source,
             rate_limits: RateLimits {
                 global: rate("RATE_LIMIT_GLOBAL", &s.rate_limit_global, "600/m")?,
                 login: rate("RATE_LIMIT_LOGIN", &s.rate_limit_login, "5/m")?,
                 signup: rate("RATE_LIMIT_SIGNUP", &s.rate_limit_signup, "3/h")?,
-                invoice_create: rate(
-                    "RATE_LIMIT_INVOICE_CREATE",
-                    &s.rate_limit_invoice_create,
-                    "10/h",
-                )?,
+                invoice_create: rate("RATE_LIMIT_INVOICE_CREATE", &s.rate_limit_invoice_create, "10/h")?,
             },
             max_body_bytes,
             request_timeout,
@@ -784,9 +709,7 @@ impl Config {
             log_filter: log_filter.to_owned(),
             sentry: SentryConfig {
                 dsn: secret_url("SENTRY_DSN", raw(&s.sentry_dsn), &["http", "https"])?,
-                environment: raw(&s.sentry_environment)
-                    .unwrap_or(app_env.as_str())
-                    .to_owned(),
+                environment: raw(&s.sentry_environment).unwrap_or(app_env.as_str()).to_owned(),
                 traces_sample_rate,
             },
             metrics_port,
@@ -798,12 +721,7 @@ impl Config {
                 "a whole number of seconds",
             )?,
             webhook_secret: raw(&s.webhook_secret).map(Secret::new),
-            max_sse_streams: parse_num(
-                "MAX_SSE_STREAMS",
-                &s.max_sse_streams,
-                1000,
-                "a whole number",
-            )?,
+            max_sse_streams: parse_num("MAX_SSE_STREAMS", &s.max_sse_streams, 1000, "a whole number")?,
         })
     }
 

@@ -9,9 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::config::DatabaseConfig;
 
@@ -48,11 +46,7 @@ impl Db {
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(config.acquire_timeout);
-            if let Some(folder) = options
-                .get_filename()
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-            {
+            if let Some(folder) = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(folder)?;
             }
             let pool = SqlitePoolOptions::new()
@@ -100,16 +94,14 @@ impl Db {
     /// Versions already applied; empty when the migrations table does not exist yet.
     async fn applied_versions(&self) -> HashSet<i64> {
         let sql = "SELECT version FROM _sqlx_migrations WHERE success";
-        let rows: Result<Vec<i64>, _> =
-            with_db!(self, pool => sqlx::query_scalar(sql).fetch_all(pool).await);
+        let rows: Result<Vec<i64>, _> = with_db!(self, pool => sqlx::query_scalar(sql).fetch_all(pool).await);
         rows.unwrap_or_default().into_iter().collect()
     }
 
     /// A round trip to the database (`SELECT 1`) bounded by `limit`.
     pub async fn ping(&self, limit: Duration) -> Result<Duration, sqlx::Error> {
         let started = std::time::Instant::now();
-        let query =
-            async { with_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop)) };
+        let query = async { with_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop)) };
         tokio::time::timeout(limit, query)
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)??;
@@ -135,10 +127,7 @@ pub fn now_micros() -> i64 {
 pub fn rfc3339(micros: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default()
 }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use utoipa::ToSchema;
 
-use crate::telemetry;
+use crate::telemetry::{self, sentry};
 
 /// One field that failed validation.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -63,6 +63,10 @@ pub enum ApiError {
     ServiceUnavailable,
     #[error("an internal error occurred")]
     Internal(#[source] anyhow::Error),
+    /// A handler panicked. Rendered like `Internal`, but not sent to Sentry again: its
+    /// panic hook has already reported it, with the stack trace.
+    #[error("an internal error occurred")]
+    Panic(String),
 }
 
 /// The JSON error body of SPEC §4.
@@ -114,7 +118,7 @@ impl ApiError {
             Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ServiceUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
-            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            Internal(_) | Panic(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
 
@@ -127,12 +131,8 @@ impl ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
             StatusCode::REQUEST_TIMEOUT => ApiError::Timeout,
             StatusCode::SERVICE_UNAVAILABLE => ApiError::ServiceUnavailable,
-            StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited {
-                retry_after_secs: 1,
-            },
-            StatusCode::BAD_REQUEST => {
-                ApiError::InvalidJson("the request could not be read".to_owned())
-            }
+            StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited { retry_after_secs: 1 },
+            StatusCode::BAD_REQUEST => ApiError::InvalidJson("the request could not be read".to_owned()),
             _ => ApiError::Internal(anyhow::anyhow!("bare {status} response from a middleware")),
         }
     }
@@ -142,10 +142,7 @@ impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match error {
             // The database is away or every connection is busy: tell the client to come back.
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
                 tracing::warn!(error = %error, "database unavailable");
                 ApiError::ServiceUnavailable
             }
@@ -170,12 +167,22 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let mut message = self.to_string();
-        if let ApiError::Internal(cause) = &self {
-            // The cause chain goes to the log (and Sentry), never to the client unless DEBUG.
-            tracing::error!(error = format!("{cause:#}"), "internal error");
-            if request.expose_internal_errors {
-                message = format!("{message}: {cause:#}");
+        match &self {
+            ApiError::Internal(cause) => {
+                // The cause chain goes to the log and Sentry, never to the client unless DEBUG.
+                let cause = format!("{cause:#}");
+                tracing::error!(request_id = %request.id, error = cause, "internal error");
+                sentry::report_server_error(code, &cause);
+                if request.expose_internal_errors {
+                    message = format!("{message}: {cause}");
+                }
             }
+            ApiError::Panic(detail) => tracing::error!(request_id = %request.id, panic = detail, "handler panicked"),
+            _ if status.is_server_error() => {
+                tracing::error!(request_id = %request.id, code, "request failed");
+                sentry::report_server_error(code, &message);
+            }
+            _ => {}
         }
         let details = match self {
             ApiError::Validation(details) => Some(details),
@@ -234,7 +241,7 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".to_owned());
-    ApiError::Internal(anyhow::anyhow!("handler panicked: {detail}")).into_response()
+    ApiError::Panic(detail).into_response()
 }
 
 /// JSON body extractor whose every failure is an [`ApiError`]: wrong content type → 415,
@@ -248,34 +255,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         if !has_json_content_type(req.headers()) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge
-                } else {
-                    ApiError::InvalidJson("the body could not be read".to_owned())
-                }
-            })?;
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::InvalidJson("the body could not be read".to_owned())
+            }
+        })?;
         parse_json(&bytes).map(ApiJson)
     }
 }
 
 pub fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Deserialises JSON, telling syntax errors (400) from shape errors (422, with the field path).
@@ -325,8 +321,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
-        let deserializer =
-            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(deserializer)
             .map(ApiQuery)
             .map_err(|error| {

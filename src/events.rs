@@ -58,10 +58,7 @@ impl EventHub {
         let permit = self.stream_permits.clone().try_acquire_owned().ok()?;
         let (queue, receiver) = mpsc::channel(STREAM_BUFFER);
         let lagged = Arc::new(AtomicBool::new(false));
-        let mut subscribers = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         subscribers.entry(user).or_default().push(Subscriber {
             queue,
             lagged: lagged.clone(),
@@ -84,23 +81,18 @@ impl EventHub {
             }
         };
         let event = Arc::new(Event { kind, data });
-        let mut subscribers = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let Some(streams) = subscribers.get_mut(&user) else {
             return;
         };
-        streams.retain(
-            |subscriber| match subscriber.queue.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    subscriber.lagged.store(true, Ordering::Release);
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            },
-        );
+        streams.retain(|subscriber| match subscriber.queue.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                subscriber.lagged.store(true, Ordering::Release);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
         if streams.is_empty() {
             subscribers.remove(&user);
         }
@@ -119,11 +111,7 @@ mod tests {
         let mut reader = hub.subscribe(user).unwrap();
         for n in 0..STREAM_BUFFER + 10 {
             hub.publish(user, "invoice.created", &serde_json::json!({ "n": n }));
-            let event = reader
-                .queue
-                .recv()
-                .await
-                .expect("the reader gets every event");
+            let event = reader.queue.recv().await.expect("the reader gets every event");
             assert!(event.data.contains(&format!("\"n\":{n}")));
         }
         assert!(stalled.lagged(), "the stalled stream is marked lagged");

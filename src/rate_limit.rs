@@ -72,12 +72,7 @@ impl Decision {
     }
 }
 
-type LocalLimiter = RateLimiter<
-    LimitKey,
-    DefaultKeyedStateStore<LimitKey>,
-    DefaultClock,
-    StateInformationMiddleware,
->;
+type LocalLimiter = RateLimiter<LimitKey, DefaultKeyedStateStore<LimitKey>, DefaultClock, StateInformationMiddleware>;
 
 /// One named limit.
 pub struct Limiter {
@@ -216,10 +211,8 @@ impl SharedStore {
 
     fn record_fault(&self, reason: &str) {
         let now = self.now_ms();
-        self.skip_until_ms.store(
-            now + REDIS_RETRY_AFTER.as_millis() as u64,
-            Ordering::Relaxed,
-        );
+        self.skip_until_ms
+            .store(now + REDIS_RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
         let last = self.last_fault_log_ms.load(Ordering::Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= FAULT_LOG_INTERVAL.as_millis() as u64;
         if due
@@ -256,14 +249,9 @@ impl RateLimiters {
     }
 
     fn all(&self) -> impl Iterator<Item = &Limiter> {
-        [
-            &self.global,
-            &self.login,
-            &self.signup,
-            &self.invoice_create,
-        ]
-        .into_iter()
-        .flatten()
+        [&self.global, &self.login, &self.signup, &self.invoice_create]
+            .into_iter()
+            .flatten()
     }
 }
 
@@ -303,11 +291,7 @@ impl RateLimiters {
 }
 
 /// Middleware: limits by client IP (`global` exempts the health probes).
-pub async fn per_ip(
-    State((state, which)): State<(AppState, Limit)>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn per_ip(State((state, which)): State<(AppState, Limit)>, req: Request, next: Next) -> Response {
     let Some(limiter) = state.rate_limiters.get(which) else {
         return next.run(req).await;
     };
@@ -323,11 +307,7 @@ pub async fn per_ip(
 
 /// Middleware: limits by authenticated user; requests without a valid token pass through
 /// to the handler, which answers 401.
-pub async fn per_user(
-    State((state, which)): State<(AppState, Limit)>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn per_user(State((state, which)): State<(AppState, Limit)>, req: Request, next: Next) -> Response {
     let Some(limiter) = state.rate_limiters.get(which) else {
         return next.run(req).await;
     };
@@ -378,9 +358,6 @@ mod tests {
         assert!(!d.allowed);
         assert_eq!(d.retry_after_secs(), 12);
         // Another key has its own budget.
-        assert!(
-            l.check_local(LimitKey::Ip(IpAddr::from([10, 0, 0, 2])))
-                .allowed
-        );
+        assert!(l.check_local(LimitKey::Ip(IpAddr::from([10, 0, 0, 2]))).allowed);
     }
 }

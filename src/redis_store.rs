@@ -7,9 +7,7 @@ pub async fn ping(url: &str, limit: Duration) -> Result<(), String> {
     let attempt = async {
         let client = redis::Client::open(url)?;
         let mut connection = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
+        redis::cmd("PING").query_async::<String>(&mut connection).await
     };
     match tokio::time::timeout(limit, attempt).await {
         Ok(Ok(_)) => Ok(()),

@@ -19,12 +19,15 @@ use tower::ServiceExt;
 use crate::app::{self, AppState};
 use crate::config::Config;
 use crate::db::Db;
+use crate::telemetry;
 
 /// A bound, ready-to-run server (zero2prod style: binding first lets tests use port 0).
 pub struct Application {
     listener: TcpListener,
     router: Router,
     state: AppState,
+    /// The Prometheus listener and its router, when `METRICS_PORT` is set.
+    metrics: Option<(TcpListener, Router)>,
 }
 
 impl Application {
@@ -32,8 +35,7 @@ impl Application {
     /// migrations when `RUN_MIGRATIONS_ON_START` says so, and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let config = Arc::new(config);
-        let db =
-            Db::connect_lazy(&config.database).context("could not set up the database pool")?;
+        let db = Db::connect_lazy(&config.database).context("could not set up the database pool")?;
         if config.run_migrations_on_start {
             let applied = db
                 .migrate()
@@ -43,15 +45,26 @@ impl Application {
                 tracing::info!(version, description, "migration applied");
             }
         }
+        let metrics_handle = config.metrics_port.map(|_| telemetry::metrics::install()).transpose()?;
         let state = AppState::new(config.clone(), db)?;
         let router = app::build_router(state.clone());
         let listener = TcpListener::bind((config.host, config.port))
             .await
             .with_context(|| format!("could not listen on {}:{}", config.host, config.port))?;
+        let metrics = match (config.metrics_port, metrics_handle) {
+            (Some(port), Some(handle)) => {
+                let listener = TcpListener::bind((config.host, port))
+                    .await
+                    .with_context(|| format!("could not listen on {}:{port} (METRICS_PORT)", config.host))?;
+                Some((listener, telemetry::metrics::router(state.clone(), handle)))
+            }
+            _ => None,
+        };
         Ok(Application {
             listener,
             router,
             state,
+            metrics,
         })
     }
 
@@ -59,6 +72,13 @@ impl Application {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Where `/metrics` is served, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     pub fn state(&self) -> &AppState {
@@ -72,18 +92,22 @@ impl Application {
 
     /// Serves until `shutdown` completes, then drains.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        if let Some((listener, router)) = self.metrics {
+            let draining = self.state.lifecycle.draining();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, router).with_graceful_shutdown(draining).await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "metrics listener failed");
+                }
+            });
+        }
         serve(self.listener, self.router, self.state, shutdown).await;
     }
 }
 
 /// Accepts connections until `shutdown`, then: `/readyz` turns 503, the listener closes,
 /// in-flight requests finish (for at most `SHUTDOWN_TIMEOUT_SECS`), and the pool closes.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    state: AppState,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, router: Router, state: AppState, shutdown: impl Future<Output = ()>) {
     let config = state.config.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A client that dribbles its headers is cut off instead of holding a connection forever.
@@ -135,9 +159,7 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!(
-            "drain did not finish within SHUTDOWN_TIMEOUT_SECS; dropping the remaining connections"
-        );
+        tracing::warn!("drain did not finish within SHUTDOWN_TIMEOUT_SECS; dropping the remaining connections");
     }
     state.db.close().await;
     tracing::info!("shutdown complete");

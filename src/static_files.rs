@@ -44,10 +44,7 @@ async fn guard_and_cache(max_age: HeaderValue, req: Request, next: Next) -> Resp
     let decoded = percent_encoding::percent_decode_str(req.uri().path())
         .decode_utf8_lossy()
         .into_owned();
-    if decoded
-        .split(['/', '\\'])
-        .any(|segment| segment.starts_with('.'))
-    {
+    if decoded.split(['/', '\\']).any(|segment| segment.starts_with('.')) {
         return ApiError::NotFound.into_response();
     }
     let file_name = decoded.rsplit('/').next().unwrap_or_default().to_owned();
@@ -88,8 +85,7 @@ impl ErrorPages {
     pub fn load(static_dir: &Path) -> ErrorPages {
         // Leaked once at start: the pages live as long as the process and are never copied.
         let read = |name: &str, builtin: &'static str| -> &'static str {
-            std::fs::read_to_string(static_dir.join(name))
-                .map_or(builtin, |page| Box::leak(page.into_boxed_str()))
+            std::fs::read_to_string(static_dir.join(name)).map_or(builtin, |page| Box::leak(page.into_boxed_str()))
         };
         ErrorPages {
             not_found: read("404.html", BUILTIN_404),
@@ -139,9 +135,7 @@ pub fn prefers_html(accept: Option<&HeaderValue>) -> bool {
 }
 
 /// Text types worth compressing; images and fonts are compressed already.
-const COMPRESSIBLE: &[&str] = &[
-    "css", "js", "mjs", "html", "svg", "json", "txt", "xml", "map", "wasm",
-];
+const COMPRESSIBLE: &[&str] = &["css", "js", "mjs", "html", "svg", "json", "txt", "xml", "map", "wasm"];
 /// A compressed copy is kept only if it saves at least 5 % (as whitenoise does).
 const MIN_SAVING: f64 = 0.05;
 
@@ -191,8 +185,7 @@ fn compress_file(path: &Path) -> std::io::Result<Outcome> {
         let mut writer = brotli::CompressorWriter::new(&mut brotli, 4096, 11, 22);
         writer.write_all(&original)?;
     }
-    let worth_it =
-        |compressed: &[u8]| (compressed.len() as f64) <= original.len() as f64 * (1.0 - MIN_SAVING);
+    let worth_it = |compressed: &[u8]| (compressed.len() as f64) <= original.len() as f64 * (1.0 - MIN_SAVING);
     let gz_path = sibling(path, "gz");
     let br_path = sibling(path, "br");
     if !worth_it(&gzip) {
@@ -226,15 +219,8 @@ pub fn compress_dir_command(dir: &Path) -> ExitCode {
         Ok(results) => {
             for (path, outcome) in results {
                 match outcome {
-                    Outcome::Written {
-                        gzip,
-                        brotli,
-                        original,
-                    } => {
-                        println!(
-                            "{}: {original} B → gzip {gzip} B, br {brotli} B",
-                            path.display()
-                        )
+                    Outcome::Written { gzip, brotli, original } => {
+                        println!("{}: {original} B → gzip {gzip} B, br {brotli} B", path.display())
                     }
                     Outcome::NotWorthIt => {
                         println!("{}: skipped (compression saves < 5 %)", path.display())
@@ -265,14 +251,10 @@ mod tests {
 
     #[test]
     fn browsers_prefer_html_and_api_clients_do_not() {
-        let browser = HeaderValue::from_static(
-            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-        );
+        let browser = HeaderValue::from_static("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8");
         assert!(prefers_html(Some(&browser)));
         assert!(!prefers_html(Some(&HeaderValue::from_static("*/*"))));
-        assert!(!prefers_html(Some(&HeaderValue::from_static(
-            "application/json"
-        ))));
+        assert!(!prefers_html(Some(&HeaderValue::from_static("application/json"))));
         assert!(!prefers_html(Some(&HeaderValue::from_static(
             "application/json, text/html;q=0.5"
         ))));

@@ -92,11 +92,7 @@ fn validate_credentials(email: &str, password: &str) -> Result<(), ApiError> {
     let domain_ok = domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.');
     if email.chars().count() > 254 {
         errors.push(FieldError::new("email", "must be at most 254 characters"));
-    } else if at_count != 1
-        || local.is_empty()
-        || !domain_ok
-        || email.chars().any(char::is_whitespace)
-    {
+    } else if at_count != 1 || local.is_empty() || !domain_ok || email.chars().any(char::is_whitespace) {
         errors.push(FieldError::new(
             "email",
             "must be an email address like name@example.com",
@@ -162,11 +158,7 @@ pub async fn login(
         with_db!(&state.db, pool => sqlx::query_as(sql).bind(&email).fetch_optional(pool).await)?;
     // Unknown email and wrong password take the same path and the same time.
     let stored_hash = row.as_ref().map(|r| r.password_hash.clone());
-    if !state
-        .auth
-        .verify_password(body.password, stored_hash)
-        .await?
-    {
+    if !state.auth.verify_password(body.password, stored_hash).await? {
         return Err(ApiError::InvalidCredentials);
     }
     let user = row.ok_or(ApiError::InvalidCredentials)?.into_user()?;
@@ -180,7 +172,8 @@ pub async fn login(
 ))]
 pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<User>, ApiError> {
     let sql = "SELECT id, email, password_hash, created_at FROM users WHERE id = $1";
-    let row: Option<UserRow> = with_db!(&state.db, pool => sqlx::query_as(sql).bind(user.id.to_string()).fetch_optional(pool).await)?;
+    let row: Option<UserRow> =
+        with_db!(&state.db, pool => sqlx::query_as(sql).bind(user.id.to_string()).fetch_optional(pool).await)?;
     // A valid token for an account that no longer exists authenticates nobody.
     Ok(Json(row.ok_or(ApiError::Unauthorized)?.into_user()?))
 }

@@ -28,14 +28,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     (status = 401, body = ErrorBody, description = "`unauthorized`"),
     (status = 503, body = ErrorBody, description = "`service_unavailable`: MAX_SSE_STREAMS are open"),
 ))]
-pub async fn invoice_events(
-    State(state): State<AppState>,
-    user: AuthUser,
-) -> Result<Response, ApiError> {
-    let subscription = state
-        .events
-        .subscribe(user.id)
-        .ok_or(ApiError::ServiceUnavailable)?;
+pub async fn invoice_events(State(state): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
+    let subscription = state.events.subscribe(user.id).ok_or(ApiError::ServiceUnavailable)?;
     let stream = futures_util::stream::unfold((subscription, 0u64, false), next_event)
         // At shutdown every stream ends at once, so the drain never waits on one.
         .take_until(state.lifecycle.draining());

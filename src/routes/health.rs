@@ -16,9 +16,7 @@ const READINESS_DB_TIMEOUT: Duration = Duration::from_secs(2);
 const READINESS_REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(healthz))
-        .routes(routes!(readyz))
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
 }
 
 #[derive(Serialize, ToSchema)]

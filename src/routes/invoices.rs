@@ -143,18 +143,12 @@ fn validate(invoice: &NewInvoice) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     let name_len = invoice.customer_name.chars().count();
     if name_len == 0 || name_len > 200 || invoice.customer_name.trim().is_empty() {
-        errors.push(FieldError::new(
-            "customer_name",
-            "must be 1 to 200 characters",
-        ));
+        errors.push(FieldError::new("customer_name", "must be 1 to 200 characters"));
     }
     if let Some(phone) = &invoice.customer_phone {
         let digits = phone.strip_prefix('+').unwrap_or_default();
         if !(7..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            errors.push(FieldError::new(
-                "customer_phone",
-                "must be E.164: + and 7 to 15 digits",
-            ));
+            errors.push(FieldError::new("customer_phone", "must be E.164: + and 7 to 15 digits"));
         }
     }
     if !(1..=MAX_AMOUNT_CENTS).contains(&invoice.amount_cents) {
@@ -170,23 +164,12 @@ fn validate(invoice: &NewInvoice) -> Result<(), ApiError> {
         ));
     }
     if let Some(due) = &invoice.due_date
-        && time::Date::parse(
-            due,
-            time::macros::format_description!("[year]-[month]-[day]"),
-        )
-        .is_err()
+        && time::Date::parse(due, time::macros::format_description!("[year]-[month]-[day]")).is_err()
     {
         errors.push(FieldError::new("due_date", "must be a date as YYYY-MM-DD"));
     }
-    if invoice
-        .description
-        .as_ref()
-        .is_some_and(|d| d.chars().count() > 2000)
-    {
-        errors.push(FieldError::new(
-            "description",
-            "must be at most 2000 characters",
-        ));
+    if invoice.description.as_ref().is_some_and(|d| d.chars().count() > 2000) {
+        errors.push(FieldError::new("description", "must be at most 2000 characters"));
     }
     if errors.is_empty() {
         Ok(())
@@ -257,9 +240,7 @@ fn encode_cursor(created_at: i64, id: &str) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| ApiError::InvalidCursor)?;
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| ApiError::InvalidCursor)?;
     let text = String::from_utf8(bytes).map_err(|_| ApiError::InvalidCursor)?;
     let (created_at, id) = text.split_once('|').ok_or(ApiError::InvalidCursor)?;
     let created_at = created_at.parse().map_err(|_| ApiError::InvalidCursor)?;
@@ -371,9 +352,7 @@ pub async fn send_invoice(
         sqlx::query_as(sql).bind(db::now_micros()).bind(&existing.id).bind(user.id.to_string()).fetch_optional(pool).await
     })?;
     let invoice = row
-        .ok_or(ApiError::InvalidTransition(
-            "only a draft invoice can be sent",
-        ))?
+        .ok_or(ApiError::InvalidTransition("only a draft invoice can be sent"))?
         .into_invoice()?;
     state.events.publish(user.id, "invoice.sent", &invoice);
     Ok(Json(invoice))

@@ -43,15 +43,9 @@ pub fn base_document() -> utoipa::openapi::OpenApi {
 /// Serves the finished document, serialised once at start.
 pub fn router(document: utoipa::openapi::OpenApi) -> Router<AppState> {
     // Serialising plain data structures cannot fail; an empty object would show it if it did.
-    let body = Bytes::from(
-        document
-            .to_pretty_json()
-            .unwrap_or_else(|_| "{}".to_owned()),
-    );
+    let body = Bytes::from(document.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
     Router::new().route(
         "/openapi.json",
-        get(move || {
-            std::future::ready(([(header::CONTENT_TYPE, "application/json")], body.clone()))
-        }),
+        get(move || std::future::ready(([(header::CONTENT_TYPE, "application/json")], body.clone()))),
     )
 }

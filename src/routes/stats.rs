@@ -51,10 +51,7 @@ struct CountsRow {
     (status = 200, body = Summary),
     (status = 401, body = ErrorBody, description = "`unauthorized`"),
 ))]
-pub async fn summary(
-    State(state): State<AppState>,
-    user: AuthUser,
-) -> Result<Json<Summary>, ApiError> {
+pub async fn summary(State(state): State<AppState>, user: AuthUser) -> Result<Json<Summary>, ApiError> {
     // Portable SQL: CASTs pin the result types that SQLite and Postgres would otherwise disagree on.
     let counts_sql = "SELECT \
         CAST(COALESCE(SUM(CASE WHEN status = 'draft' THEN 1 ELSE 0 END), 0) AS BIGINT) AS draft, \
@@ -67,8 +64,10 @@ pub async fn summary(
     let totals_sql = "SELECT currency, CAST(SUM(amount_cents) AS BIGINT) FROM invoices \
         WHERE user_id = $1 AND status = 'paid' GROUP BY currency";
     let user_id = user.id.to_string();
-    let counts: CountsRow = with_db!(&state.db, pool => sqlx::query_as(counts_sql).bind(&user_id).fetch_one(pool).await)?;
-    let totals: Vec<(String, i64)> = with_db!(&state.db, pool => sqlx::query_as(totals_sql).bind(&user_id).fetch_all(pool).await)?;
+    let counts: CountsRow =
+        with_db!(&state.db, pool => sqlx::query_as(counts_sql).bind(&user_id).fetch_one(pool).await)?;
+    let totals: Vec<(String, i64)> =
+        with_db!(&state.db, pool => sqlx::query_as(totals_sql).bind(&user_id).fetch_all(pool).await)?;
     let settled = counts.sent + counts.paid;
     Ok(Json(Summary {
         conversion_rate: (settled > 0).then(|| counts.paid as f64 / settled as f64),

@@ -44,12 +44,7 @@ pub struct WebhookOutcome {
 /// Checks `X-Webhook-Signature: v1=<hex HMAC-SHA256(secret, "{timestamp}.{raw body}")>` in
 /// constant time, and that `X-Webhook-Timestamp` is within five minutes of now. Several
 /// comma-separated `v1=` values are accepted, for secret rotation.
-pub fn verify_signature(
-    secret: &[u8],
-    headers: &HeaderMap,
-    body: &[u8],
-    now: i64,
-) -> Result<(), ApiError> {
+pub fn verify_signature(secret: &[u8], headers: &HeaderMap, body: &[u8], now: i64) -> Result<(), ApiError> {
     let header = |name| {
         headers
             .get(name)
@@ -57,10 +52,7 @@ pub fn verify_signature(
             .ok_or(ApiError::InvalidSignature)
     };
     let timestamp_text = header("x-webhook-timestamp")?;
-    let timestamp: i64 = timestamp_text
-        .trim()
-        .parse()
-        .map_err(|_| ApiError::InvalidSignature)?;
+    let timestamp: i64 = timestamp_text.trim().parse().map_err(|_| ApiError::InvalidSignature)?;
     if (now - timestamp).abs() > MAX_CLOCK_SKEW_SECS {
         return Err(ApiError::InvalidSignature);
     }
@@ -73,11 +65,7 @@ pub fn verify_signature(
         .filter_map(|part| part.trim().strip_prefix("v1="))
         .filter_map(|hex_sig| hex::decode(hex_sig).ok())
         .any(|signature| mac.clone().verify_slice(&signature).is_ok());
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::InvalidSignature)
-    }
+    if valid { Ok(()) } else { Err(ApiError::InvalidSignature) }
 }
 
 /// Marks an invoice paid when the provider reports a successful payment.
@@ -108,10 +96,7 @@ pub async fn payment_webhook(
     }
     let event: PaymentEvent = error::parse_json(&body)?;
     if event.event_id.is_empty() || event.event_id.chars().count() > 255 {
-        return Err(ApiError::validation(
-            "event_id",
-            "must be 1 to 255 characters",
-        ));
+        return Err(ApiError::validation("event_id", "must be 1 to 255 characters"));
     }
     if event.kind != "payment.succeeded" {
         return Err(ApiError::validation("type", "must be payment.succeeded"));
@@ -122,28 +107,16 @@ pub async fn payment_webhook(
             let owner = Uuid::parse_str(&paid.user_id).map_err(|e| ApiError::Internal(e.into()))?;
             let invoice = paid.into_invoice()?;
             state.events.publish(owner, "invoice.paid", &invoice);
-            Ok(Json(WebhookOutcome {
-                status: "processed",
-            }))
+            Ok(Json(WebhookOutcome { status: "processed" }))
         }
-        None => Ok(Json(WebhookOutcome {
-            status: "duplicate",
-        })),
+        None => Ok(Json(WebhookOutcome { status: "duplicate" })),
     }
 }
 
 /// Records the event and marks the invoice paid, in one transaction. `None` for an event
 /// already recorded. Any failure rolls back both.
-async fn record_payment(
-    db: &Db,
-    event: &PaymentEvent,
-    invoice_id: Uuid,
-) -> Result<Option<InvoiceRow>, ApiError> {
-    let select_invoice = concat!(
-        "SELECT ",
-        invoice_columns!(),
-        " FROM invoices WHERE id = $1"
-    );
+async fn record_payment(db: &Db, event: &PaymentEvent, invoice_id: Uuid) -> Result<Option<InvoiceRow>, ApiError> {
+    let select_invoice = concat!("SELECT ", invoice_columns!(), " FROM invoices WHERE id = $1");
     let mark_paid = concat!(
         "UPDATE invoices SET status = 'paid', paid_at = $1 WHERE id = $2 AND status IN ('draft', 'sent') RETURNING ",
         invoice_columns!()
@@ -203,10 +176,7 @@ mod tests {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
         mac.update(format!("{timestamp}.{body}").as_bytes());
         let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-webhook-timestamp",
-            timestamp.to_string().parse().unwrap(),
-        );
+        headers.insert("x-webhook-timestamp", timestamp.to_string().parse().unwrap());
         let sig = format!("v1={}", hex::encode(mac.finalize().into_bytes()));
         headers.insert("x-webhook-signature", sig.parse().unwrap());
         headers
@@ -216,45 +186,11 @@ mod tests {
     fn signature_rules() {
         let now = 1_800_000_000;
         let body = r#"{"event_id":"e1"}"#;
-        assert!(
-            verify_signature(
-                b"s3cret",
-                &signed("s3cret", now, body),
-                body.as_bytes(),
-                now
-            )
-            .is_ok()
-        );
-        assert!(
-            verify_signature(b"s3cret", &signed("other", now, body), body.as_bytes(), now).is_err()
-        );
-        assert!(
-            verify_signature(
-                b"s3cret",
-                &signed("s3cret", now, body),
-                b"{\"event_id\":\"e2\"}",
-                now
-            )
-            .is_err()
-        );
-        assert!(
-            verify_signature(
-                b"s3cret",
-                &signed("s3cret", now - 301, body),
-                body.as_bytes(),
-                now
-            )
-            .is_err()
-        );
-        assert!(
-            verify_signature(
-                b"s3cret",
-                &signed("s3cret", now - 299, body),
-                body.as_bytes(),
-                now
-            )
-            .is_ok()
-        );
+        assert!(verify_signature(b"s3cret", &signed("s3cret", now, body), body.as_bytes(), now).is_ok());
+        assert!(verify_signature(b"s3cret", &signed("other", now, body), body.as_bytes(), now).is_err());
+        assert!(verify_signature(b"s3cret", &signed("s3cret", now, body), b"{\"event_id\":\"e2\"}", now).is_err());
+        assert!(verify_signature(b"s3cret", &signed("s3cret", now - 301, body), body.as_bytes(), now).is_err());
+        assert!(verify_signature(b"s3cret", &signed("s3cret", now - 299, body), body.as_bytes(), now).is_ok());
         assert!(verify_signature(b"s3cret", &HeaderMap::new(), body.as_bytes(), now).is_err());
     }
 }

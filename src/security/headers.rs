@@ -16,10 +16,7 @@ impl SecurityHeaders {
         let csp = HeaderValue::from_str(&config.content_security_policy)
             .unwrap_or_else(|_| HeaderValue::from_static(crate::config::DEFAULT_CSP));
         let always = vec![
-            (
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            ),
+            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
             (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
             (
                 header::REFERRER_POLICY,
@@ -49,8 +46,7 @@ impl SecurityHeaders {
             if config.hsts.preload {
                 value.push_str("; preload");
             }
-            HeaderValue::from_str(&value)
-                .unwrap_or_else(|_| HeaderValue::from_static("max-age=31536000"))
+            HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("max-age=31536000"))
         });
         SecurityHeaders { always, hsts }
     }

@@ -46,9 +46,7 @@ impl AllowedHosts {
         if self.any {
             return true;
         }
-        let name = strip_port(host.trim())
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
+        let name = strip_port(host.trim()).trim_end_matches('.').to_ascii_lowercase();
         if name.is_empty() {
             return false;
         }

@@ -35,16 +35,10 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
         .then(|| https::redirect_location(req.headers(), req.uri()))
         .flatten()
     {
-        (
-            StatusCode::PERMANENT_REDIRECT,
-            [(header::LOCATION, location)],
-        )
-            .into_response()
+        (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response()
     } else {
         next.run(req).await
     };
-    state
-        .security_headers
-        .apply(response.headers_mut(), was_https);
+    state.security_headers.apply(response.headers_mut(), was_https);
     response
 }

@@ -66,11 +66,7 @@ async fn signup_and_login_errors(backend: Backend) {
     for (email, password, field) in [
         ("a@b", PASSWORD, "email"),
         ("a@@example.com", PASSWORD, "email"),
-        (
-            &format!("{}@example.com", "a".repeat(250)),
-            PASSWORD,
-            "email",
-        ),
+        (&format!("{}@example.com", "a".repeat(250)), PASSWORD, "email"),
         ("same@example.com", "same@example.com", "password"),
         ("long@example.com", &"p".repeat(129), "password"),
     ] {
@@ -80,13 +76,9 @@ async fn signup_and_login_errors(backend: Backend) {
             "validation_failed",
         )
         .await;
-        assert_eq!(
-            body["error"]["details"][0]["field"], field,
-            "{email} / {password}"
-        );
+        assert_eq!(body["error"]["details"][0]["field"], field, "{email} / {password}");
     }
-    let unknown =
-        signup(json!({"email": "x@example.com", "password": PASSWORD, "admin": true})).await;
+    let unknown = signup(json!({"email": "x@example.com", "password": PASSWORD, "admin": true})).await;
     assert_eq!(
         assert_error(unknown, 422, "validation_failed").await["error"]["details"][0]["field"],
         "admin"
@@ -148,12 +140,7 @@ async fn every_bad_token_is_a_401_with_www_authenticate() {
     })
     .await;
     let token = app.signup("tokens@example.com").await;
-    let me: Value = app
-        .get("/api/v1/me", Some(&token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = app.get("/api/v1/me", Some(&token)).await.json().await.unwrap();
     let user = me["id"].as_str().unwrap();
 
     let alg_none = format!(
@@ -168,10 +155,7 @@ async fn every_bad_token_is_a_401_with_www_authenticate() {
         ("missing", None),
         ("garbage", Some("not.a.token".to_owned())),
         ("alg none", Some(alg_none)),
-        (
-            "HS512",
-            Some(sign(&claims(user, 600), TEST_SECRET, Algorithm::HS512)),
-        ),
+        ("HS512", Some(sign(&claims(user, 600), TEST_SECRET, Algorithm::HS512))),
         (
             "other key",
             Some(sign(
@@ -189,10 +173,7 @@ async fn every_bad_token_is_a_401_with_www_authenticate() {
     for (what, bad) in bad_tokens {
         let response = app.get("/api/v1/me", bad.as_deref()).await;
         assert_eq!(
-            response
-                .headers()
-                .get("www-authenticate")
-                .map(|v| v.to_str().unwrap()),
+            response.headers().get("www-authenticate").map(|v| v.to_str().unwrap()),
             Some("Bearer"),
             "{what}"
         );

@@ -98,35 +98,22 @@ fn each_kind_of_bad_value_exits_2_with_one_line_naming_the_variable() {
         let output = run(&["serve"], &[(var, value)]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{var}={value}: {stderr}");
-        assert_eq!(
-            stderr.trim().lines().count(),
-            1,
-            "{var}: one line, got {stderr}"
-        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{var}: one line, got {stderr}");
         assert!(stderr.contains(var), "{var} named in {stderr}");
-        assert!(
-            !stderr.contains("panicked") && !stderr.contains("hunter2"),
-            "{stderr}"
-        );
+        assert!(!stderr.contains("panicked") && !stderr.contains("hunter2"), "{stderr}");
     }
 }
 
 #[test]
 fn help_lists_every_setting_and_hides_secret_values() {
-    let output = run(
-        &["--help"],
-        &[("SECRET_KEY", "do-not-print-this-key-1234567890abcdef")],
-    );
+    let output = run(&["--help"], &[("SECRET_KEY", "do-not-print-this-key-1234567890abcdef")]);
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
     for var in SETTINGS {
         assert!(help.contains(&format!("env: {var}")), "--help lists {var}");
     }
     assert!(help.contains("[default: 8080]"), "defaults are shown");
-    assert!(
-        !help.contains("do-not-print-this-key"),
-        "secret values are hidden"
-    );
+    assert!(!help.contains("do-not-print-this-key"), "secret values are hidden");
 }
 
 #[test]
@@ -142,11 +129,7 @@ fn migrate_applies_then_finds_nothing_pending() {
     let first = shipshape(&dir, &["migrate"], &[("DATABASE_URL", &url)])
         .output()
         .unwrap();
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     assert!(
         String::from_utf8_lossy(&first.stdout).contains("applied"),
         "folder created, migrations applied"
@@ -166,11 +149,7 @@ fn migrate_on_postgres_is_idempotent() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let url = runtime.block_on(crate::helpers::fresh_postgres_database(&admin));
     let first = run(&["migrate"], &[("DATABASE_URL", &url)]);
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     assert!(String::from_utf8_lossy(&first.stdout).contains("applied"));
     let second = run(&["migrate"], &[("DATABASE_URL", &url)]);
     assert!(String::from_utf8_lossy(&second.stdout).contains("no pending migrations"));
@@ -188,9 +167,7 @@ fn unreachable_database_with_migrations_on_start_exits_1_with_a_clear_line() {
         ],
     );
     assert_eq!(output.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&output.stdout).contains("could not apply migrations at start")
-    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("could not apply migrations at start"));
 }
 
 /// A running server process, killed on drop.
@@ -218,11 +195,7 @@ fn start_server(env: &[(&str, &str)]) -> Server {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let server = Server {
-        child,
-        port,
-        _dir: dir,
-    };
+    let server = Server { child, port, _dir: dir };
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "server did not start listening");
@@ -245,10 +218,7 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitS
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit within {limit:?}"
-        );
+        assert!(Instant::now() < deadline, "process did not exit within {limit:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -274,14 +244,9 @@ fn json_log_has_exactly_one_line_per_request_with_the_listed_fields() {
     let stdout = BufReader::new(server.child.stdout.take().unwrap());
     let lines: Vec<Value> = stdout
         .lines()
-        .map(|line| {
-            serde_json::from_str(&line.unwrap()).expect("every stdout line is one JSON object")
-        })
+        .map(|line| serde_json::from_str(&line.unwrap()).expect("every stdout line is one JSON object"))
         .collect();
-    let request_lines: Vec<&Value> = lines
-        .iter()
-        .filter(|l| l["request_id"] == "log-test-1")
-        .collect();
+    let request_lines: Vec<&Value> = lines.iter().filter(|l| l["request_id"] == "log-test-1").collect();
     assert_eq!(request_lines.len(), 1, "exactly one line for the request");
     let line = request_lines[0];
     for field in [
@@ -345,10 +310,6 @@ fn a_repeated_program_name_is_ignored_for_platform_release_commands() {
     let output = shipshape(&dir, &["shipshape", "migrate"], &[("DATABASE_URL", &url)])
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).contains("applied"));
 }

@@ -21,10 +21,7 @@ async fn health_and_readiness_answer(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let health = app.get("/healthz", None).await;
     assert_eq!(health.status(), 200);
-    assert_eq!(
-        health.json::<Value>().await.unwrap(),
-        json!({"status": "ok"})
-    );
+    assert_eq!(health.json::<Value>().await.unwrap(), json!({"status": "ok"}));
 
     let ready = app.get("/readyz", None).await;
     assert_eq!(ready.status(), 200);
@@ -61,32 +58,17 @@ async fn errors_have_one_shape(backend: Backend) {
         .send();
     assert_error(broken.await.unwrap(), 400, "invalid_json").await;
 
-    let no_type = app
-        .client
-        .post(app.url(login))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let no_type = app.client.post(app.url(login)).body("{}").send().await.unwrap();
     assert_error(no_type, 415, "unsupported_media_type").await;
 
     let oversize = json!({"email": "a@example.com", "password": "x".repeat(2048)});
-    assert_error(
-        app.post_json(login, &oversize, None).await,
-        413,
-        "payload_too_large",
-    )
-    .await;
+    assert_error(app.post_json(login, &oversize, None).await, 413, "payload_too_large").await;
 
-    let wrong_type = app
-        .post_json(login, &json!({"email": 5, "password": "x"}), None)
-        .await;
+    let wrong_type = app.post_json(login, &json!({"email": 5, "password": "x"}), None).await;
     let body = assert_error(wrong_type, 422, "validation_failed").await;
     assert_eq!(body["error"]["details"][0]["field"], "email");
 
-    let missing = app
-        .post_json(login, &json!({"email": "a@example.com"}), None)
-        .await;
+    let missing = app.post_json(login, &json!({"email": "a@example.com"}), None).await;
     let body = assert_error(missing, 422, "validation_failed").await;
     assert_eq!(body["error"]["details"][0]["field"], "password");
     app.stop().await;
@@ -111,10 +93,7 @@ async fn pool_exhausted_is_a_quick_503(backend: Backend) {
         "answered within the acquire timeout"
     );
     assert_eq!(
-        response
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap()),
+        response.headers().get("retry-after").map(|v| v.to_str().unwrap()),
         Some("5")
     );
     assert_error(response, 503, "service_unavailable").await;
@@ -175,15 +154,9 @@ async fn request_id_is_kept_when_sane_and_replaced_when_not() {
             .send()
             .await
             .unwrap();
-        let id = replaced.headers()["x-request-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let id = replaced.headers()["x-request-id"].to_str().unwrap().to_owned();
         assert_ne!(id, bad);
-        assert!(
-            uuid::Uuid::parse_str(&id).is_ok(),
-            "a new UUID replaces {bad:?}"
-        );
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "a new UUID replaces {bad:?}");
     }
     app.stop().await;
 }
@@ -248,18 +221,11 @@ async fn shutdown_lets_an_in_flight_request_finish_and_readiness_fail() {
     let server = app.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(app.state.lifecycle.is_draining(), "draining starts at once");
-    let (status, body) =
-        shipshape::routes::health::readyz(axum::extract::State(app.state.clone())).await;
+    let (status, body) = shipshape::routes::health::readyz(axum::extract::State(app.state.clone())).await;
     assert_eq!(status, 503);
-    assert_eq!(
-        serde_json::to_value(&body.0).unwrap()["status"],
-        "unavailable"
-    );
+    assert_eq!(serde_json::to_value(&body.0).unwrap()["status"], "unavailable");
 
-    let response = in_flight
-        .await
-        .unwrap()
-        .expect("the in-flight request completes");
+    let response = in_flight.await.unwrap().expect("the in-flight request completes");
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "finished");
     tokio::time::timeout(Duration::from_secs(5), server)
@@ -302,12 +268,7 @@ async fn postgres_outage_gives_503_and_recovers_without_restart() {
     assert_eq!(ready.status(), 503);
     let body = ready.text().await.unwrap();
     assert!(body.contains("\"status\":\"unavailable\""), "{body}");
-    assert_error(
-        app.get("/api/v1/me", Some(&token)).await,
-        503,
-        "service_unavailable",
-    )
-    .await;
+    assert_error(app.get("/api/v1/me", Some(&token)).await, 503, "service_unavailable").await;
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "answers are bounded, never a hang"

@@ -7,10 +7,7 @@ use serde_json::{Value, json};
 use crate::helpers::{Backend, TestApp, assert_error};
 
 /// Reads from an event stream until `count` events (not comments) have arrived.
-async fn read_events(
-    response: &mut reqwest::Response,
-    count: usize,
-) -> Vec<(String, String, Value)> {
+async fn read_events(response: &mut reqwest::Response, count: usize) -> Vec<(String, String, Value)> {
     let mut text = String::new();
     let mut events = Vec::new();
     while events.len() < count {
@@ -58,17 +55,12 @@ async fn a_client_sees_its_invoice_created_sent_and_paid_and_nothing_else() {
     app.create_invoice(&bob, 999).await; // another user's: must not appear
     let invoice = app.create_invoice(&alice, 2500).await;
     let id = invoice["id"].as_str().unwrap();
-    app.post_json(
-        &format!("/api/v1/invoices/{id}/send"),
-        &json!({}),
-        Some(&alice),
-    )
-    .await;
+    app.post_json(&format!("/api/v1/invoices/{id}/send"), &json!({}), Some(&alice))
+        .await;
     let event = json!({"event_id": "evt_sse", "type": "payment.succeeded", "invoice_id": id, "amount_cents": 2500});
     let body = event.to_string();
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut mac =
-        <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
     hmac::Mac::update(&mut mac, format!("{timestamp}.{body}").as_bytes());
     let signature = format!("v1={}", hex::encode(hmac::Mac::finalize(mac).into_bytes()));
     let paid = app
@@ -86,10 +78,7 @@ async fn a_client_sees_its_invoice_created_sent_and_paid_and_nothing_else() {
     let events = read_events(&mut stream, 3).await;
     let kinds: Vec<&str> = events.iter().map(|(kind, _, _)| kind.as_str()).collect();
     assert_eq!(kinds, ["invoice.created", "invoice.sent", "invoice.paid"]);
-    let ids: Vec<u64> = events
-        .iter()
-        .map(|(_, id, _)| id.parse().unwrap())
-        .collect();
+    let ids: Vec<u64> = events.iter().map(|(_, id, _)| id.parse().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
     assert!(
         events.iter().all(|(_, _, data)| data["id"] == id),
@@ -103,18 +92,10 @@ async fn a_client_sees_its_invoice_created_sent_and_paid_and_nothing_else() {
 async fn streams_are_bounded_and_need_a_token() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| c.max_sse_streams = 2).await;
     let token = app.signup("streams@example.com").await;
-    assert_error(
-        app.get("/api/v1/invoices/events", None).await,
-        401,
-        "unauthorized",
-    )
-    .await;
+    assert_error(app.get("/api/v1/invoices/events", None).await, 401, "unauthorized").await;
     let first = app.get("/api/v1/invoices/events", Some(&token)).await;
     let second = app.get("/api/v1/invoices/events", Some(&token)).await;
-    assert_eq!(
-        (first.status().as_u16(), second.status().as_u16()),
-        (200, 200)
-    );
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
     assert_error(
         app.get("/api/v1/invoices/events", Some(&token)).await,
         503,
@@ -127,12 +108,7 @@ async fn streams_are_bounded_and_need_a_token() {
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         app.create_invoice(&token, 1).await; // a write to the dead stream notices the disconnect
-        if app
-            .get("/api/v1/invoices/events", Some(&token))
-            .await
-            .status()
-            == 200
-        {
+        if app.get("/api/v1/invoices/events", Some(&token)).await.status() == 200 {
             reopened = true;
             break;
         }

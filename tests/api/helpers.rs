@@ -105,7 +105,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub state: AppState,
-    pub backend: Backend,
+    /// Where `/metrics` is served, when the test enabled it.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -140,20 +141,15 @@ impl TestApp {
         TestApp::start_with_config(options, config, dir).await
     }
 
-    pub async fn start_with_config(
-        options: Options,
-        config: Config,
-        dir: tempfile::TempDir,
-    ) -> TestApp {
-        let mut application = Application::build(config)
-            .await
-            .expect("application builds");
+    pub async fn start_with_config(options: Options, config: Config, dir: tempfile::TempDir) -> TestApp {
+        let mut application = Application::build(config).await.expect("application builds");
         let state = application.state().clone();
         if let Some(extra) = options.extra_routes {
             let routes = app::all_routes(&state, extra);
             application = application.with_router(app::with_middleware(routes, state.clone()));
         }
         let addr = application.local_addr();
+        let metrics_addr = application.metrics_addr();
         let (shutdown, signal) = oneshot::channel::<()>();
         let server = tokio::spawn(application.run_until(async move {
             let _ = signal.await;
@@ -163,7 +159,7 @@ impl TestApp {
             addr,
             client,
             state,
-            backend: options.backend,
+            metrics_addr,
             shutdown: Some(shutdown),
             server: Some(server),
             _dir: dir,
@@ -175,11 +171,7 @@ impl TestApp {
     }
 
     /// Builds the request now (so nothing is borrowed) and sends it when awaited.
-    pub fn get(
-        &self,
-        path: &str,
-        token: Option<&str>,
-    ) -> impl Future<Output = reqwest::Response> + use<> {
+    pub fn get(&self, path: &str, token: Option<&str>) -> impl Future<Output = reqwest::Response> + use<> {
         let mut request = self.client.get(self.url(path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -216,8 +208,7 @@ impl TestApp {
 
     /// Creates an invoice and returns its JSON.
     pub async fn create_invoice(&self, token: &str, amount_cents: i64) -> Value {
-        let body =
-            json!({"customer_name": "Acme Ltd", "amount_cents": amount_cents, "currency": "USD"});
+        let body = json!({"customer_name": "Acme Ltd", "amount_cents": amount_cents, "currency": "USD"});
         let response = self.post_json("/api/v1/invoices", &body, Some(token)).await;
         assert_eq!(response.status(), 201);
         response.json().await.expect("json")
@@ -244,11 +235,7 @@ impl TestApp {
 
 /// Asserts the §4 error shape and code, and returns the body.
 pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
-    assert_eq!(
-        response.status().as_u16(),
-        status,
-        "status for expected {code}"
-    );
+    assert_eq!(response.status().as_u16(), status, "status for expected {code}");
     let request_id = response
         .headers()
         .get("x-request-id")
@@ -256,9 +243,7 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
     let body: Value = response.json().await.expect("error body is JSON");
     assert_eq!(body["error"]["code"], code, "body: {body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
+        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
         "message in {body}"
     );
     assert_eq!(
@@ -324,9 +309,7 @@ pub struct TcpProxy {
 
 impl TcpProxy {
     pub async fn start(target: SocketAddr) -> TcpProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let proxy = TcpProxy {
             addr: listener.local_addr().expect("addr"),
             target,

@@ -21,9 +21,7 @@ async fn create_get_and_send(backend: Backend) {
         "customer_name": "Acme Ltd", "customer_phone": "+14155550100", "amount_cents": 12500,
         "currency": "EUR", "due_date": "2026-12-31", "description": "Consulting, November"
     });
-    let created = app
-        .post_json("/api/v1/invoices", &request, Some(&token))
-        .await;
+    let created = app.post_json("/api/v1/invoices", &request, Some(&token)).await;
     assert_eq!(created.status(), 201);
     assert_eq!(created.headers()["cache-control"], "no-store");
     let invoice: Value = created.json().await.unwrap();
@@ -41,17 +39,11 @@ async fn create_get_and_send(backend: Backend) {
     assert!(invoice["sent_at"].is_null() && invoice["paid_at"].is_null());
     let id = invoice["id"].as_str().unwrap();
 
-    let fetched = app
-        .get(&format!("/api/v1/invoices/{id}"), Some(&token))
-        .await;
+    let fetched = app.get(&format!("/api/v1/invoices/{id}"), Some(&token)).await;
     assert_eq!(fetched.json::<Value>().await.unwrap(), invoice);
 
     let sent = app
-        .post_json(
-            &format!("/api/v1/invoices/{id}/send"),
-            &json!({}),
-            Some(&token),
-        )
+        .post_json(&format!("/api/v1/invoices/{id}/send"), &json!({}), Some(&token))
         .await;
     assert_eq!(sent.status(), 200);
     let sent: Value = sent.json().await.unwrap();
@@ -59,11 +51,7 @@ async fn create_get_and_send(backend: Backend) {
     assert!(sent["sent_at"].as_str().unwrap().ends_with('Z'));
 
     let again = app
-        .post_json(
-            &format!("/api/v1/invoices/{id}/send"),
-            &json!({}),
-            Some(&token),
-        )
+        .post_json(&format!("/api/v1/invoices/{id}/send"), &json!({}), Some(&token))
         .await;
     assert_error(again, 409, "invalid_transition").await;
     app.stop().await;
@@ -111,14 +99,9 @@ async fn validation_names_each_field(backend: Backend) {
     ] {
         let mut request = base.clone();
         request[field] = value.clone();
-        let response = app
-            .post_json("/api/v1/invoices", &request, Some(&token))
-            .await;
+        let response = app.post_json("/api/v1/invoices", &request, Some(&token)).await;
         let body = assert_error(response, 422, "validation_failed").await;
-        assert_eq!(
-            body["error"]["details"][0]["field"], field,
-            "{field} = {value}"
-        );
+        assert_eq!(body["error"]["details"][0]["field"], field, "{field} = {value}");
     }
     let missing = app.post_json(
         "/api/v1/invoices",
@@ -150,11 +133,7 @@ async fn users_see_only_their_own(backend: Backend) {
     )
     .await;
     let send = app
-        .post_json(
-            &format!("/api/v1/invoices/{id}/send"),
-            &json!({}),
-            Some(&bob),
-        )
+        .post_json(&format!("/api/v1/invoices/{id}/send"), &json!({}), Some(&bob))
         .await;
     assert_error(send, 404, "not_found").await;
     assert_error(
@@ -163,19 +142,9 @@ async fn users_see_only_their_own(backend: Backend) {
         "not_found",
     )
     .await;
-    let bobs: Value = app
-        .get("/api/v1/invoices", Some(&bob))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let bobs: Value = app.get("/api/v1/invoices", Some(&bob)).await.json().await.unwrap();
     assert_eq!(bobs["items"], json!([]));
-    let stats: Value = app
-        .get("/api/v1/stats/summary", Some(&bob))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = app.get("/api/v1/stats/summary", Some(&bob)).await.json().await.unwrap();
     assert_eq!(stats["invoices"]["total"], 0);
     app.stop().await;
 }
@@ -183,12 +152,7 @@ async fn users_see_only_their_own(backend: Backend) {
 async fn pagination_is_stable_under_equal_timestamps(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let token = app.signup("pages@example.com").await;
-    let me: Value = app
-        .get("/api/v1/me", Some(&token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = app.get("/api/v1/me", Some(&token)).await.json().await.unwrap();
     let user = me["id"].as_str().unwrap().to_owned();
     // 45 invoices with one identical timestamp: only the id breaks the ties.
     let sql = "INSERT INTO invoices (id, user_id, customer_name, amount_cents, currency, status, created_at) \
@@ -242,15 +206,12 @@ async fn pagination_is_stable_under_equal_timestamps(backend: Backend) {
     assert_eq!(sent["items"].as_array().unwrap().len(), 15);
     assert!(sent["next_cursor"].is_null());
     for bad in ["limit=0", "limit=101", "limit=abc", "status=void"] {
-        let response = app
-            .get(&format!("/api/v1/invoices?{bad}"), Some(&token))
-            .await;
+        let response = app.get(&format!("/api/v1/invoices?{bad}"), Some(&token)).await;
         assert_error(response, 422, "validation_failed").await;
     }
     for bad in ["garbage!", "MTIzfG5vdC1hLXV1aWQ"] {
         assert_error(
-            app.get(&format!("/api/v1/invoices?cursor={bad}"), Some(&token))
-                .await,
+            app.get(&format!("/api/v1/invoices?cursor={bad}"), Some(&token)).await,
             400,
             "invalid_cursor",
         )

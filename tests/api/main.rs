@@ -7,6 +7,7 @@ mod cli;
 mod core;
 mod events;
 mod invoices;
+mod observability;
 mod rate_limits;
 mod security;
 mod webhooks;

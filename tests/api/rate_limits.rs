@@ -22,10 +22,7 @@ async fn login(app: &TestApp, client_ip: Option<&str>) -> reqwest::Response {
 
 #[tokio::test]
 async fn the_sixth_login_in_a_minute_waits_twelve_seconds() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
-        c.rate_limits.login = parse_rate("5/m").unwrap()
-    })
-    .await;
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.rate_limits.login = parse_rate("5/m").unwrap()).await;
     for remaining in (0..5).rev() {
         let response = login(&app, None).await;
         assert_eq!(response.status(), 401);
@@ -69,23 +66,18 @@ async fn signup_global_and_per_user_limits() {
     let invoice = json!({"customer_name": "A", "amount_cents": 1, "currency": "USD"});
     for _ in 0..2 {
         assert_eq!(
-            app.post_json("/api/v1/invoices", &invoice, Some(&alice))
-                .await
-                .status(),
+            app.post_json("/api/v1/invoices", &invoice, Some(&alice)).await.status(),
             201
         );
     }
     assert_error(
-        app.post_json("/api/v1/invoices", &invoice, Some(&alice))
-            .await,
+        app.post_json("/api/v1/invoices", &invoice, Some(&alice)).await,
         429,
         "rate_limited",
     )
     .await;
     assert_eq!(
-        app.post_json("/api/v1/invoices", &invoice, Some(&bob))
-            .await
-            .status(),
+        app.post_json("/api/v1/invoices", &invoice, Some(&bob)).await.status(),
         201,
         "per user, not per IP"
     );
@@ -95,19 +87,11 @@ async fn signup_global_and_per_user_limits() {
     for _ in 0..25 {
         statuses.push(app.get("/api/v1/nope", None).await.status().as_u16());
     }
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 404).count(),
-        22,
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.iter().filter(|s| **s == 404).count(), 22, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 3);
     let nope = app.get("/api/v1/nope", None).await;
     assert_eq!(nope.headers()["x-ratelimit-limit"], "30");
-    assert_eq!(
-        app.get("/healthz", None).await.status(),
-        200,
-        "health is exempt"
-    );
+    assert_eq!(app.get("/healthz", None).await.status(), 200, "health is exempt");
     app.stop().await;
 }
 
@@ -135,11 +119,7 @@ async fn two_instances_sharing_redis_allow_n_in_total() {
     let a = instance(&redis, "5/m").await;
     let b = instance(&redis, "5/m").await;
     assert_eq!(
-        a.get("/readyz", None)
-            .await
-            .json::<serde_json::Value>()
-            .await
-            .unwrap()["checks"]["redis"]["status"],
+        a.get("/readyz", None).await.json::<serde_json::Value>().await.unwrap()["checks"]["redis"]["status"],
         "ok"
     );
     let ip = unique_ip();

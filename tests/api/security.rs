@@ -19,10 +19,7 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
         "content-security-policy",
         "default-src 'self'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'; object-src 'none'",
     ),
-    (
-        "permissions-policy",
-        "camera=(), microphone=(), geolocation=()",
-    ),
+    ("permissions-policy", "camera=(), microphone=(), geolocation=()"),
     ("cross-origin-opener-policy", "same-origin"),
     ("cross-origin-resource-policy", "same-origin"),
     ("x-xss-protection", "0"),
@@ -36,10 +33,7 @@ fn assert_security_headers(response: &reqwest::Response, what: &str) {
             "{name} on {what}"
         );
     }
-    assert!(
-        response.headers().get("server").is_none(),
-        "no Server header on {what}"
-    );
+    assert!(response.headers().get("server").is_none(), "no Server header on {what}");
     assert!(response.headers().get("x-powered-by").is_none());
 }
 
@@ -63,27 +57,14 @@ async fn every_kind_of_response_carries_the_security_headers() {
     let cases = [
         ("200", app.get("/healthz", None).await),
         ("404", app.get("/api/v1/nope", None).await),
-        (
-            "405",
-            app.client.put(app.url("/healthz")).send().await.unwrap(),
-        ),
+        ("405", app.client.put(app.url("/healthz")).send().await.unwrap()),
         (
             "413",
-            app.post_json(
-                "/api/v1/auth/signup",
-                &json!({"email": "x".repeat(200)}),
-                None,
-            )
-            .await,
+            app.post_json("/api/v1/auth/signup", &json!({"email": "x".repeat(200)}), None)
+                .await,
         ),
-        (
-            "401",
-            app.post_json("/api/v1/auth/login", &login, None).await,
-        ),
-        (
-            "429",
-            app.post_json("/api/v1/auth/login", &login, None).await,
-        ),
+        ("401", app.post_json("/api/v1/auth/login", &login, None).await),
+        ("429", app.post_json("/api/v1/auth/login", &login, None).await),
         (
             "308",
             app.client
@@ -110,16 +91,9 @@ async fn every_kind_of_response_carries_the_security_headers() {
         assert_security_headers(response, what);
     }
     let statuses: Vec<u16> = cases.iter().map(|(_, r)| r.status().as_u16()).collect();
-    assert_eq!(
-        statuses,
-        [200, 404, 405, 413, 401, 429, 308, 400, 500, 200, 200]
-    );
+    assert_eq!(statuses, [200, 404, 405, 413, 401, 429, 308, 400, 500, 200, 200]);
     assert!(
-        cases[1]
-            .1
-            .headers()
-            .get("strict-transport-security")
-            .is_none(),
+        cases[1].1.headers().get("strict-transport-security").is_none(),
         "HSTS off by default"
     );
     app.stop().await;
@@ -159,12 +133,7 @@ async fn allowed_hosts_match_names_domains_and_ipv6_and_spare_health_checks() {
         ];
     })
     .await;
-    let with_host = |host: &str| {
-        app.client
-            .get(app.url("/api/v1/nope"))
-            .header("host", host)
-            .send()
-    };
+    let with_host = |host: &str| app.client.get(app.url("/api/v1/nope")).header("host", host).send();
     for allowed in [
         "api.example.com",
         "API.EXAMPLE.COM:443",
@@ -189,11 +158,7 @@ async fn allowed_hosts_match_names_domains_and_ipv6_and_spare_health_checks() {
             .send()
             .await
             .unwrap();
-        assert_eq!(
-            response.status(),
-            200,
-            "{probe} is exempt from the host check"
-        );
+        assert_eq!(response.status(), 200, "{probe} is exempt from the host check");
     }
     app.stop().await;
 }
@@ -254,10 +219,7 @@ async fn login_statuses(app: &TestApp, forwarded_for: &[&str]) -> Vec<u16> {
 
 #[tokio::test]
 async fn a_forged_x_forwarded_for_changes_nothing_under_connect() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
-        c.rate_limits.login = parse_rate("2/m").unwrap()
-    })
-    .await;
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.rate_limits.login = parse_rate("2/m").unwrap()).await;
     let statuses = login_statuses(&app, &["1.1.1.1", "2.2.2.2", "3.3.3.3"]).await;
     assert_eq!(
         statuses,
@@ -275,11 +237,7 @@ async fn x_forwarded_for_source_uses_the_rightmost_entry() {
     })
     .await;
     // The client controls the left part; our proxy appends the real address on the right.
-    let statuses = login_statuses(
-        &app,
-        &["1.1.1.1, 9.9.9.9", "2.2.2.2, 9.9.9.9", "3.3.3.3, 9.9.9.9"],
-    )
-    .await;
+    let statuses = login_statuses(&app, &["1.1.1.1, 9.9.9.9", "2.2.2.2, 9.9.9.9", "3.3.3.3, 9.9.9.9"]).await;
     assert_eq!(statuses, [401, 401, 429]);
     assert_eq!(
         login_statuses(&app, &["8.8.8.8"]).await,
@@ -300,10 +258,7 @@ async fn cors_answers_preflight_for_listed_origins_only() {
             .request(reqwest::Method::OPTIONS, app.url("/api/v1/invoices"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header(
-                "access-control-request-headers",
-                "authorization, content-type",
-            )
+            .header("access-control-request-headers", "authorization, content-type")
             .send()
     };
     let allowed = preflight("https://app.example.com").await.unwrap();
@@ -318,12 +273,7 @@ async fn cors_answers_preflight_for_listed_origins_only() {
             .contains("POST")
     );
     let refused = preflight("https://evil.example.com").await.unwrap();
-    assert!(
-        refused
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
     app.stop().await;
 
     let no_cors = TestApp::spawn(Backend::Sqlite).await;
@@ -346,16 +296,10 @@ async fn cors_answers_preflight_for_listed_origins_only() {
 // Blocking std I/O below: the server needs a worker thread of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_dribbles_its_headers_is_cut_off() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
-        c.header_read_timeout = Duration::from_secs(2)
-    })
-    .await;
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.header_read_timeout = Duration::from_secs(2)).await;
     let mut stream = std::net::TcpStream::connect(app.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let request =
-        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
     let started = Instant::now();
     let mut closed_at = None;
     for byte in request.iter() {
@@ -403,11 +347,7 @@ fn raw_get(addr: std::net::SocketAddr, path: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_files_cache_compress_and_refuse_escapes() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("index.html"),
-        "<!doctype html><title>home</title>",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("index.html"), "<!doctype html><title>home</title>").unwrap();
     std::fs::write(dir.path().join("app.3f9a1c2e.css"), "body{}".repeat(100)).unwrap();
     std::fs::write(dir.path().join("plain.css"), "body{}".repeat(100)).unwrap();
     std::fs::write(dir.path().join(".env"), "SECRET=1").unwrap();
@@ -426,10 +366,7 @@ async fn static_files_cache_compress_and_refuse_escapes() {
     assert!(home.text().await.unwrap().contains("home"));
 
     let hashed = app.get("/static/app.3f9a1c2e.css", None).await;
-    assert_eq!(
-        hashed.headers()["cache-control"],
-        "public, max-age=31536000, immutable"
-    );
+    assert_eq!(hashed.headers()["cache-control"], "public, max-age=31536000, immutable");
     let plain = app
         .client
         .get(app.url("/static/plain.css"))

@@ -62,20 +62,13 @@ async fn signed_payment_marks_invoice_paid_once(backend: Backend) {
     let token = app.signup("payee@example.com").await;
     let invoice = app.create_invoice(&token, 4200).await;
     let id = invoice["id"].as_str().unwrap();
-    app.post_json(
-        &format!("/api/v1/invoices/{id}/send"),
-        &json!({}),
-        Some(&token),
-    )
-    .await;
+    app.post_json(&format!("/api/v1/invoices/{id}/send"), &json!({}), Some(&token))
+        .await;
     app.create_invoice(&token, 100).await;
 
     let first = deliver(&app, &payment("evt_1", &invoice), now(), SECRET).await;
     assert_eq!(first.status(), 200);
-    assert_eq!(
-        first.json::<Value>().await.unwrap(),
-        json!({"status": "processed"})
-    );
+    assert_eq!(first.json::<Value>().await.unwrap(), json!({"status": "processed"}));
     let paid: Value = app
         .get(&format!("/api/v1/invoices/{id}"), Some(&token))
         .await
@@ -86,10 +79,7 @@ async fn signed_payment_marks_invoice_paid_once(backend: Backend) {
     assert!(paid["paid_at"].as_str().is_some());
 
     let again = deliver(&app, &payment("evt_1", &invoice), now(), SECRET).await;
-    assert_eq!(
-        again.json::<Value>().await.unwrap(),
-        json!({"status": "duplicate"})
-    );
+    assert_eq!(again.json::<Value>().await.unwrap(), json!({"status": "duplicate"}));
     assert_eq!(recorded_events(&app).await, 1, "one payment recorded");
 
     let stats: Value = app
@@ -98,10 +88,7 @@ async fn signed_payment_marks_invoice_paid_once(backend: Backend) {
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        stats["invoices"],
-        json!({"draft": 1, "sent": 0, "paid": 1, "total": 2})
-    );
+    assert_eq!(stats["invoices"], json!({"draft": 1, "sent": 0, "paid": 1, "total": 2}));
     assert_eq!(stats["conversion_rate"], 1.0);
     assert!(stats["average_payment_seconds"].as_f64().unwrap() >= 0.0);
     assert_eq!(stats["total_paid_cents"], json!({"USD": 4200}));
@@ -146,10 +133,7 @@ async fn bad_signatures_and_stale_timestamps_are_refused(backend: Backend) {
         .post(app.url("/api/v1/webhooks/payments"))
         .header("content-type", "application/json")
         .header("x-webhook-timestamp", timestamp.to_string())
-        .header(
-            "x-webhook-signature",
-            signature(SECRET, timestamp, &event.to_string()),
-        )
+        .header("x-webhook-signature", signature(SECRET, timestamp, &event.to_string()))
         .body(event.to_string().replace("700", "1"))
         .send()
         .await
@@ -184,17 +168,8 @@ async fn mismatch_unknown_and_already_paid(backend: Backend) {
 
     let mut unknown = payment("evt_unknown", &invoice);
     unknown["invoice_id"] = json!(uuid::Uuid::new_v4());
-    assert_error(
-        deliver(&app, &unknown, now(), SECRET).await,
-        404,
-        "not_found",
-    )
-    .await;
-    assert_eq!(
-        recorded_events(&app).await,
-        0,
-        "nothing recorded for refused events"
-    );
+    assert_error(deliver(&app, &unknown, now(), SECRET).await, 404, "not_found").await;
+    assert_eq!(recorded_events(&app).await, 0, "nothing recorded for refused events");
 
     assert_eq!(
         deliver(&app, &payment("evt_first", &invoice), now(), SECRET)
@@ -225,11 +200,7 @@ async fn concurrent_duplicates_record_one_payment(backend: Backend) {
                 .to_owned(),
         );
     }
-    assert_eq!(
-        outcomes.iter().filter(|o| *o == "processed").count(),
-        1,
-        "{outcomes:?}"
-    );
+    assert_eq!(outcomes.iter().filter(|o| *o == "processed").count(), 1, "{outcomes:?}");
     assert_eq!(outcomes.iter().filter(|o| *o == "duplicate").count(), 7);
     assert_eq!(recorded_events(&app).await, 1);
     app.stop().await;

@@ -1,5 +1,9 @@
-//! Logs and request ids: the tracing subscriber (JSON or human-readable), and the outermost
-//! request middleware that assigns the request id and writes one log line per request.
+//! Logs, request ids, metrics and error reporting: the tracing subscriber (JSON or
+//! human-readable), and the outermost request middleware that assigns the request id, writes
+//! one log line per request, records its metrics and gives it a Sentry hub.
+
+pub mod metrics;
+pub mod sentry;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
@@ -61,9 +65,7 @@ impl RequestId {
     fn generate() -> RequestId {
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        RequestId(
-            HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid")),
-        )
+        RequestId(HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
     }
 
     pub fn as_str(&self) -> &str {
@@ -108,7 +110,8 @@ pub fn current_request() -> RequestContext {
         })
 }
 
-/// The outermost request middleware: request id, client IP, error rendering and the log line.
+/// The outermost request middleware: request id, client IP, Sentry hub, error rendering,
+/// metrics and the log line.
 pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = RequestId::from_incoming(req.headers().get(REQUEST_ID_HEADER));
@@ -119,29 +122,39 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     let ip = client_ip::resolve(state.config.client_ip_source, req.headers(), peer);
     req.extensions_mut().insert(ClientIp(ip));
     let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let wants_html_errors = !req.uri().path().starts_with("/api/")
-        && static_files::prefers_html(req.headers().get(header::ACCEPT));
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let wants_html_errors =
+        !req.uri().path().starts_with("/api/") && static_files::prefers_html(req.headers().get(header::ACCEPT));
 
     let context = RequestContext {
         id: id.clone(),
         expose_internal_errors: state.expose_internal_errors(),
     };
+    let hub = state
+        .sentry_enabled
+        .then(|| sentry::request_hub(id.as_str(), method.as_str(), route));
     let mut response = CURRENT_REQUEST
         .scope(context, async move {
-            error::render_bare_error(next.run(req).await)
+            let inner = next.run(req);
+            let response = match hub {
+                Some(hub) => ::sentry::SentryFutureExt::bind_hub(inner, hub).await,
+                None => inner.await,
+            };
+            error::render_bare_error(response)
         })
         .await;
     if wants_html_errors && response.status().as_u16() >= 400 {
         response = state.error_pages.render(response);
     }
-    response
-        .headers_mut()
-        .insert(REQUEST_ID_HEADER, id.0.clone());
+    response.headers_mut().insert(REQUEST_ID_HEADER, id.0.clone());
 
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
+    let elapsed = started.elapsed();
+    if state.metrics_enabled {
+        metrics::record_request(method.as_str(), route, status, elapsed);
+    }
+    let latency_ms = elapsed.as_micros() as f64 / 1000.0;
     // Platform probes hit health routes every few seconds; their successes would drown the log.
     if status == 200 && (route == "/healthz" || route == "/readyz") {
         tracing::debug!(target: "http", request_id = %id, method = %method, route, status, latency_ms, client_ip = %ip, "request");

@@ -1,0 +1,67 @@
+//! Prometheus metrics on their own port, with bounded label sets.
+
+use std::collections::HashSet;
+
+use serde_json::json;
+
+use crate::helpers::{Backend, PASSWORD, TestApp};
+
+fn series(text: &str, metric: &str) -> HashSet<String> {
+    text.lines()
+        .filter(|l| l.starts_with(metric))
+        .map(|l| l.rsplit_once(' ').unwrap().0.to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_list_every_series_on_their_own_port_with_route_labels() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.metrics_port = Some(0);
+        c.rate_limits.login = shipshape::config::parse_rate("1/m").unwrap();
+    })
+    .await;
+    let metrics_url = format!("http://{}/metrics", app.metrics_addr.expect("metrics listener"));
+    let token = app.signup("metrics@example.com").await;
+    let invoice = app.create_invoice(&token, 10).await;
+    app.get(
+        &format!("/api/v1/invoices/{}", invoice["id"].as_str().unwrap()),
+        Some(&token),
+    )
+    .await;
+    let login = json!({"email": "metrics@example.com", "password": PASSWORD});
+    app.post_json("/api/v1/auth/login", &login, None).await;
+    app.post_json("/api/v1/auth/login", &login, None).await; // 429
+
+    let text = app.client.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+    for expected in [
+        r#"http_requests_total{method="POST",route="/api/v1/invoices",status="201"}"#,
+        r#"http_requests_total{method="GET",route="/api/v1/invoices/{id}",status="200"}"#,
+        r#"http_request_duration_seconds_bucket{method="GET",route="/api/v1/invoices/{id}",le="0.005"}"#,
+        r#"db_pool_connections{state="idle"}"#,
+        r#"db_pool_connections{state="active"}"#,
+        r#"rate_limited_total{limit="login"}"#,
+        &format!(r#"build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION")),
+    ] {
+        assert!(text.contains(expected), "{expected} in\n{text}");
+    }
+    assert!(!text.contains("/api/v1/invoices/0"), "no raw paths in labels");
+
+    let before = series(&text, "http_requests_total");
+    for n in 0..1000 {
+        app.get(&format!("/scan/{n}/wp-admin.php"), None).await;
+    }
+    let text = app.client.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+    let added: Vec<String> = series(&text, "http_requests_total")
+        .difference(&before)
+        .cloned()
+        .collect();
+    assert!(added.len() <= 1, "1000 unknown paths share one label: {added:?}");
+    assert!(text.contains(r#"route="unmatched""#));
+
+    assert_eq!(
+        app.get("/metrics", None).await.status(),
+        404,
+        "never on the public port"
+    );
+    app.stop().await;
+}
