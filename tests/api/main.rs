@@ -5,6 +5,7 @@ mod helpers;
 mod accounts;
 mod cli;
 mod core;
+mod deploy;
 mod events;
 mod invoices;
 mod observability;
