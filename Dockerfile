@@ -31,6 +31,7 @@ RUN mkdir src \
 #    be here before the build. COPY keeps the files' original mtimes, which can be older than
 #    the stub build above; touching the crate roots makes cargo rebuild the crate, not reuse
 #    the stub.
+COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 COPY static ./static

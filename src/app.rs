@@ -24,7 +24,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::auth::Auth;
 use crate::config::{AppEnv, Config};
 use crate::db::Db;
-use crate::events::EventHub;
+use crate::events::{self, EventHub};
 use crate::lifecycle::Lifecycle;
 use crate::rate_limit::{self, Limit, RateLimiters, SharedStore};
 use crate::security::headers::SecurityHeaders;
@@ -43,7 +43,7 @@ pub struct AppStateInner {
     pub redis: Option<ConnectionManager>,
     pub auth: Auth,
     pub rate_limiters: Arc<RateLimiters>,
-    pub events: EventHub,
+    pub events: Arc<EventHub>,
     pub lifecycle: Lifecycle,
     pub allowed_hosts: AllowedHosts,
     pub security_headers: SecurityHeaders,
@@ -81,15 +81,21 @@ impl AppState {
         let shared_limits = redis.clone().map(|connection| Arc::new(SharedStore::new(connection)));
         let rate_limiters = Arc::new(RateLimiters::new(&config.rate_limits, shared_limits));
         rate_limit::spawn_pruner(Arc::downgrade(&rate_limiters));
+        let lifecycle = Lifecycle::default();
+        let events = Arc::new(EventHub::new(config.max_sse_streams, redis.clone()));
+        if let Some(url) = &config.redis_url {
+            let client = redis::Client::open(url.expose()).context("REDIS_URL is not usable")?;
+            events::spawn_redis_subscriber(Arc::downgrade(&events), client, lifecycle.draining());
+        }
         Ok(AppState(Arc::new(AppStateInner {
             auth: Auth::from_config(&config)?,
-            events: EventHub::new(config.max_sse_streams),
+            events,
             allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
             security_headers: SecurityHeaders::from_config(&config),
             error_pages: ErrorPages::load(&config.static_dir),
             sentry_enabled: telemetry::sentry::enabled(),
             metrics_enabled: config.metrics_port.is_some(),
-            lifecycle: Lifecycle::default(),
+            lifecycle,
             rate_limiters,
             redis,
             db,

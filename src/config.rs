@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Every setting of the service, as clap reads it from flags or environment variables.
-///
-/// Values are kept as strings here: typing happens in [`Config::from_settings`], where the
-/// defaults for `APP_ENV` are known and a bad value can be reported by its variable name.
+// Every setting of the service, as clap reads it from flags or environment variables.
+// Values are kept as strings here: typing happens in `Config::from_settings`, where the
+// defaults for `APP_ENV` are known and a bad value can be reported by its variable name.
+// (A plain comment: a doc comment here would replace the command's own `--help` text.)
 #[derive(clap::Args, Clone, Default)]
 #[command(next_help_heading = "Configuration (flag or environment variable)")]
 pub struct Settings {

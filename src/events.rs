@@ -1,24 +1,46 @@
 //! Invoice events for server-sent-event streams: each stream gets a bounded queue of its
 //! user's events. A stream that stops reading is marked lagged and dropped, so it can never
 //! slow publishers or other streams.
+//!
+//! With `REDIS_URL`, every event is also published on a Redis channel, and a background
+//! subscriber delivers other instances' events here. Events made on this instance are always
+//! delivered directly, so streams keep working while Redis is away; the subscription
+//! reconnects by itself.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
-use serde::Serialize;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use uuid::Uuid;
+
+const CHANNEL: &str = "shipshape:invoice-events";
+/// Pause between attempts to (re)subscribe while Redis is away.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+/// A publish slower than this is abandoned: other instances miss that event, this one does not.
+const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Events a stream may have queued before it counts as lagging.
 const STREAM_BUFFER: usize = 64;
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Event {
     /// `invoice.created`, `invoice.sent` or `invoice.paid`.
-    pub kind: &'static str,
+    pub kind: String,
     /// The invoice as JSON.
     pub data: String,
+}
+
+/// What travels over Redis: the event, whose it is, and which instance made it.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    origin: Uuid,
+    user: Uuid,
+    event: Event,
 }
 
 struct Subscriber {
@@ -43,13 +65,18 @@ impl Subscription {
 pub struct EventHub {
     subscribers: Mutex<HashMap<Uuid, Vec<Subscriber>>>,
     stream_permits: Arc<Semaphore>,
+    /// Tells this instance's own events apart when they come back from Redis.
+    instance: Uuid,
+    redis: Option<ConnectionManager>,
 }
 
 impl EventHub {
-    pub fn new(max_streams: usize) -> EventHub {
+    pub fn new(max_streams: usize, redis: Option<ConnectionManager>) -> EventHub {
         EventHub {
             subscribers: Mutex::default(),
             stream_permits: Arc::new(Semaphore::new(max_streams)),
+            instance: Uuid::new_v4(),
+            redis,
         }
     }
 
@@ -70,8 +97,8 @@ impl EventHub {
         })
     }
 
-    /// Sends an event to every open stream of `user`. Never waits: a full queue marks its
-    /// stream lagged and drops it; closed streams are forgotten.
+    /// Sends an event to every open stream of `user`, here and (through Redis) on every
+    /// other instance. Never waits.
     pub fn publish(&self, user: Uuid, kind: &'static str, payload: &impl Serialize) {
         let data = match serde_json::to_string(payload) {
             Ok(data) => data,
@@ -80,7 +107,40 @@ impl EventHub {
                 return;
             }
         };
-        let event = Arc::new(Event { kind, data });
+        let event = Event {
+            kind: kind.to_owned(),
+            data,
+        };
+        if let Some(redis) = &self.redis {
+            let envelope = Envelope {
+                origin: self.instance,
+                user,
+                event: Event {
+                    kind: event.kind.clone(),
+                    data: event.data.clone(),
+                },
+            };
+            let mut connection = redis.clone();
+            tokio::spawn(async move {
+                let Ok(message) = serde_json::to_string(&envelope) else {
+                    return;
+                };
+                let mut command = redis::cmd("PUBLISH");
+                command.arg(CHANNEL).arg(message);
+                let publish = command.query_async::<i64>(&mut connection);
+                match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::debug!(%error, "event not shared through Redis"),
+                    Err(_) => tracing::debug!("event not shared through Redis: timed out"),
+                }
+            });
+        }
+        self.deliver(user, Arc::new(event));
+    }
+
+    /// Hands an event to `user`'s streams on this instance. A full queue marks its stream
+    /// lagged and drops it; closed streams are forgotten.
+    fn deliver(&self, user: Uuid, event: Arc<Event>) {
         let mut subscribers = self.subscribers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let Some(streams) = subscribers.get_mut(&user) else {
             return;
@@ -99,13 +159,64 @@ impl EventHub {
     }
 }
 
+/// Delivers other instances' events from Redis until the hub is gone or `stop` completes,
+/// resubscribing whenever the connection drops.
+pub fn spawn_redis_subscriber(
+    hub: Weak<EventHub>,
+    client: redis::Client,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let relay = async {
+            let mut reported = false;
+            loop {
+                match relay_events(&hub, &client).await {
+                    Ok(()) => return,
+                    Err(error) => {
+                        if !reported {
+                            tracing::warn!(%error, "Redis event subscription lost; retrying every second");
+                            reported = true;
+                        }
+                    }
+                }
+                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+                if hub.strong_count() == 0 {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = relay => {}
+            () = stop => {}
+        }
+    });
+}
+
+/// One subscription: returns `Ok` when the hub is gone, `Err` when the connection ends.
+async fn relay_events(hub: &Weak<EventHub>, client: &redis::Client) -> Result<(), String> {
+    let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
+    pubsub.subscribe(CHANNEL).await.map_err(|e| e.to_string())?;
+    tracing::info!("subscribed to invoice events on Redis");
+    let mut messages = pubsub.into_on_message();
+    while let Some(message) = messages.next().await {
+        let Some(hub) = hub.upgrade() else { return Ok(()) };
+        let Ok(envelope) = serde_json::from_slice::<Envelope>(message.get_payload_bytes()) else {
+            continue;
+        };
+        if envelope.origin != hub.instance {
+            hub.deliver(envelope.user, Arc::new(envelope.event));
+        }
+    }
+    Err("the Redis connection closed".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn a_stalled_stream_is_dropped_as_lagged_while_a_reader_keeps_up() {
-        let hub = EventHub::new(10);
+        let hub = EventHub::new(10, None);
         let user = Uuid::now_v7();
         let stalled = hub.subscribe(user).unwrap();
         let mut reader = hub.subscribe(user).unwrap();
@@ -129,7 +240,7 @@ mod tests {
 
     #[test]
     fn streams_beyond_the_limit_are_refused() {
-        let hub = EventHub::new(1);
+        let hub = EventHub::new(1, None);
         let first = hub.subscribe(Uuid::now_v7());
         assert!(first.is_some());
         assert!(hub.subscribe(Uuid::now_v7()).is_none());

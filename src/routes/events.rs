@@ -58,7 +58,7 @@ async fn next_event(
         Some(event) => {
             let id = last_id + 1;
             let sse = SseEvent::default()
-                .event(event.kind)
+                .event(event.kind.as_str())
                 .id(id.to_string())
                 .data(event.data.as_str());
             Some((Ok(sse), (subscription, id, false)))

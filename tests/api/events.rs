@@ -142,3 +142,106 @@ async fn shutdown_with_fifty_open_streams_finishes_at_once() {
         assert!(matches!(end, Ok(None) | Err(_)), "each stream is closed");
     }
 }
+
+/// Two instances sharing Redis: a change on A reaches a stream held on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_on_one_instance_reaches_a_stream_on_another() {
+    let Some(redis) = crate::helpers::redis_url() else {
+        return;
+    };
+    let shared = tempfile::tempdir().unwrap();
+    let a = redis_instance(&redis, &shared).await;
+    let b = redis_instance(&redis, &shared).await;
+    let token = a.signup(&format!("{}@example.com", uuid::Uuid::new_v4())).await;
+    let mut stream_on_b = b.get("/api/v1/invoices/events", Some(&token)).await;
+    assert_eq!(stream_on_b.status(), 200);
+    // The subscription is asynchronous: repeat until B has subscribed.
+    let mut delivered = Vec::new();
+    for _ in 0..20 {
+        a.create_invoice(&token, 77).await;
+        if let Ok(events) = tokio::time::timeout(Duration::from_millis(500), read_events(&mut stream_on_b, 1)).await {
+            delivered = events;
+            break;
+        }
+    }
+    assert_eq!(delivered.len(), 1, "an invoice created on A reached B");
+    assert_eq!(delivered[0].0, "invoice.created");
+    assert_eq!(delivered[0].2["amount_cents"], 77);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// An instance on Redis `url`, sharing the database file in `shared` as real instances do.
+async fn redis_instance(url: &str, shared: &tempfile::TempDir) -> TestApp {
+    let url = url.to_owned();
+    let database = format!("sqlite://{}/shared.db", shared.path().display());
+    TestApp::spawn_with(Backend::Sqlite, move |c| {
+        c.redis_url = Some(shipshape::config::SecretUrl::new(url));
+        c.database.url = shipshape::config::SecretUrl::new(database);
+    })
+    .await
+}
+
+/// Redis stops mid-stream: same-instance events keep flowing; when Redis is back, so are
+/// other instances' events, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_survive_redis_stopping_and_resume_sharing_when_it_returns() {
+    if crate::helpers::redis_url().is_none() {
+        return;
+    }
+    let port = crate::helpers::free_port();
+    let start_redis = move || {
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server")
+    };
+    let mut redis = KillOnDrop(start_redis());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let shared = tempfile::tempdir().unwrap();
+    let a = redis_instance(&url, &shared).await;
+    let b = redis_instance(&url, &shared).await;
+    let token = a.signup("resilient@example.com").await;
+    let mut stream = a.get("/api/v1/invoices/events", Some(&token)).await;
+
+    redis.0.kill().unwrap();
+    redis.0.wait().unwrap();
+    a.create_invoice(&token, 1).await;
+    let local = read_events(&mut stream, 1).await;
+    assert_eq!(local[0].0, "invoice.created", "same-instance events flow without Redis");
+
+    redis = KillOnDrop(start_redis());
+    let mut shared = false;
+    for _ in 0..40 {
+        b.create_invoice(&token, 2).await;
+        if let Ok(events) = tokio::time::timeout(Duration::from_millis(250), read_events(&mut stream, 1)).await {
+            shared = events[0].2["amount_cents"] == 2;
+            break;
+        }
+    }
+    assert!(shared, "B's events reach A again once Redis is back");
+    a.stop().await;
+    b.stop().await;
+    drop(redis);
+}
+
+/// A child process that dies with the test, even when an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -107,6 +107,8 @@ pub struct TestApp {
     pub state: AppState,
     /// Where `/metrics` is served, when the test enabled it.
     pub metrics_addr: Option<SocketAddr>,
+    /// The admin URL and name of this test's own Postgres database, dropped by `stop`.
+    postgres_database: Option<(String, String)>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -142,6 +144,12 @@ impl TestApp {
     }
 
     pub async fn start_with_config(options: Options, config: Config, dir: tempfile::TempDir) -> TestApp {
+        let postgres_database = match &options.backend {
+            Backend::Postgres(admin) => url::Url::parse(config.database.url.expose())
+                .ok()
+                .map(|url| (admin.clone(), url.path().trim_start_matches('/').to_owned())),
+            Backend::Sqlite => None,
+        };
         let mut application = Application::build(config).await.expect("application builds");
         let state = application.state().clone();
         if let Some(extra) = options.extra_routes {
@@ -160,6 +168,7 @@ impl TestApp {
             client,
             state,
             metrics_addr,
+            postgres_database,
             shutdown: Some(shutdown),
             server: Some(server),
             _dir: dir,
@@ -210,8 +219,10 @@ impl TestApp {
     pub async fn create_invoice(&self, token: &str, amount_cents: i64) -> Value {
         let body = json!({"customer_name": "Acme Ltd", "amount_cents": amount_cents, "currency": "USD"});
         let response = self.post_json("/api/v1/invoices", &body, Some(token)).await;
-        assert_eq!(response.status(), 201);
-        response.json().await.expect("json")
+        let status = response.status();
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(status, 201, "{body}");
+        body
     }
 
     /// Triggers graceful shutdown and waits for the server to finish draining.
@@ -221,6 +232,14 @@ impl TestApp {
         }
         if let Some(server) = self.server.take() {
             server.await.expect("server task");
+        }
+        // The drain closed the pool, so the database can go.
+        if let Some((admin, name)) = self.postgres_database.take()
+            && let Ok(mut connection) = sqlx::PgConnection::connect(&admin).await
+        {
+            let _ = connection
+                .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
+                .await;
         }
     }
 
