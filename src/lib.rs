@@ -22,3 +22,16 @@ pub mod telemetry;
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// Makes glibc return large freed blocks to the OS at once. Its default raises the mmap
+/// threshold after the first large free, after which each 19 MiB Argon2 block stays in the
+/// heap: RSS grew by one block per login up to ~150 MB per hashing thread. With a fixed
+/// 1 MiB threshold, 64 concurrent logins peak near the base size plus one block per hash.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called first thing in main, before
+    // any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}

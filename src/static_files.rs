@@ -29,7 +29,8 @@ pub fn router(config: &Config) -> Router<AppState> {
     let max_age = HeaderValue::from_str(&format!("public, max-age={}", config.static_max_age_secs))
         .unwrap_or_else(|_| HeaderValue::from_static("public, max-age=3600"));
     Router::new()
-        .nest_service("/static", files)
+        // A route (not `nest_service`) so logs and metrics name it `/static/{*path}`.
+        .route_service("/static/{*path}", files)
         .route_service("/", index)
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let max_age = max_age.clone();
@@ -40,12 +41,21 @@ pub fn router(config: &Config) -> Router<AppState> {
 const IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
 
 /// Refuses dotfiles and anything that decodes to `..`, then sets `Cache-Control`.
-async fn guard_and_cache(max_age: HeaderValue, req: Request, next: Next) -> Response {
+async fn guard_and_cache(max_age: HeaderValue, mut req: Request, next: Next) -> Response {
     let decoded = percent_encoding::percent_decode_str(req.uri().path())
         .decode_utf8_lossy()
         .into_owned();
     if decoded.split(['/', '\\']).any(|segment| segment.starts_with('.')) {
         return ApiError::NotFound.into_response();
+    }
+    // ServeDir resolves paths relative to STATIC_DIR: hand it `/style.css`, not `/static/style.css`.
+    if let Some(relative) = req
+        .uri()
+        .path_and_query()
+        .and_then(|p| p.as_str().strip_prefix("/static"))
+        && let Ok(uri) = relative.parse()
+    {
+        *req.uri_mut() = uri;
     }
     let file_name = decoded.rsplit('/').next().unwrap_or_default().to_owned();
     let mut response = next.run(req).await;
