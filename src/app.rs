@@ -157,8 +157,13 @@ pub fn build_router(state: AppState) -> Router {
 pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
     let config = &state.config;
     let stack = ServiceBuilder::new()
-        // Request id, client IP, one log line per request; renders every error as §4 JSON.
+        // Request id, client IP, Sentry hub, metrics, one log line; renders every error as §4 JSON.
         .layer(middleware::from_fn_with_state(state.clone(), telemetry::observe))
+        // Sentry performance transactions, only when sampled (SENTRY_TRACES_SAMPLE_RATE > 0).
+        .option_layer(
+            (state.sentry_enabled && config.sentry.traces_sample_rate > 0.0)
+                .then(|| sentry::integrations::tower::SentryHttpLayer::new().enable_transaction()),
+        )
         // Host check, HTTPS redirect, and the security headers on every response below.
         .layer(middleware::from_fn_with_state(state.clone(), security::guard))
         // A panicking handler becomes a 500 of the usual shape; the server keeps serving.

@@ -1,6 +1,7 @@
 //! The command line: `serve` (default), `migrate`, `check --deploy`, `healthcheck`,
 //! `compress-static`. Parses the configuration once and hands it to the command.
 
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -180,15 +181,17 @@ async fn check(config: Config, format: Format, connect: bool) -> ExitCode {
     }
     let report = Report::new(findings);
     match format {
-        Format::Json => match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
-            Err(error) => eprintln!("cannot render the report: {error}"),
-        },
+        // Written with `write!`, not `println!`: a closed pipe (`| head`) must not panic.
+        Format::Json => {
+            let json = serde_json::to_string_pretty(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+            let _ = writeln!(std::io::stdout(), "{json}");
+        }
         Format::Text => {
+            let mut out = std::io::stdout().lock();
             for finding in &report.findings {
-                println!("{finding}");
+                let _ = writeln!(out, "{finding}");
             }
-            println!("{} error(s), {} warning(s)", report.errors, report.warnings);
+            let _ = writeln!(out, "{} error(s), {} warning(s)", report.errors, report.warnings);
         }
     }
     if report.errors > 0 {

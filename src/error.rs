@@ -5,8 +5,8 @@
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::telemetry::{self, sentry};
@@ -84,6 +84,20 @@ pub struct ErrorDetail {
     pub request_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<Vec<FieldError>>,
+}
+
+/// The errors every route with a JSON body can answer, for its OpenAPI `responses(...)`.
+#[derive(utoipa::IntoResponses)]
+pub enum JsonBodyErrors {
+    /// `invalid_json`: the body is not syntactically valid JSON.
+    #[response(status = 400)]
+    InvalidJson(ErrorBody),
+    /// `payload_too_large`: the body is over MAX_BODY_BYTES.
+    #[response(status = 413)]
+    PayloadTooLarge(ErrorBody),
+    /// `unsupported_media_type`: no `Content-Type: application/json`.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
 }
 
 /// Marks a response as an error the service rendered, with its code (read by the log line
@@ -297,6 +311,22 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         .end()
         .map_err(|e| ApiError::InvalidJson(strip_position(&e.to_string())))?;
     Ok(value)
+}
+
+/// An integer field that also accepts `12.0`: JSON Schema counts a number with no fractional
+/// part as an integer, so clients that send one are within the documented contract.
+pub fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    match serde_json::Number::deserialize(deserializer)? {
+        n if n.is_i64() => n
+            .as_i64()
+            .ok_or_else(|| serde::de::Error::custom("expected an integer")),
+        n => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid type: {n}, expected an integer"
+            ))),
+        },
+    }
 }
 
 fn backticked(message: &str) -> Option<&str> {

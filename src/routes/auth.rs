@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::db::{self, rfc3339};
-use crate::error::{ApiError, ApiJson, ErrorBody, FieldError};
+use crate::error::{ApiError, ApiJson, ErrorBody, FieldError, JsonBodyErrors};
 use crate::with_db;
 
 /// Routes without their rate limits; `app::routes` puts each behind its own limit.
@@ -31,10 +31,10 @@ pub fn me_router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     /// Trimmed and lower-cased; at most 254 characters.
-    #[schema(example = "ada@example.com")]
+    #[schema(example = "ada@example.com", format = Email, max_length = 254)]
     email: String,
     /// 12 to 128 characters, not the email.
-    #[schema(example = "correct horse battery staple")]
+    #[schema(example = "correct horse battery staple", min_length = 12, max_length = 128)]
     password: String,
 }
 
@@ -117,6 +117,7 @@ fn validate_credentials(email: &str, password: &str) -> Result<(), ApiError> {
     (status = 409, body = ErrorBody, description = "`email_taken`"),
     (status = 422, body = ErrorBody, description = "`validation_failed`"),
     (status = 429, body = ErrorBody, description = "`rate_limited` (RATE_LIMIT_SIGNUP)"),
+    JsonBodyErrors,
 ))]
 pub async fn signup(
     State(state): State<AppState>,
@@ -147,6 +148,7 @@ pub async fn signup(
     (status = 401, body = ErrorBody, description = "`invalid_credentials`"),
     (status = 422, body = ErrorBody, description = "`validation_failed`"),
     (status = 429, body = ErrorBody, description = "`rate_limited` (RATE_LIMIT_LOGIN)"),
+    JsonBodyErrors,
 ))]
 pub async fn login(
     State(state): State<AppState>,

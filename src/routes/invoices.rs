@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::db::{self, rfc3339};
-use crate::error::{ApiError, ApiJson, ApiQuery, ErrorBody, FieldError};
+use crate::error::{ApiError, ApiJson, ApiQuery, ErrorBody, FieldError, JsonBodyErrors};
 use crate::with_db;
 
 /// Creating is rate limited per user; `app::routes` wraps this router in that limit.
@@ -33,22 +33,24 @@ const MAX_AMOUNT_CENTS: i64 = 100_000_000_000;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewInvoice {
-    /// 1 to 200 characters.
-    #[schema(example = "Acme Ltd")]
+    /// 1 to 200 characters, not only white space.
+    #[schema(example = "Acme Ltd", min_length = 1, max_length = 200, pattern = r"\S")]
     customer_name: String,
     /// E.164: `+` and 7 to 15 digits.
-    #[schema(example = "+14155550100")]
+    #[schema(example = "+14155550100", pattern = r"^\+[0-9]{7,15}$")]
     customer_phone: Option<String>,
     /// 1 to 100000000000.
-    #[schema(example = 12500)]
+    #[schema(example = 12500, minimum = 1, maximum = 100_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::error::integral")]
     amount_cents: i64,
     /// Three upper-case letters (ISO 4217).
-    #[schema(example = "USD")]
+    #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
     currency: String,
     /// `YYYY-MM-DD`.
-    #[schema(example = "2026-12-31")]
+    #[schema(example = "2026-12-31", format = Date)]
     due_date: Option<String>,
     /// At most 2000 characters.
+    #[schema(max_length = 2000)]
     description: Option<String>,
 }
 
@@ -185,6 +187,7 @@ fn validate(invoice: &NewInvoice) -> Result<(), ApiError> {
     (status = 401, body = ErrorBody, description = "`unauthorized`"),
     (status = 422, body = ErrorBody, description = "`validation_failed`"),
     (status = 429, body = ErrorBody, description = "`rate_limited` (RATE_LIMIT_INVOICE_CREATE)"),
+    JsonBodyErrors,
 ))]
 pub async fn create_invoice(
     State(state): State<AppState>,
@@ -218,12 +221,16 @@ pub async fn create_invoice(
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+// Our `ApiQuery` extractor is not axum's `Query`, so utoipa must be told where these live.
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only invoices in this status.
     status: Option<InvoiceStatus>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 

@@ -136,12 +136,12 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
         .then(|| sentry::request_hub(id.as_str(), method.as_str(), route));
     let mut response = CURRENT_REQUEST
         .scope(context, async move {
-            let inner = next.run(req);
-            let response = match hub {
+            // Rendering runs inside the hub too: a timeout's 503 is reported with the request id.
+            let inner = async move { error::render_bare_error(next.run(req).await) };
+            match hub {
                 Some(hub) => ::sentry::SentryFutureExt::bind_hub(inner, hub).await,
                 None => inner.await,
-            };
-            error::render_bare_error(response)
+            }
         })
         .await;
     if wants_html_errors && response.status().as_u16() >= 400 {

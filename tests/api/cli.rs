@@ -313,3 +313,170 @@ fn a_repeated_program_name_is_ignored_for_platform_release_commands() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).contains("applied"));
 }
+
+/// A production configuration with no finding at all.
+const CLEAN: &[(&str, &str)] = &[
+    ("SECRET_KEY", "q8Zf1rT0pLw3nV7bXc2mKd9sHj4gYe6aR5tU"),
+    ("ALLOWED_HOSTS", "api.example.com"),
+    ("DATABASE_URL", "postgres://app:pw@db.internal:5432/app?sslmode=require"),
+    ("SENTRY_DSN", "https://publickey@o0.ingest.sentry.io/1"),
+    ("REDIS_URL", "redis://cache.internal:6379"),
+    ("WEBHOOK_SECRET", "whsec_0123456789abcdef0123456789abcdef"),
+    ("CLIENT_IP_SOURCE", "fly"),
+];
+
+/// `check --deploy --format json` with CLEAN, `changes` applied (an empty value unsets).
+fn check_deploy(changes: &[(&str, &str)], extra_args: &[&str]) -> (Option<i32>, Value) {
+    let mut env: Vec<(&str, &str)> = CLEAN
+        .iter()
+        .filter(|(k, _)| !changes.iter().any(|(c, _)| c == k))
+        .copied()
+        .collect();
+    env.extend(changes.iter().filter(|(_, v)| !v.is_empty()));
+    let mut args = vec!["check", "--deploy", "--format", "json"];
+    args.extend_from_slice(extra_args);
+    let output = run(&args, &env);
+    let report = serde_json::from_slice(&output.stdout).expect("JSON report");
+    (output.status.code(), report)
+}
+
+fn ids(report: &Value) -> Vec<String> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn check_deploy_is_clean_for_a_good_configuration() {
+    let (code, report) = check_deploy(&[], &[]);
+    assert_eq!(ids(&report), Vec::<String>::new(), "{report}");
+    assert_eq!(
+        (report["errors"].as_u64(), report["warnings"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn check_deploy_reports_every_finding_and_clears_it() {
+    for (var, value, id, is_error) in [
+        ("SECRET_KEY", "", "E001", true),
+        ("SECRET_KEY", "change-me-change-me-change-me-change-me", "E001", true),
+        ("SECRET_KEY", "tooshort", "E001", true),
+        (
+            "SECRET_KEY",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "E001",
+            true,
+        ),
+        ("DEBUG", "true", "E002", true),
+        ("ALLOWED_HOSTS", "", "E003", true),
+        ("ALLOWED_HOSTS", "*", "E003", true),
+        ("DATABASE_URL", "sqlite://data/app.db", "W001", false),
+        ("SECURE_SSL_REDIRECT", "false", "W002", false),
+        ("SECURE_HSTS_SECONDS", "0", "W003", false),
+        ("SECURE_HSTS_SECONDS", "86400", "W003", false),
+        ("CORS_ALLOWED_ORIGINS", "*", "W004", false),
+        ("DATABASE_URL", "postgres://app:pw@db.example.com/app", "W005", false),
+        (
+            "DATABASE_URL",
+            "postgres://app:pw@db.example.com/app?sslmode=prefer",
+            "W005",
+            false,
+        ),
+        ("SENTRY_DSN", "", "W006", false),
+        ("REDIS_URL", "", "W007", false),
+        ("WEBHOOK_SECRET", "", "W008", false),
+        ("WEBHOOK_SECRET", "short-secret", "W008", false),
+        ("CLIENT_IP_SOURCE", "connect", "W009", false),
+        ("RUN_MIGRATIONS_ON_START", "true", "W010", false),
+    ] {
+        let (code, report) = check_deploy(&[(var, value)], &[]);
+        assert_eq!(ids(&report), [id], "{var}={value:?}: {report}");
+        let finding = &report["findings"][0];
+        assert_eq!(finding["severity"], if is_error { "error" } else { "warning" });
+        assert!(!finding["message"].as_str().unwrap().is_empty() && !finding["fix"].as_str().unwrap().is_empty());
+        assert_eq!(code, Some(if is_error { 1 } else { 0 }), "{var}={value:?}");
+        assert!(!report.to_string().contains("pw@"), "no credentials in the report");
+    }
+}
+
+#[test]
+fn check_deploy_connect_reports_unreachable_database_and_redis() {
+    let changes = [
+        ("DATABASE_URL", "postgres://app:pw@127.0.0.1:1/app"),
+        ("REDIS_URL", "redis://127.0.0.1:1"),
+    ];
+    let (code, report) = check_deploy(&changes, &["--connect"]);
+    assert_eq!(ids(&report), ["E004", "W011"], "{report}");
+    assert_eq!(code, Some(1));
+    let (_, without_connect) = check_deploy(&changes, &[]);
+    assert_eq!(
+        ids(&without_connect),
+        Vec::<String>::new(),
+        "nothing is tried without --connect"
+    );
+}
+
+#[test]
+fn check_deploy_judges_production_rules_whatever_app_env_says_and_prints_text() {
+    let output = run(&["check", "--deploy"], &[("APP_ENV", "development")]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&output.stdout);
+    for id in ["E001", "E003", "W001", "W006", "W007", "W008", "W009"] {
+        assert!(text.contains(&format!("{id} [")), "{id} in\n{text}");
+    }
+    assert!(
+        text.contains("E001 [error] SECRET_KEY is not set — "),
+        "ID, severity, message and fix: {text}"
+    );
+    assert!(
+        !text.contains("W002") && !text.contains("W003"),
+        "production defaults apply: {text}"
+    );
+}
+
+#[test]
+fn production_refuses_to_start_on_each_error_finding() {
+    for (var, value, id) in [
+        ("SECRET_KEY", "", "E001"),
+        ("DEBUG", "true", "E002"),
+        ("ALLOWED_HOSTS", "*", "E003"),
+    ] {
+        let mut env: Vec<(&str, &str)> = vec![("APP_ENV", "production"), ("DATABASE_URL", "sqlite://app.db")];
+        env.extend(CLEAN.iter().filter(|(k, _)| *k != var && *k != "DATABASE_URL").copied());
+        if !value.is_empty() {
+            env.push((var, value));
+        }
+        let output = run(&["serve"], &env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{var}: {stderr}");
+        assert!(
+            stderr.lines().any(|l| l.starts_with(id)),
+            "a line naming {id}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"));
+    }
+}
+
+#[test]
+fn production_with_a_good_configuration_serves() {
+    let mut env: Vec<(&str, &str)> = vec![
+        ("APP_ENV", "production"),
+        ("HOST", "127.0.0.1"),
+        ("METRICS_PORT", "off"),
+        ("RUN_MIGRATIONS_ON_START", "true"),
+    ];
+    env.extend(
+        CLEAN
+            .iter()
+            .filter(|(k, _)| !matches!(*k, "DATABASE_URL" | "REDIS_URL" | "SENTRY_DSN"))
+            .copied(),
+    );
+    let server = start_server(&env);
+    let status = reqwest::blocking_client()(&format!("http://127.0.0.1:{}/healthz", server.port), &[]);
+    assert_eq!(status, 200);
+}
