@@ -6,6 +6,7 @@ mod accounts;
 mod cli;
 mod core;
 mod deploy;
+mod drills;
 mod events;
 mod invoices;
 mod observability;
