@@ -5,6 +5,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${1:-$ROOT/target/debug/shipshape}
 command -v st >/dev/null || python3 -m pip install -q schemathesis
+[ -x "$BIN" ] || { echo "api-fuzz: no binary at $BIN (cargo build first)" >&2; exit 1; }
+# Absolute path: the server runs in a scratch directory.
+BIN=$(realpath "$BIN")
 WORK=$(mktemp -d)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cleanup() {

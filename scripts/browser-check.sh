@@ -11,6 +11,9 @@ command -v "$CHROMIUM" >/dev/null || { echo "browser-check: $CHROMIUM not instal
 [ -x "$BIN" ] || { echo "browser-check: no binary at $BIN (cargo build first)" >&2; exit 1; }
 
 mkdir -p "$OUT"
+# Absolute paths: the server runs in a scratch directory.
+BIN=$(realpath "$BIN")
+OUT=$(realpath "$OUT")
 WORK=$(mktemp -d)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cleanup() {

@@ -434,6 +434,27 @@ async fn behind_real_nginx_https_works_client_ip_is_seen_and_http_redirects() {
         redirect, "301 https://localhost/api/v1/invoices?x=1",
         "plain HTTP is sent to HTTPS"
     );
+
+    // The event stream through nginx: an event arrives while the stream is still open, so
+    // nothing buffers it (curl -N prints as bytes arrive; --max-time ends the stream).
+    let token = app.signup("stream@example.com").await;
+    let stream_url = format!("https://localhost:{}/api/v1/invoices/events", nginx.https_port);
+    let auth = format!("Authorization: Bearer {token}");
+    let reader = tokio::task::spawn_blocking(move || {
+        let output = Command::new("curl")
+            .args(["-skN", "--max-time", "4", "-H", &auth, &stream_url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let created = app.create_invoice(&token, 4321).await;
+    let received = reader.await.unwrap();
+    assert!(
+        received.contains("event: invoice.created"),
+        "the event came through nginx: {received:?}"
+    );
+    assert!(received.contains(created["id"].as_str().unwrap()));
     drop(nginx);
     app.stop().await;
 }
