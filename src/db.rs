@@ -8,8 +8,9 @@ use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 
 use crate::config::DatabaseConfig;
 
@@ -38,6 +39,16 @@ macro_rules! with_db {
     };
 }
 
+/// The pool settings of SPEC §2, the same for both backends.
+fn pool_options<DB: sqlx::Database>(config: &DatabaseConfig) -> PoolOptions<DB> {
+    PoolOptions::new()
+        .max_connections(config.max_connections)
+        .min_connections(config.min_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .idle_timeout(config.idle_timeout)
+        .max_lifetime(config.max_lifetime)
+}
+
 impl Db {
     /// Builds the pool without connecting: the server starts even while the database is down,
     /// and every acquire (bounded by the acquire timeout) retries until it is back.
@@ -54,26 +65,14 @@ impl Db {
             if let Some(folder) = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(folder)?;
             }
-            let pool = SqlitePoolOptions::new()
-                .max_connections(config.max_connections)
-                .min_connections(config.min_connections)
-                .acquire_timeout(config.acquire_timeout)
-                .idle_timeout(config.idle_timeout)
-                .max_lifetime(config.max_lifetime)
-                .connect_lazy_with(options);
+            let pool = pool_options(config).connect_lazy_with(options);
             Ok(Db::Sqlite(pool))
         } else {
             let statement_timeout = format!("{}ms", config.statement_timeout.as_millis());
             let options = PgConnectOptions::from_str(url)?
                 .application_name("shipshape")
                 .options([("statement_timeout", statement_timeout.as_str())]);
-            let pool = PgPoolOptions::new()
-                .max_connections(config.max_connections)
-                .min_connections(config.min_connections)
-                .acquire_timeout(config.acquire_timeout)
-                .idle_timeout(config.idle_timeout)
-                .max_lifetime(config.max_lifetime)
-                .connect_lazy_with(options);
+            let pool = pool_options(config).connect_lazy_with(options);
             Ok(Db::Postgres(pool))
         }
     }

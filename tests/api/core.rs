@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use shipshape::app::AppState;
 
-use crate::helpers::{Backend, Options, TcpProxy, TestApp, assert_error};
+use crate::helpers::{Backend, Options, TestApp, assert_error};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -244,21 +244,7 @@ async fn postgres_outage_gives_503_and_recovers_without_restart() {
     let Some(Backend::Postgres(admin)) = Backend::postgres() else {
         return;
     };
-    let database_url = crate::helpers::fresh_postgres_database(&admin).await;
-    let mut url = url::Url::parse(&database_url).unwrap();
-    let target = tokio::net::lookup_host((url.host_str().unwrap(), url.port().unwrap_or(5432)))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = TcpProxy::start(target).await;
-    url.set_host(Some("127.0.0.1")).unwrap();
-    url.set_port(Some(proxy.addr.port())).unwrap();
-    let app = TestApp::spawn_with(Backend::Postgres(admin), |c| {
-        c.database.url = shipshape::config::SecretUrl::new(url.to_string());
-        c.database.acquire_timeout = Duration::from_secs(1);
-    })
-    .await;
+    let (app, proxy) = crate::helpers::spawn_behind_proxy(&admin, Duration::from_secs(1)).await;
     let token = app.signup("outage@example.com").await;
     assert_eq!(app.get("/readyz", None).await.status(), 200);
 

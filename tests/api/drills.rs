@@ -9,7 +9,7 @@ use axum::Router;
 use axum::routing::get;
 use shipshape::config::{SecretUrl, parse_rate};
 
-use crate::helpers::{Backend, Options, TcpProxy, TestApp, redis_url};
+use crate::helpers::{Backend, Options, RedisProcess, TestApp, redis_url};
 
 /// `workers` clients each sending `per_worker` requests on its own keep-alive connection.
 async fn hammer(app: &TestApp, path: &str, workers: usize, per_worker: usize) -> Vec<Result<u16, String>> {
@@ -96,22 +96,8 @@ async fn postgres_outage_under_load_gives_only_quick_503s_and_recovers() {
     let Some(Backend::Postgres(admin)) = Backend::postgres() else {
         return;
     };
-    let database_url = crate::helpers::fresh_postgres_database(&admin).await;
-    let mut url = url::Url::parse(&database_url).unwrap();
-    let target = tokio::net::lookup_host((url.host_str().unwrap(), url.port().unwrap_or(5432)))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = TcpProxy::start(target).await;
-    url.set_host(Some("127.0.0.1")).unwrap();
-    url.set_port(Some(proxy.addr.port())).unwrap();
     let acquire_timeout = Duration::from_secs(1);
-    let app = TestApp::spawn_with(Backend::Postgres(admin), |c| {
-        c.database.url = SecretUrl::new(url.to_string());
-        c.database.acquire_timeout = acquire_timeout;
-    })
-    .await;
+    let (app, proxy) = crate::helpers::spawn_behind_proxy(&admin, acquire_timeout).await;
     let token = app.signup("drill@example.com").await;
 
     // Load: 8 clients calling a database route until told to stop.
@@ -169,24 +155,10 @@ async fn redis_outage_under_load_gives_no_5xx() {
     if redis_url().is_none() {
         return;
     }
-    let port = crate::helpers::free_port();
-    let mut redis = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut redis = RedisProcess::start();
+    let redis_url_text = redis.url();
     let app = TestApp::spawn_with(Backend::Sqlite, move |c| {
-        c.redis_url = Some(SecretUrl::new(format!("redis://127.0.0.1:{port}")));
+        c.redis_url = Some(SecretUrl::new(redis_url_text));
         c.rate_limits.global = parse_rate("100000/s").unwrap();
     })
     .await;
@@ -202,8 +174,7 @@ async fn redis_outage_under_load_gives_no_5xx() {
         }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = redis.kill();
-    let _ = redis.wait();
+    redis.stop();
     let statuses = load.await.unwrap();
     assert!(statuses.len() > 50, "load ran: {}", statuses.len());
     assert!(

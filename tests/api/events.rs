@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, assert_error};
+use crate::helpers::{Backend, RedisProcess, TestApp, assert_error};
 
 /// Reads from an event stream until `count` events (not comments) have arrived.
 async fn read_events(response: &mut reqwest::Response, count: usize) -> Vec<(String, String, Value)> {
@@ -190,59 +190,29 @@ async fn streams_survive_redis_stopping_and_resume_sharing_when_it_returns() {
     if crate::helpers::redis_url().is_none() {
         return;
     }
-    let port = crate::helpers::free_port();
-    let start_redis = move || {
-        std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server")
-    };
-    let mut redis = KillOnDrop(start_redis());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let url = format!("redis://127.0.0.1:{port}");
+    let mut redis = RedisProcess::start();
+    let url = redis.url();
     let shared = tempfile::tempdir().unwrap();
     let a = redis_instance(&url, &shared).await;
     let b = redis_instance(&url, &shared).await;
     let token = a.signup("resilient@example.com").await;
     let mut stream = a.get("/api/v1/invoices/events", Some(&token)).await;
 
-    redis.0.kill().unwrap();
-    redis.0.wait().unwrap();
+    redis.stop();
     a.create_invoice(&token, 1).await;
     let local = read_events(&mut stream, 1).await;
     assert_eq!(local[0].0, "invoice.created", "same-instance events flow without Redis");
 
-    redis = KillOnDrop(start_redis());
-    let mut shared = false;
+    let _restarted = RedisProcess::start_on(redis.port);
+    let mut resumed = false;
     for _ in 0..40 {
         b.create_invoice(&token, 2).await;
         if let Ok(events) = tokio::time::timeout(Duration::from_millis(250), read_events(&mut stream, 1)).await {
-            shared = events[0].2["amount_cents"] == 2;
+            resumed = events[0].2["amount_cents"] == 2;
             break;
         }
     }
-    assert!(shared, "B's events reach A again once Redis is back");
+    assert!(resumed, "B's events reach A again once Redis is back");
     a.stop().await;
     b.stop().await;
-    drop(redis);
-}
-
-/// A child process that dies with the test, even when an assertion fails first.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

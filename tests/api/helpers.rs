@@ -369,3 +369,86 @@ impl TcpProxy {
         self.serve(listener);
     }
 }
+
+/// The app on a fresh PostgreSQL database reached through a [`TcpProxy`], so a test can take
+/// the database away (`proxy.cut()`) and bring it back without touching the shared server.
+pub async fn spawn_behind_proxy(admin: &str, acquire_timeout: Duration) -> (TestApp, TcpProxy) {
+    let mut url = url::Url::parse(&fresh_postgres_database(admin).await).expect("database URL");
+    let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
+    let target = tokio::net::lookup_host((host, url.port().unwrap_or(5432)))
+        .await
+        .expect("resolve the database host")
+        .next()
+        .expect("an address");
+    let proxy = TcpProxy::start(target).await;
+    url.set_host(Some("127.0.0.1")).expect("host");
+    url.set_port(Some(proxy.addr.port())).expect("port");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = test_config(&Backend::Sqlite, &dir).await;
+    config.database.url = SecretUrl::new(url.to_string());
+    config.database.acquire_timeout = acquire_timeout;
+    let options = Options {
+        backend: Backend::Postgres(admin.to_owned()),
+        extra_routes: None,
+    };
+    (TestApp::start_with_config(options, config, dir).await, proxy)
+}
+
+/// A private redis-server, so a test can stop and restart it without disturbing the others.
+/// Killed on drop, even when an assertion fails first.
+pub struct RedisProcess {
+    child: Option<std::process::Child>,
+    pub port: u16,
+}
+
+impl RedisProcess {
+    pub fn start() -> RedisProcess {
+        RedisProcess::start_on(free_port())
+    }
+
+    /// Starts (or restarts) a server on `port` and waits until it accepts connections.
+    pub fn start_on(port: u16) -> RedisProcess {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (TEST_REDIS_URL is set)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisProcess {
+            child: Some(child),
+            port,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server, as a crash or an outage would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

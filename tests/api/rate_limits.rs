@@ -1,13 +1,10 @@
 //! SPEC §6: each limit's 429 with `Retry-After`, the headers, per-user keys, and the
 //! Redis-shared limiter (two instances, and Redis going away mid-test).
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use serde_json::json;
 use shipshape::config::{ClientIpSource, SecretUrl, parse_rate};
 
-use crate::helpers::{Backend, PASSWORD, TestApp, assert_error, free_port, redis_url};
+use crate::helpers::{Backend, PASSWORD, RedisProcess, TestApp, assert_error, redis_url};
 
 async fn login(app: &TestApp, client_ip: Option<&str>) -> reqwest::Response {
     let mut request = app
@@ -137,62 +134,18 @@ async fn two_instances_sharing_redis_allow_n_in_total() {
     b.stop().await;
 }
 
-/// A private redis-server, so stopping it cannot disturb other tests.
-struct RedisProcess {
-    child: Child,
-    url: String,
-}
-
-impl RedisProcess {
-    fn start() -> RedisProcess {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (TEST_REDIS_URL is set)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        RedisProcess {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_going_away_falls_back_and_never_500s() {
     if redis_url().is_none() {
         return;
     }
     let mut redis = RedisProcess::start();
-    let app = instance(&redis.url, "3/m").await;
+    let app = instance(&redis.url(), "3/m").await;
     let ip = unique_ip();
     assert_eq!(login(&app, Some(&ip)).await.status(), 401);
     assert_eq!(login(&app, Some(&ip)).await.status(), 401);
 
-    redis.child.kill().unwrap();
-    redis.child.wait().unwrap();
+    redis.stop();
     let mut statuses = Vec::new();
     for _ in 0..6 {
         statuses.push(login(&app, Some(&ip)).await.status().as_u16());
