@@ -77,13 +77,6 @@ impl Db {
         }
     }
 
-    pub fn backend(&self) -> &'static str {
-        match self {
-            Db::Postgres(_) => "postgres",
-            Db::Sqlite(_) => "sqlite",
-        }
-    }
-
     /// Applies pending migrations; returns the `(version, description)` of each one applied.
     pub async fn migrate(&self) -> Result<Vec<(i64, String)>, sqlx::migrate::MigrateError> {
         let before = self.applied_versions().await;
