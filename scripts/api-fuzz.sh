@@ -6,22 +6,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${1:-$ROOT/target/debug/shipshape}
 command -v st >/dev/null || python3 -m pip install -q schemathesis
 [ -x "$BIN" ] || { echo "api-fuzz: no binary at $BIN (cargo build first)" >&2; exit 1; }
-# Absolute path: the server runs in a scratch directory.
-BIN=$(realpath "$BIN")
-WORK=$(mktemp -d)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cleanup() {
-    [ -n "${APP_PID:-}" ] && kill "$APP_PID" 2>/dev/null && wait "$APP_PID" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/lib/scratch-server.sh
+. "$ROOT/scripts/lib/scratch-server.sh"
 # Limits off: the fuzzer sends thousands of requests from one address.
-(cd "$WORK" && exec env -i PATH="$PATH" PORT="$PORT" LOG_LEVEL=warn DATABASE_URL="sqlite://$WORK/app.db" \
+start_scratch_server "$BIN" LOG_LEVEL=warn \
     SECRET_KEY=api-fuzz-signing-key-0123456789abcdef0123 WEBHOOK_SECRET=whsec_api_fuzz_0123456789abcdef0123 \
-    RATE_LIMIT_GLOBAL=off RATE_LIMIT_LOGIN=off RATE_LIMIT_SIGNUP=off RATE_LIMIT_INVOICE_CREATE=off \
-    "$BIN" serve > "$WORK/server.log" 2>&1) &
-APP_PID=$!
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+    RATE_LIMIT_GLOBAL=off RATE_LIMIT_LOGIN=off RATE_LIMIT_SIGNUP=off RATE_LIMIT_INVOICE_CREATE=off
 TOKEN=$(curl -fs -H 'content-type: application/json' \
     -d '{"email":"fuzz@example.com","password":"correct horse battery staple"}' \
     "http://127.0.0.1:$PORT/api/v1/auth/signup" | python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')

@@ -11,25 +11,11 @@ command -v "$CHROMIUM" >/dev/null || { echo "browser-check: $CHROMIUM not instal
 [ -x "$BIN" ] || { echo "browser-check: no binary at $BIN (cargo build first)" >&2; exit 1; }
 
 mkdir -p "$OUT"
-# Absolute paths: the server runs in a scratch directory.
-BIN=$(realpath "$BIN")
 OUT=$(realpath "$OUT")
-WORK=$(mktemp -d)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cleanup() {
-    [ -n "${APP_PID:-}" ] && kill "$APP_PID" 2>/dev/null && wait "$APP_PID" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
+# shellcheck source=scripts/lib/scratch-server.sh
+. "$ROOT/scripts/lib/scratch-server.sh"
 # JSON logs: every request the page makes is one line we can check.
-(cd "$WORK" && exec env -i PATH="$PATH" PORT="$PORT" LOG_FORMAT=json STATIC_DIR="$ROOT/static" \
-    DATABASE_URL="sqlite://$WORK/app.db" "$BIN" serve > "$WORK/app.log" 2>&1) &
-APP_PID=$!
-for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+start_scratch_server "$BIN" LOG_FORMAT=json STATIC_DIR="$ROOT/static"
 
 "$CHROMIUM" --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
     --disable-component-update --disable-sync --user-data-dir="$WORK/profile" \
@@ -42,7 +28,7 @@ if grep -Ei "Content Security Policy|Refused to|violates" "$WORK/chromium.log"; 
     failed=1
 fi
 # Requests the page made (the curl probe is excluded by its path).
-requests=$(grep '"target":"http"' "$WORK/app.log" | grep -v '"route":"/healthz"' || true)
+requests=$(grep '"target":"http"' "$WORK/server.log" | grep -v '"route":"/healthz"' || true)
 echo "$requests" | python3 -c '
 import json, sys
 lines = [json.loads(l) for l in sys.stdin if l.strip()]

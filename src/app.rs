@@ -67,14 +67,19 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 impl AppState {
     /// Builds the shared state. Must run inside the Tokio runtime (it starts background tasks).
     pub fn new(config: Arc<Config>, db: Db) -> anyhow::Result<AppState> {
-        let redis = match &config.redis_url {
-            Some(url) => {
-                let client = redis::Client::open(url.expose()).context("REDIS_URL is not usable")?;
+        let client = config
+            .redis_url
+            .as_ref()
+            .map(|url| redis::Client::open(url.expose()))
+            .transpose()
+            .context("REDIS_URL is not usable")?;
+        let redis = match &client {
+            Some(client) => {
                 let settings = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(REDIS_TIMEOUT))
                     .set_response_timeout(Some(REDIS_TIMEOUT))
                     .set_number_of_retries(1);
-                Some(ConnectionManager::new_lazy_with_config(client, settings).context("cannot set up Redis")?)
+                Some(ConnectionManager::new_lazy_with_config(client.clone(), settings).context("cannot set up Redis")?)
             }
             None => None,
         };
@@ -83,8 +88,7 @@ impl AppState {
         rate_limit::spawn_pruner(Arc::downgrade(&rate_limiters));
         let lifecycle = Lifecycle::default();
         let events = Arc::new(EventHub::new(config.max_sse_streams, redis.clone()));
-        if let Some(url) = &config.redis_url {
-            let client = redis::Client::open(url.expose()).context("REDIS_URL is not usable")?;
+        if let Some(client) = client {
             events::spawn_redis_subscriber(Arc::downgrade(&events), client, lifecycle.draining());
         }
         Ok(AppState(Arc::new(AppStateInner {

@@ -25,9 +25,7 @@ impl Lifecycle {
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow()
     }
-}
 
-impl Lifecycle {
     /// Completes when draining starts (at once if it already has).
     pub fn draining(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut receiver = self.draining.subscribe();

@@ -19,6 +19,7 @@ use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
 use crate::app::AppState;
+use crate::auth::AuthUser;
 use crate::config::{Rate, RateLimits};
 use crate::error::ApiError;
 use crate::security::client_ip::ClientIp;
@@ -229,6 +230,15 @@ impl SharedStore {
     }
 }
 
+/// Which limit a route is under.
+#[derive(Clone, Copy, Debug)]
+pub enum Limit {
+    Global,
+    Login,
+    Signup,
+    InvoiceCreate,
+}
+
 /// The four limits of §2; `None` where set to `off`.
 pub struct RateLimiters {
     pub global: Option<Limiter>,
@@ -245,6 +255,15 @@ impl RateLimiters {
             login: make("login", limits.login),
             signup: make("signup", limits.signup),
             invoice_create: make("invoice_create", limits.invoice_create),
+        }
+    }
+
+    fn get(&self, which: Limit) -> Option<&Limiter> {
+        match which {
+            Limit::Global => self.global.as_ref(),
+            Limit::Login => self.login.as_ref(),
+            Limit::Signup => self.signup.as_ref(),
+            Limit::InvoiceCreate => self.invoice_create.as_ref(),
         }
     }
 
@@ -270,26 +289,6 @@ pub fn spawn_pruner(limiters: Weak<RateLimiters>) {
     });
 }
 
-/// Which limit a route is under.
-#[derive(Clone, Copy, Debug)]
-pub enum Limit {
-    Global,
-    Login,
-    Signup,
-    InvoiceCreate,
-}
-
-impl RateLimiters {
-    fn get(&self, which: Limit) -> Option<&Limiter> {
-        match which {
-            Limit::Global => self.global.as_ref(),
-            Limit::Login => self.login.as_ref(),
-            Limit::Signup => self.signup.as_ref(),
-            Limit::InvoiceCreate => self.invoice_create.as_ref(),
-        }
-    }
-}
-
 /// Middleware: limits by client IP (`global` exempts the health probes).
 pub async fn per_ip(State((state, which)): State<(AppState, Limit)>, req: Request, next: Next) -> Response {
     let Some(limiter) = state.rate_limiters.get(which) else {
@@ -307,13 +306,15 @@ pub async fn per_ip(State((state, which)): State<(AppState, Limit)>, req: Reques
 
 /// Middleware: limits by authenticated user; requests without a valid token pass through
 /// to the handler, which answers 401.
-pub async fn per_user(State((state, which)): State<(AppState, Limit)>, req: Request, next: Next) -> Response {
+pub async fn per_user(State((state, which)): State<(AppState, Limit)>, mut req: Request, next: Next) -> Response {
     let Some(limiter) = state.rate_limiters.get(which) else {
         return next.run(req).await;
     };
     let Some(user) = state.auth.user_from_headers(req.headers()) else {
         return next.run(req).await;
     };
+    // The handler's `AuthUser` extractor takes it from here instead of verifying the token again.
+    req.extensions_mut().insert(AuthUser { id: user });
     enforce(limiter, LimitKey::User(user), req, next).await
 }
 

@@ -256,9 +256,7 @@ async fn no_secret_reaches_any_log_line() {
         json!({"event_id": "evt_logs", "type": "payment.succeeded", "invoice_id": invoice["id"], "amount_cents": 300})
             .to_string();
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(WEBHOOK.as_bytes()).unwrap();
-    hmac::Mac::update(&mut mac, format!("{timestamp}.{event}").as_bytes());
-    let signature = format!("v1={}", hex::encode(hmac::Mac::finalize(mac).into_bytes()));
+    let signature = helpers::webhook_signature(WEBHOOK, timestamp, &event);
     let webhook = client
         .post(format!("{base}/api/v1/webhooks/payments"))
         .header("content-type", "application/json")

@@ -226,13 +226,12 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitS
 #[test]
 fn json_log_has_exactly_one_line_per_request_with_the_listed_fields() {
     let mut server = start_server(&[("LOG_FORMAT", "json")]);
-    let client = reqwest::blocking_client();
-    let response = client(
+    let response = blocking_get(
         &format!("http://127.0.0.1:{}/api/v1/nope", server.port),
         &[("x-request-id", "log-test-1")],
     );
     assert_eq!(response, 404);
-    let health = client(
+    let health = blocking_get(
         &format!("http://127.0.0.1:{}/healthz", server.port),
         &[("x-request-id", "probe-1")],
     );
@@ -284,23 +283,19 @@ fn sigint_also_drains_and_exits_0() {
     assert!(wait_with_deadline(&mut server.child, Duration::from_secs(10)).success());
 }
 
-/// Minimal blocking HTTP GET for process tests: returns the status code.
-mod reqwest {
-    pub fn blocking_client() -> impl Fn(&str, &[(&str, &str)]) -> u16 {
-        |url, headers| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let mut request = crate::helpers::http_client().get(url);
-                for (name, value) in headers {
-                    request = request.header(*name, *value);
-                }
-                request.send().await.unwrap().status().as_u16()
-            })
+/// A blocking GET for the process tests (which drive child processes, not a runtime): the status.
+fn blocking_get(url: &str, headers: &[(&str, &str)]) -> u16 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut request = crate::helpers::http_client().get(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
-    }
+        request.send().await.unwrap().status().as_u16()
+    })
 }
 
 #[test]
@@ -477,6 +472,6 @@ fn production_with_a_good_configuration_serves() {
             .copied(),
     );
     let server = start_server(&env);
-    let status = reqwest::blocking_client()(&format!("http://127.0.0.1:{}/healthz", server.port), &[]);
+    let status = blocking_get(&format!("http://127.0.0.1:{}/healthz", server.port), &[]);
     assert_eq!(status, 200);
 }

@@ -58,21 +58,8 @@ async fn a_client_sees_its_invoice_created_sent_and_paid_and_nothing_else() {
     app.post_json(&format!("/api/v1/invoices/{id}/send"), &json!({}), Some(&alice))
         .await;
     let event = json!({"event_id": "evt_sse", "type": "payment.succeeded", "invoice_id": id, "amount_cents": 2500});
-    let body = event.to_string();
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
-    hmac::Mac::update(&mut mac, format!("{timestamp}.{body}").as_bytes());
-    let signature = format!("v1={}", hex::encode(hmac::Mac::finalize(mac).into_bytes()));
-    let paid = app
-        .client
-        .post(app.url("/api/v1/webhooks/payments"))
-        .header("content-type", "application/json")
-        .header("x-webhook-timestamp", timestamp.to_string())
-        .header("x-webhook-signature", signature)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let paid = crate::helpers::deliver_webhook(&app, &event, timestamp, SECRET).await;
     assert_eq!(paid.status(), 200);
 
     let events = read_events(&mut stream, 3).await;

@@ -452,3 +452,25 @@ impl Drop for RedisProcess {
         self.stop();
     }
 }
+
+/// The `X-Webhook-Signature` of SPEC §7: `v1=` hex HMAC-SHA256 of `"{timestamp}.{body}"`.
+pub fn webhook_signature(secret: &str, timestamp: i64, body: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{timestamp}.{body}").as_bytes());
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Posts a payment event signed with `secret` at `timestamp` (unix seconds).
+pub async fn deliver_webhook(app: &TestApp, event: &Value, timestamp: i64, secret: &str) -> reqwest::Response {
+    let body = event.to_string();
+    app.client
+        .post(app.url("/api/v1/webhooks/payments"))
+        .header("content-type", "application/json")
+        .header("x-webhook-timestamp", timestamp.to_string())
+        .header("x-webhook-signature", webhook_signature(secret, timestamp, &body))
+        .body(body)
+        .send()
+        .await
+        .expect("request sent")
+}

@@ -1,10 +1,8 @@
 //! The signed payment webhook: signatures, replay window, idempotency, atomicity, and stats.
 
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
-use crate::helpers::{Backend, TestApp, assert_error};
+use crate::helpers::{Backend, TestApp, assert_error, deliver_webhook, webhook_signature};
 use crate::on_both_databases;
 
 const SECRET: &str = "whsec_test_7d9f2a4c6e8b0d1f3a5c7e9b1d3f5a7c";
@@ -28,25 +26,6 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-fn signature(secret: &str, timestamp: i64, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{timestamp}.{body}").as_bytes());
-    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-async fn deliver(app: &TestApp, event: &Value, timestamp: i64, secret: &str) -> reqwest::Response {
-    let body = event.to_string();
-    app.client
-        .post(app.url("/api/v1/webhooks/payments"))
-        .header("content-type", "application/json")
-        .header("x-webhook-timestamp", timestamp.to_string())
-        .header("x-webhook-signature", signature(secret, timestamp, &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 fn payment(event_id: &str, invoice: &Value) -> Value {
     json!({"event_id": event_id, "type": "payment.succeeded", "invoice_id": invoice["id"], "amount_cents": invoice["amount_cents"]})
 }
@@ -66,7 +45,7 @@ async fn signed_payment_marks_invoice_paid_once(backend: Backend) {
         .await;
     app.create_invoice(&token, 100).await;
 
-    let first = deliver(&app, &payment("evt_1", &invoice), now(), SECRET).await;
+    let first = deliver_webhook(&app, &payment("evt_1", &invoice), now(), SECRET).await;
     assert_eq!(first.status(), 200);
     assert_eq!(first.json::<Value>().await.unwrap(), json!({"status": "processed"}));
     let paid: Value = app
@@ -78,7 +57,7 @@ async fn signed_payment_marks_invoice_paid_once(backend: Backend) {
     assert_eq!(paid["status"], "paid");
     assert!(paid["paid_at"].as_str().is_some());
 
-    let again = deliver(&app, &payment("evt_1", &invoice), now(), SECRET).await;
+    let again = deliver_webhook(&app, &payment("evt_1", &invoice), now(), SECRET).await;
     assert_eq!(again.json::<Value>().await.unwrap(), json!({"status": "duplicate"}));
     assert_eq!(recorded_events(&app).await, 1, "one payment recorded");
 
@@ -101,19 +80,19 @@ async fn bad_signatures_and_stale_timestamps_are_refused(backend: Backend) {
     let invoice = app.create_invoice(&token, 700).await;
     let event = payment("evt_sig", &invoice);
     assert_error(
-        deliver(&app, &event, now(), "not-the-secret").await,
+        deliver_webhook(&app, &event, now(), "not-the-secret").await,
         401,
         "invalid_signature",
     )
     .await;
     assert_error(
-        deliver(&app, &event, now() - 301, SECRET).await,
+        deliver_webhook(&app, &event, now() - 301, SECRET).await,
         401,
         "invalid_signature",
     )
     .await;
     assert_error(
-        deliver(&app, &event, now() + 301, SECRET).await,
+        deliver_webhook(&app, &event, now() + 301, SECRET).await,
         401,
         "invalid_signature",
     )
@@ -133,7 +112,10 @@ async fn bad_signatures_and_stale_timestamps_are_refused(backend: Backend) {
         .post(app.url("/api/v1/webhooks/payments"))
         .header("content-type", "application/json")
         .header("x-webhook-timestamp", timestamp.to_string())
-        .header("x-webhook-signature", signature(SECRET, timestamp, &event.to_string()))
+        .header(
+            "x-webhook-signature",
+            webhook_signature(SECRET, timestamp, &event.to_string()),
+        )
         .body(event.to_string().replace("700", "1"))
         .send()
         .await
@@ -141,14 +123,14 @@ async fn bad_signatures_and_stale_timestamps_are_refused(backend: Backend) {
     assert_error(tampered, 401, "invalid_signature").await;
     assert_eq!(recorded_events(&app).await, 0);
     assert_eq!(
-        deliver(&app, &event, now() - 250, SECRET).await.status(),
+        deliver_webhook(&app, &event, now() - 250, SECRET).await.status(),
         200,
         "inside the window"
     );
     app.stop().await;
 
     let off = TestApp::spawn(Backend::Sqlite).await;
-    assert_error(deliver(&off, &event, now(), SECRET).await, 404, "not_found").await;
+    assert_error(deliver_webhook(&off, &event, now(), SECRET).await, 404, "not_found").await;
     off.stop().await;
 }
 
@@ -159,7 +141,7 @@ async fn mismatch_unknown_and_already_paid(backend: Backend) {
     let mut wrong_amount = payment("evt_amount", &invoice);
     wrong_amount["amount_cents"] = json!(901);
     let body = assert_error(
-        deliver(&app, &wrong_amount, now(), SECRET).await,
+        deliver_webhook(&app, &wrong_amount, now(), SECRET).await,
         422,
         "validation_failed",
     )
@@ -168,16 +150,16 @@ async fn mismatch_unknown_and_already_paid(backend: Backend) {
 
     let mut unknown = payment("evt_unknown", &invoice);
     unknown["invoice_id"] = json!(uuid::Uuid::new_v4());
-    assert_error(deliver(&app, &unknown, now(), SECRET).await, 404, "not_found").await;
+    assert_error(deliver_webhook(&app, &unknown, now(), SECRET).await, 404, "not_found").await;
     assert_eq!(recorded_events(&app).await, 0, "nothing recorded for refused events");
 
     assert_eq!(
-        deliver(&app, &payment("evt_first", &invoice), now(), SECRET)
+        deliver_webhook(&app, &payment("evt_first", &invoice), now(), SECRET)
             .await
             .status(),
         200
     );
-    let second = deliver(&app, &payment("evt_second", &invoice), now(), SECRET).await;
+    let second = deliver_webhook(&app, &payment("evt_second", &invoice), now(), SECRET).await;
     assert_error(second, 409, "invalid_transition").await;
     assert_eq!(recorded_events(&app).await, 1);
     app.stop().await;
@@ -188,7 +170,7 @@ async fn concurrent_duplicates_record_one_payment(backend: Backend) {
     let token = app.signup("race@example.com").await;
     let invoice = app.create_invoice(&token, 1234).await;
     let event = payment("evt_race", &invoice);
-    let deliveries = (0..8).map(|_| deliver(&app, &event, now(), SECRET));
+    let deliveries = (0..8).map(|_| deliver_webhook(&app, &event, now(), SECRET));
     let responses = futures_util::future::join_all(deliveries).await;
     let mut outcomes = Vec::new();
     for response in responses {
@@ -239,7 +221,7 @@ async fn a_failure_inside_the_transaction_leaves_nothing(backend: Backend) {
             .unwrap();
         }
     }
-    let failed = deliver(&app, &payment("evt_atomic", &invoice), now(), SECRET).await;
+    let failed = deliver_webhook(&app, &payment("evt_atomic", &invoice), now(), SECRET).await;
     let body = assert_error(failed, 500, "internal_error").await;
     assert!(
         !body.to_string().contains("injected"),
@@ -258,7 +240,7 @@ async fn a_failure_inside_the_transaction_leaves_nothing(backend: Backend) {
         sqlx::query("DROP TRIGGER fail_payment ON invoices").execute(pool).await.ok();
         sqlx::query("DROP TRIGGER IF EXISTS fail_payment").execute(pool).await.ok();
     });
-    let retried = deliver(&app, &payment("evt_atomic", &invoice), now(), SECRET).await;
+    let retried = deliver_webhook(&app, &payment("evt_atomic", &invoice), now(), SECRET).await;
     assert_eq!(
         retried.json::<Value>().await.unwrap()["status"],
         "processed",
