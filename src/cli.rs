@@ -82,7 +82,13 @@ pub fn run() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Password hashing and static file reads run on the blocking pool; tokio's default of
+        // 512 threads let a burst of static requests start hundreds of them, each with its stack.
+        .max_blocking_threads(config.password_hash_concurrency + FILE_IO_THREADS)
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot start the async runtime: {error}");
@@ -102,6 +108,9 @@ pub fn run() -> ExitCode {
         }
     })
 }
+
+/// Blocking threads for file reads, beside one per concurrent password hash.
+const FILE_IO_THREADS: usize = 16;
 
 /// The process arguments, minus a repeated program name: platforms that hand a release
 /// command such as `shipshape migrate` to the image's ENTRYPOINT (Fly) run

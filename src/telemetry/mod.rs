@@ -22,12 +22,20 @@ use crate::{error, static_files};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// Lines waiting for the writer thread; past this, logging waits rather than drop lines or
+/// let a backlog grow the heap (the default, 128,000 lines, is tens of megabytes).
+const LOG_QUEUE_LINES: usize = 8192;
+
 /// Installs the global subscriber. Lines are written by a background thread so a slow stdout
 /// never stalls a request; keep the guard alive until exit so the last lines are flushed.
 pub fn init(config: &Config) -> WorkerGuard {
+    // The writer thread flushes whenever its queue is empty, so under load the buffer turns
+    // one write(2) per line into one per batch, and a quiet server still logs at once.
+    let stdout = std::io::BufWriter::new(std::io::stdout());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stdout());
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .finish(stdout);
     let filter = EnvFilter::new(&config.log_filter);
     // Colour codes only for a terminal; a log file or collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -152,7 +160,7 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     if state.metrics_enabled {
-        metrics::record_request(method.as_str(), route, status, elapsed);
+        metrics::record_request(&method, route, status, elapsed);
     }
     let latency_ms = elapsed.as_micros() as f64 / 1000.0;
     // Platform probes hit health routes every few seconds; their successes would drown the log.

@@ -58,6 +58,29 @@ async fn metrics_list_every_series_on_their_own_port_with_route_labels() {
     assert!(added.len() <= 1, "1000 unknown paths share one label: {added:?}");
     assert!(text.contains(r#"route="unmatched""#));
 
+    let before = series(&text, "http_requests_total");
+    for n in 0..50 {
+        let method = reqwest::Method::from_bytes(format!("SCAN{n}").as_bytes()).unwrap();
+        app.client.request(method, app.url("/healthz")).send().await.unwrap();
+    }
+    let text = app.client.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+    let added: Vec<String> = series(&text, "http_requests_total")
+        .difference(&before)
+        .cloned()
+        .collect();
+    assert_eq!(
+        added,
+        [r#"http_requests_total{method="OTHER",route="/healthz",status="405"}"#],
+        "50 made-up methods share one label"
+    );
+
+    // Histogram samples are folded into buckets by a background thread, not only when scraped.
+    let threads = std::fs::read_dir("/proc/self/task").unwrap();
+    let names: Vec<String> = threads
+        .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap_or_default())
+        .collect();
+    assert!(names.iter().any(|n| n.trim() == "metrics-upkeep"), "{names:?}");
+
     assert_eq!(
         app.get("/metrics", None).await.status(),
         404,
