@@ -1,16 +1,20 @@
 //! App assembly: the shared state, and the one function that builds the router with its
 //! whole middleware stack.
 
+use std::convert::Infallible;
 use std::ops::Deref;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
+use axum::response::Response;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -60,6 +64,13 @@ impl Deref for AppState {
         &self.0
     }
 }
+
+/// The future of the hand-written middleware services (`security::Guard`,
+/// `rate_limit::PerIp`, `telemetry::Observe`). They run on every request, so they are
+/// written as tower services rather than with `axum::middleware::from_fn`, which clones the
+/// whole stack below it, boxes the request's future twice and the response body once per call;
+/// see bench/RESULTS.md.
+pub type BoxResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 /// Redis must never stall a request: short timeouts, and the callers fall back.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
@@ -116,7 +127,7 @@ impl AppState {
 /// All routes, each behind its own rate limit where it has one, with their OpenAPI
 /// descriptions collected as they are added.
 pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
-    let per_ip = |limit| middleware::from_fn_with_state((state.clone(), limit), rate_limit::per_ip);
+    let per_ip = |limit| rate_limit::PerIpLayer::new(state, limit);
     let per_user = |limit| middleware::from_fn_with_state((state.clone(), limit), rate_limit::per_user);
     // Responses that carry a user's data must not be stored by browsers or proxies.
     let user_data = OpenApiRouter::new()
@@ -162,23 +173,20 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
     let config = &state.config;
     let stack = ServiceBuilder::new()
         // Request id, client IP, Sentry hub, metrics, one log line; renders every error as §4 JSON.
-        .layer(middleware::from_fn_with_state(state.clone(), telemetry::observe))
+        .layer(telemetry::ObserveLayer::new(state.clone()))
         // Sentry performance transactions, only when sampled (SENTRY_TRACES_SAMPLE_RATE > 0).
         .option_layer(
             (state.sentry_enabled && config.sentry.traces_sample_rate > 0.0)
                 .then(|| sentry::integrations::tower::SentryHttpLayer::new().enable_transaction()),
         )
         // Host check, HTTPS redirect, and the security headers on every response below.
-        .layer(middleware::from_fn_with_state(state.clone(), security::guard))
+        .layer(security::GuardLayer::new(state.clone()))
         // A panicking handler becomes a 500 of the usual shape; the server keeps serving.
         .layer(CatchPanicLayer::custom(error::panic_response))
         // CORS for the configured origins only (absent when none are).
         .option_layer(security::cors::layer(&config.cors_allowed_origins))
         // RATE_LIMIT_GLOBAL per client IP, health probes exempt.
-        .layer(middleware::from_fn_with_state(
-            (state.clone(), Limit::Global),
-            rate_limit::per_ip,
-        ))
+        .layer(rate_limit::PerIpLayer::new(&state, Limit::Global))
         // Whole-request deadline; its 408 is rendered as 503 `timeout`.
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -188,6 +196,9 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         // The layer above enforces the limit; axum's own 2 MB default would contradict it.
         .layer(DefaultBodyLimit::disable())
+        // Box the body once, right here: the compression body holds every encoder's state inline
+        // (kilobytes), and each layer above would otherwise copy it as the response passes up.
+        .map_response(|response: Response<_>| response.map(Body::new))
         // Dynamic JSON of 1 KiB or more is compressed (static files come precompressed).
         .layer(
             CompressionLayer::new().compress_when(

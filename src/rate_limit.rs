@@ -7,6 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use axum::BoxError;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
@@ -16,9 +21,10 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use redis::aio::ConnectionManager;
+use tower::{Layer, Service};
 use uuid::Uuid;
 
-use crate::app::AppState;
+use crate::app::{AppState, BoxResponseFuture};
 use crate::auth::AuthUser;
 use crate::config::{Rate, RateLimits};
 use crate::error::ApiError;
@@ -241,15 +247,15 @@ pub enum Limit {
 
 /// The four limits of §2; `None` where set to `off`.
 pub struct RateLimiters {
-    pub global: Option<Limiter>,
-    pub login: Option<Limiter>,
-    pub signup: Option<Limiter>,
-    pub invoice_create: Option<Limiter>,
+    pub global: Option<Arc<Limiter>>,
+    pub login: Option<Arc<Limiter>>,
+    pub signup: Option<Arc<Limiter>>,
+    pub invoice_create: Option<Arc<Limiter>>,
 }
 
 impl RateLimiters {
     pub fn new(limits: &RateLimits, shared: Option<Arc<SharedStore>>) -> RateLimiters {
-        let make = |name, rate: Option<Rate>| rate.map(|r| Limiter::new(name, r, shared.clone()));
+        let make = |name, rate: Option<Rate>| rate.map(|r| Arc::new(Limiter::new(name, r, shared.clone())));
         RateLimiters {
             global: make("global", limits.global),
             login: make("login", limits.login),
@@ -258,7 +264,7 @@ impl RateLimiters {
         }
     }
 
-    fn get(&self, which: Limit) -> Option<&Limiter> {
+    fn get(&self, which: Limit) -> Option<&Arc<Limiter>> {
         match which {
             Limit::Global => self.global.as_ref(),
             Limit::Login => self.login.as_ref(),
@@ -271,6 +277,7 @@ impl RateLimiters {
         [&self.global, &self.login, &self.signup, &self.invoice_create]
             .into_iter()
             .flatten()
+            .map(Arc::as_ref)
     }
 }
 
@@ -289,19 +296,78 @@ pub fn spawn_pruner(limiters: Weak<RateLimiters>) {
     });
 }
 
-/// Middleware: limits by client IP (`global` exempts the health probes).
-pub async fn per_ip(State((state, which)): State<(AppState, Limit)>, req: Request, next: Next) -> Response {
-    let Some(limiter) = state.rate_limiters.get(which) else {
-        return next.run(req).await;
-    };
-    if matches!(which, Limit::Global) && is_health_path(req.uri().path()) {
-        return next.run(req).await;
+/// Limits by client IP (`Limit::Global` exempts the health probes); nothing when the limit is off.
+#[derive(Clone)]
+pub struct PerIpLayer {
+    limiter: Option<Arc<Limiter>>,
+    exempt_health: bool,
+}
+
+impl PerIpLayer {
+    pub fn new(state: &AppState, which: Limit) -> PerIpLayer {
+        PerIpLayer {
+            limiter: state.rate_limiters.get(which).cloned(),
+            exempt_health: matches!(which, Limit::Global),
+        }
     }
-    let ip = req
-        .extensions()
-        .get::<ClientIp>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
-    enforce(limiter, LimitKey::Ip(ip), req, next).await
+}
+
+impl<S> Layer<S> for PerIpLayer {
+    type Service = PerIp<S>;
+
+    fn layer(&self, inner: S) -> PerIp<S> {
+        PerIp {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct PerIp<S> {
+    inner: S,
+    layer: PerIpLayer,
+}
+
+impl<S, B> Service<Request> for PerIp<S>
+where
+    S: Service<Request, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> BoxResponseFuture {
+        let exempt = self.layer.exempt_health && is_health_path(req.uri().path());
+        let Some(limiter) = self.layer.limiter.clone().filter(|_| !exempt) else {
+            let inner = self.inner.call(req);
+            return Box::pin(async move { Ok(inner.await?.map(Body::new)) });
+        };
+        let ip = req
+            .extensions()
+            .get::<ClientIp>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
+        // The check may wait for Redis, so the inner service is called later: take the one that
+        // is ready and leave a clone in its place (the usual tower pattern).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let decision = limiter.check(LimitKey::Ip(ip)).await;
+            if !decision.allowed {
+                return Ok(refuse(&limiter, decision));
+            }
+            let mut response = inner.call(req).await?.map(Body::new);
+            annotate(decision, &mut response);
+            Ok(response)
+        })
+    }
 }
 
 /// Middleware: limits by authenticated user; requests without a valid token pass through
@@ -315,26 +381,32 @@ pub async fn per_user(State((state, which)): State<(AppState, Limit)>, mut req: 
     };
     // The handler's `AuthUser` extractor takes it from here instead of verifying the token again.
     req.extensions_mut().insert(AuthUser { id: user });
-    enforce(limiter, LimitKey::User(user), req, next).await
-}
-
-async fn enforce(limiter: &Limiter, key: LimitKey, req: Request, next: Next) -> Response {
-    let decision = limiter.check(key).await;
+    let decision = limiter.check(LimitKey::User(user)).await;
     if !decision.allowed {
-        metrics::counter!("rate_limited_total", "limit" => limiter.name).increment(1);
-        let mut response = ApiError::RateLimited {
-            retry_after_secs: decision.retry_after_secs(),
-        }
-        .into_response();
-        decision.apply_headers(response.headers_mut());
-        return response;
+        return refuse(limiter, decision);
     }
     let mut response = next.run(req).await;
+    annotate(decision, &mut response);
+    response
+}
+
+/// The 429 for a request over its limit, counted.
+fn refuse(limiter: &Limiter, decision: Decision) -> Response {
+    metrics::counter!("rate_limited_total", "limit" => limiter.name).increment(1);
+    let mut response = ApiError::RateLimited {
+        retry_after_secs: decision.retry_after_secs(),
+    }
+    .into_response();
+    decision.apply_headers(response.headers_mut());
+    response
+}
+
+/// The limit headers on an allowed request's response.
+fn annotate(decision: Decision, response: &mut Response) {
     // A stricter, route-specific limit inside this one has already reported itself.
     if !response.headers().contains_key(X_RATELIMIT_LIMIT) {
         decision.apply_headers(response.headers_mut());
     }
-    response
 }
 
 #[cfg(test)]

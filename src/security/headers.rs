@@ -52,6 +52,8 @@ impl SecurityHeaders {
     }
 
     pub fn apply(&self, response_headers: &mut HeaderMap, request_was_https: bool) {
+        // Room for these and the request id at once, instead of regrowing the map several times.
+        response_headers.reserve(self.always.len() + 2);
         for (name, value) in &self.always {
             response_headers.insert(name.clone(), value.clone());
         }

@@ -7,12 +7,17 @@ pub mod headers;
 pub mod hosts;
 pub mod https;
 
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use std::convert::Infallible;
+use std::task::{Context, Poll};
 
-use crate::app::AppState;
+use axum::BoxError;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tower::{Layer, Service};
+
+use crate::app::{AppState, BoxResponseFuture};
 use crate::error::ApiError;
 
 /// Paths a platform probes directly (no proxy headers, any Host): exempt from the host
@@ -22,23 +27,79 @@ pub fn is_health_path(path: &str) -> bool {
 }
 
 /// Host check, HTTPS redirect, and the security headers on whatever response comes back.
-pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let was_https = https::is_https(req.headers());
-    let exempt = is_health_path(req.uri().path());
-    let mut response = if exempt {
-        next.run(req).await
-    } else if !state.allowed_hosts.allows_request(req.headers(), req.uri()) {
-        ApiError::InvalidHost.into_response()
-    } else if let Some(location) = state
+#[derive(Clone)]
+pub struct GuardLayer {
+    state: AppState,
+}
+
+impl GuardLayer {
+    pub fn new(state: AppState) -> GuardLayer {
+        GuardLayer { state }
+    }
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S, B> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response<B>, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> BoxResponseFuture {
+        let was_https = https::is_https(req.headers());
+        let refusal = (!is_health_path(req.uri().path()))
+            .then(|| refusal(&self.state, &req))
+            .flatten();
+        let pending = match refusal {
+            Some(response) => Err(response),
+            None => Ok(self.inner.call(req)),
+        };
+        let state = self.state.clone();
+        Box::pin(async move {
+            let mut response = match pending {
+                Ok(inner) => inner.await?.map(Body::new),
+                Err(refusal) => refusal,
+            };
+            state.security_headers.apply(response.headers_mut(), was_https);
+            Ok(response)
+        })
+    }
+}
+
+/// The answer instead of the app's: a host not in ALLOWED_HOSTS, or plain HTTP to redirect.
+fn refusal(state: &AppState, req: &Request) -> Option<Response> {
+    if !state.allowed_hosts.allows_request(req.headers(), req.uri()) {
+        return Some(ApiError::InvalidHost.into_response());
+    }
+    let location = state
         .config
         .secure_ssl_redirect
         .then(|| https::redirect_location(req.headers(), req.uri()))
-        .flatten()
-    {
-        (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response()
-    } else {
-        next.run(req).await
-    };
-    state.security_headers.apply(response.headers_mut(), was_https);
-    response
+        .flatten()?;
+    Some((StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response())
 }

@@ -8,19 +8,25 @@ pub mod sentry;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use axum::BoxError;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::Response;
+use tower::{Layer, Service};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
-use crate::app::AppState;
+use crate::app::{AppState, BoxResponseFuture};
 use crate::config::{Config, LogFormat};
 use crate::security::client_ip::{self, ClientIp};
 use crate::{error, static_files};
 
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// A `HeaderName`, not a `&str`: inserting by string copies the name into a new allocation.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Lines waiting for the writer thread; past this, logging waits rather than drop lines or
 /// let a backlog grow the heap (the default, 128,000 lines, is tens of megabytes).
@@ -120,54 +126,109 @@ pub fn current_request() -> RequestContext {
 
 /// The outermost request middleware: request id, client IP, Sentry hub, error rendering,
 /// metrics and the log line.
-pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id = RequestId::from_incoming(req.headers().get(REQUEST_ID_HEADER));
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
-    let ip = client_ip::resolve(state.config.client_ip_source, req.headers(), peer);
-    req.extensions_mut().insert(ClientIp(ip));
-    let method = req.method().clone();
-    let matched = req.extensions().get::<MatchedPath>().cloned();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let wants_html_errors =
-        !req.uri().path().starts_with("/api/") && static_files::prefers_html(req.headers().get(header::ACCEPT));
+#[derive(Clone)]
+pub struct ObserveLayer {
+    state: AppState,
+}
 
-    let context = RequestContext {
-        id: id.clone(),
-        expose_internal_errors: state.expose_internal_errors(),
-    };
-    let hub = state
-        .sentry_enabled
-        .then(|| sentry::request_hub(id.as_str(), method.as_str(), route));
-    let mut response = CURRENT_REQUEST
-        .scope(context, async move {
-            // Rendering runs inside the hub too: a timeout's 503 is reported with the request id.
-            let inner = async move { error::render_bare_error(next.run(req).await) };
-            match hub {
-                Some(hub) => ::sentry::SentryFutureExt::bind_hub(inner, hub).await,
-                None => inner.await,
+impl ObserveLayer {
+    pub fn new(state: AppState) -> ObserveLayer {
+        ObserveLayer { state }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S, B> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response<B>, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> BoxResponseFuture {
+        let started = Instant::now();
+        let state = self.state.clone();
+        let id = RequestId::from_incoming(req.headers().get(&REQUEST_ID_HEADER));
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        let ip = client_ip::resolve(state.config.client_ip_source, req.headers(), peer);
+        req.extensions_mut().insert(ClientIp(ip));
+        let method = req.method().clone();
+        let matched = req.extensions().get::<MatchedPath>().cloned();
+        let wants_html_errors =
+            !req.uri().path().starts_with("/api/") && static_files::prefers_html(req.headers().get(header::ACCEPT));
+        let context = RequestContext {
+            id: id.clone(),
+            expose_internal_errors: state.expose_internal_errors(),
+        };
+        let hub = state.sentry_enabled.then(|| {
+            let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+            sentry::request_hub(id.as_str(), method.as_str(), route)
+        });
+        // The services below are started inside the request's context and hub, as they then run.
+        let inner = CURRENT_REQUEST.sync_scope(context.clone(), || match &hub {
+            Some(hub) => ::sentry::Hub::run(hub.clone(), || self.inner.call(req)),
+            None => self.inner.call(req),
+        });
+        Box::pin(async move {
+            let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+            let mut response = CURRENT_REQUEST
+                .scope(context, async move {
+                    // Rendering runs inside the hub too: a timeout's 503 is reported with the request id.
+                    let rendered = async move {
+                        let Ok(response) = inner.await;
+                        error::render_bare_error(response.map(Body::new))
+                    };
+                    match hub {
+                        Some(hub) => ::sentry::SentryFutureExt::bind_hub(rendered, hub).await,
+                        None => rendered.await,
+                    }
+                })
+                .await;
+            if wants_html_errors && response.status().as_u16() >= 400 {
+                response = state.error_pages.render(response);
             }
-        })
-        .await;
-    if wants_html_errors && response.status().as_u16() >= 400 {
-        response = state.error_pages.render(response);
-    }
-    response.headers_mut().insert(REQUEST_ID_HEADER, id.0.clone());
+            response.headers_mut().insert(REQUEST_ID_HEADER, id.0.clone());
 
-    let status = response.status().as_u16();
-    let elapsed = started.elapsed();
-    if state.metrics_enabled {
-        metrics::record_request(&method, route, status, elapsed);
+            let status = response.status().as_u16();
+            let elapsed = started.elapsed();
+            if state.metrics_enabled {
+                metrics::record_request(&method, route, status, elapsed);
+            }
+            let latency_ms = elapsed.as_micros() as f64 / 1000.0;
+            // Platform probes hit health routes every few seconds; their successes would drown the log.
+            if status == 200 && (route == "/healthz" || route == "/readyz") {
+                tracing::debug!(target: "http", request_id = %id, method = %method, route, status, latency_ms, client_ip = %ip, "request");
+            } else {
+                tracing::info!(target: "http", request_id = %id, method = %method, route, status, latency_ms, client_ip = %ip, "request");
+            }
+            Ok(response)
+        })
     }
-    let latency_ms = elapsed.as_micros() as f64 / 1000.0;
-    // Platform probes hit health routes every few seconds; their successes would drown the log.
-    if status == 200 && (route == "/healthz" || route == "/readyz") {
-        tracing::debug!(target: "http", request_id = %id, method = %method, route, status, latency_ms, client_ip = %ip, "request");
-    } else {
-        tracing::info!(target: "http", request_id = %id, method = %method, route, status, latency_ms, client_ip = %ip, "request");
-    }
-    response
 }
