@@ -2,6 +2,7 @@
 //! human-readable), and the outermost request middleware that assigns the request id, writes
 //! one log line per request, records its metrics and gives it a Sentry hub.
 
+pub mod json_lines;
 pub mod metrics;
 pub mod sentry;
 
@@ -50,12 +51,7 @@ pub fn init(config: &Config) -> WorkerGuard {
         .with_writer(writer)
         .with_ansi(ansi);
     let result = match config.log_format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .try_init(),
+        LogFormat::Json => builder.event_format(json_lines::JsonLines).try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
     if let Err(e) = result {
