@@ -132,14 +132,20 @@ impl Auth {
 
     /// Runs CPU-heavy hashing on the blocking pool, at most `PASSWORD_HASH_CONCURRENCY` at once.
     async fn run_hasher<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-        let _permit = self
+        let permit = self
             .hash_permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| ApiError::Internal(anyhow::anyhow!("password hash gate closed")))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("password hashing task failed: {e}")))
+        // The permit goes with the work: a client that disconnects cancels this future, not the
+        // hash already running, so the permit must stay taken until the hash is done.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("password hashing task failed: {e}")))
     }
 }
 
@@ -177,5 +183,32 @@ mod tests {
         assert_eq!(parsed.algorithm.as_str(), "argon2id");
         assert!(DUMMY_HASH.contains(&format!("m={ARGON2_MEMORY_KIB},t={ARGON2_ITERATIONS},p={ARGON2_LANES}")));
         assert!(hasher().verify_password(b"anything at all", DUMMY_HASH).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_request_keeps_its_hash_slot_until_the_hash_is_done() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let mut config = Config::development();
+        config.password_hash_concurrency = 1;
+        let auth = Arc::new(Auth::from_config(&config).expect("auth"));
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let hash = |running: Arc<AtomicUsize>, most: Arc<AtomicUsize>| {
+            move || {
+                most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+                running.fetch_sub(1, Ordering::SeqCst);
+            }
+        };
+        let first = tokio::spawn({
+            let (auth, work) = (auth.clone(), hash(running.clone(), most.clone()));
+            async move { auth.run_hasher(work).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        first.abort(); // the client went away; its hash is still running
+        auth.run_hasher(hash(running.clone(), most.clone()))
+            .await
+            .expect("second hash");
+        assert_eq!(most.load(Ordering::SeqCst), 1, "never two hashes at once");
     }
 }
