@@ -1,9 +1,7 @@
 //! App assembly: the shared state, and the one function that builds the router with its
 //! whole middleware stack.
 
-use std::convert::Infallible;
 use std::ops::Deref;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,13 +63,6 @@ impl Deref for AppState {
     }
 }
 
-/// The future of the hand-written middleware services (`security::Guard`,
-/// `rate_limit::PerIp`, `telemetry::Observe`). They run on every request, so they are
-/// written as tower services rather than with `axum::middleware::from_fn`, which clones the
-/// whole stack below it, boxes the request's future twice and the response body once per call;
-/// see bench/RESULTS.md.
-pub type BoxResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
 /// Redis must never stall a request: short timeouts, and the callers fall back.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
@@ -127,7 +118,7 @@ impl AppState {
 /// All routes, each behind its own rate limit where it has one, with their OpenAPI
 /// descriptions collected as they are added.
 pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
-    let per_ip = |limit| rate_limit::PerIpLayer::new(state, limit);
+    let per_ip = |limit| rate_limit::PerIp::layer(state, limit);
     let per_user = |limit| middleware::from_fn_with_state((state.clone(), limit), rate_limit::per_user);
     // Responses that carry a user's data must not be stored by browsers or proxies.
     let user_data = OpenApiRouter::new()
@@ -173,20 +164,20 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
     let config = &state.config;
     let stack = ServiceBuilder::new()
         // Request id, client IP, Sentry hub, metrics, one log line; renders every error as §4 JSON.
-        .layer(telemetry::ObserveLayer::new(state.clone()))
+        .layer(telemetry::Observe::layer(state.clone()))
         // Sentry performance transactions, only when sampled (SENTRY_TRACES_SAMPLE_RATE > 0).
         .option_layer(
             (state.sentry_enabled && config.sentry.traces_sample_rate > 0.0)
                 .then(|| sentry::integrations::tower::SentryHttpLayer::new().enable_transaction()),
         )
         // Host check, HTTPS redirect, and the security headers on every response below.
-        .layer(security::GuardLayer::new(state.clone()))
+        .layer(security::Guard::layer(state.clone()))
         // A panicking handler becomes a 500 of the usual shape; the server keeps serving.
         .layer(CatchPanicLayer::custom(error::panic_response))
         // CORS for the configured origins only (absent when none are).
         .option_layer(security::cors::layer(&config.cors_allowed_origins))
         // RATE_LIMIT_GLOBAL per client IP, health probes exempt.
-        .layer(rate_limit::PerIpLayer::new(&state, Limit::Global))
+        .layer(rate_limit::PerIp::layer(&state, Limit::Global))
         // Whole-request deadline; its 408 is rendered as 503 `timeout`.
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

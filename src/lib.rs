@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod lifecycle;
+pub mod middleware;
 pub mod rate_limit;
 pub mod redis_store;
 pub mod routes;

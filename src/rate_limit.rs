@@ -8,10 +8,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
 
-use axum::BoxError;
-use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
@@ -21,13 +18,14 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use redis::aio::ConnectionManager;
-use tower::{Layer, Service};
+use tower::Service;
 use uuid::Uuid;
 
-use crate::app::{AppState, BoxResponseFuture};
+use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::config::{Rate, RateLimits};
 use crate::error::ApiError;
+use crate::middleware::{BoxResponseFuture, Middleware, MiddlewareLayer};
 use crate::security::client_ip::ClientIp;
 use crate::security::is_health_path;
 
@@ -298,57 +296,29 @@ pub fn spawn_pruner(limiters: Weak<RateLimiters>) {
 
 /// Limits by client IP (`Limit::Global` exempts the health probes); nothing when the limit is off.
 #[derive(Clone)]
-pub struct PerIpLayer {
+pub struct PerIp {
     limiter: Option<Arc<Limiter>>,
     exempt_health: bool,
 }
 
-impl PerIpLayer {
-    pub fn new(state: &AppState, which: Limit) -> PerIpLayer {
-        PerIpLayer {
+impl PerIp {
+    pub fn layer(state: &AppState, which: Limit) -> MiddlewareLayer<PerIp> {
+        MiddlewareLayer(PerIp {
             limiter: state.rate_limiters.get(which).cloned(),
             exempt_health: matches!(which, Limit::Global),
-        }
+        })
     }
 }
 
-impl<S> Layer<S> for PerIpLayer {
-    type Service = PerIp<S>;
-
-    fn layer(&self, inner: S) -> PerIp<S> {
-        PerIp {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct PerIp<S> {
-    inner: S,
-    layer: PerIpLayer,
-}
-
-impl<S, B> Service<Request> for PerIp<S>
-where
-    S: Service<Request, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request) -> BoxResponseFuture {
-        let exempt = self.layer.exempt_health && is_health_path(req.uri().path());
-        let Some(limiter) = self.layer.limiter.clone().filter(|_| !exempt) else {
-            let inner = self.inner.call(req);
-            return Box::pin(async move { Ok(inner.await?.map(Body::new)) });
+impl Middleware for PerIp {
+    fn handle<S>(&self, inner: &mut S, req: Request) -> BoxResponseFuture
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let exempt = self.exempt_health && is_health_path(req.uri().path());
+        let Some(limiter) = self.limiter.as_ref().filter(|_| !exempt).cloned() else {
+            return Box::pin(inner.call(req));
         };
         let ip = req
             .extensions()
@@ -356,14 +326,14 @@ where
             .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
         // The check may wait for Redis, so the inner service is called later: take the one that
         // is ready and leave a clone in its place (the usual tower pattern).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let clone = inner.clone();
+        let mut inner = std::mem::replace(inner, clone);
         Box::pin(async move {
             let decision = limiter.check(LimitKey::Ip(ip)).await;
             if !decision.allowed {
                 return Ok(refuse(&limiter, decision));
             }
-            let mut response = inner.call(req).await?.map(Body::new);
+            let mut response = inner.call(req).await?;
             annotate(decision, &mut response);
             Ok(response)
         })

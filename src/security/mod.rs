@@ -8,17 +8,15 @@ pub mod hosts;
 pub mod https;
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
 
-use axum::BoxError;
-use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tower::{Layer, Service};
+use tower::Service;
 
-use crate::app::{AppState, BoxResponseFuture};
+use crate::app::AppState;
 use crate::error::ApiError;
+use crate::middleware::{BoxResponseFuture, Middleware, MiddlewareLayer};
 
 /// Paths a platform probes directly (no proxy headers, any Host): exempt from the host
 /// check and the HTTPS redirect so health checks pass.
@@ -28,61 +26,34 @@ pub fn is_health_path(path: &str) -> bool {
 
 /// Host check, HTTPS redirect, and the security headers on whatever response comes back.
 #[derive(Clone)]
-pub struct GuardLayer {
+pub struct Guard {
     state: AppState,
 }
 
-impl GuardLayer {
-    pub fn new(state: AppState) -> GuardLayer {
-        GuardLayer { state }
+impl Guard {
+    pub fn layer(state: AppState) -> MiddlewareLayer<Guard> {
+        MiddlewareLayer(Guard { state })
     }
 }
 
-impl<S> Layer<S> for GuardLayer {
-    type Service = Guard<S>;
-
-    fn layer(&self, inner: S) -> Guard<S> {
-        Guard {
-            inner,
-            state: self.state.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Guard<S> {
-    inner: S,
-    state: AppState,
-}
-
-impl<S, B> Service<Request> for Guard<S>
-where
-    S: Service<Request, Response = Response<B>, Error = Infallible>,
-    S::Future: Send + 'static,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request) -> BoxResponseFuture {
+impl Middleware for Guard {
+    fn handle<S>(&self, inner: &mut S, req: Request) -> BoxResponseFuture
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
         let was_https = https::is_https(req.headers());
         let refusal = (!is_health_path(req.uri().path()))
             .then(|| refusal(&self.state, &req))
             .flatten();
         let pending = match refusal {
             Some(response) => Err(response),
-            None => Ok(self.inner.call(req)),
+            None => Ok(inner.call(req)),
         };
         let state = self.state.clone();
         Box::pin(async move {
             let mut response = match pending {
-                Ok(inner) => inner.await?.map(Body::new),
+                Ok(inner) => inner.await?,
                 Err(refusal) => refusal,
             };
             state.security_headers.apply(response.headers_mut(), was_https);

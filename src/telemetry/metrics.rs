@@ -64,48 +64,44 @@ pub fn record_request(method: &Method, route: &str, status: u16, elapsed: Durati
             Some(handles) => handles,
             None => routes.entry(route.into()).or_default(),
         };
-        let counter = match handles
-            .counters
-            .iter()
-            .position(|(m, s, _)| *m == method && *s == status)
-        {
-            Some(index) => index,
-            None => {
-                let labels = [
-                    ("method", method.to_owned()),
-                    ("route", route.to_owned()),
-                    ("status", status.to_string()),
-                ];
-                handles
-                    .counters
-                    .push((method, status, metrics::counter!("http_requests_total", &labels)));
-                handles.counters.len() - 1
-            }
-        };
-        handles.counters[counter].2.increment(1);
-        let histogram = match handles.histograms.iter().position(|(m, _)| *m == method) {
-            Some(index) => index,
-            None => {
-                let labels = [("method", method.to_owned()), ("route", route.to_owned())];
-                handles
-                    .histograms
-                    .push((method, metrics::histogram!("http_request_duration_seconds", &labels)));
-                handles.histograms.len() - 1
-            }
-        };
-        handles.histograms[histogram].1.record(elapsed.as_secs_f64());
+        let counter = cached(&mut handles.counters, (method, status), || {
+            let labels = [
+                ("method", method.to_owned()),
+                ("route", route.to_owned()),
+                ("status", status.to_string()),
+            ];
+            metrics::counter!("http_requests_total", &labels)
+        });
+        counter.increment(1);
+        let histogram = cached(&mut handles.histograms, method, || {
+            let labels = [("method", method.to_owned()), ("route", route.to_owned())];
+            metrics::histogram!("http_request_duration_seconds", &labels)
+        });
+        histogram.record(elapsed.as_secs_f64());
     });
 }
 
 /// The metric handles of one route on one thread.
 #[derive(Default)]
 struct RouteHandles {
-    counters: Vec<(&'static str, u16, Counter)>,
+    counters: Vec<((&'static str, u16), Counter)>,
     histograms: Vec<(&'static str, Histogram)>,
 }
 
 thread_local! {
     static HANDLES: RefCell<HashMap<Box<str>, RouteHandles>> = RefCell::new(HashMap::new());
+}
+
+/// The handle stored under `key`, made and stored on first use (a route has only a few).
+fn cached<K: PartialEq, V>(handles: &mut Vec<(K, V)>, key: K, make: impl FnOnce() -> V) -> &V {
+    let index = match handles.iter().position(|(k, _)| *k == key) {
+        Some(index) => index,
+        None => {
+            handles.push((key, make()));
+            handles.len() - 1
+        }
+    };
+    &handles[index].1
 }
 
 fn method_label(method: &Method) -> &'static str {

@@ -10,19 +10,17 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
 
-use axum::BoxError;
-use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::Response;
-use tower::{Layer, Service};
+use tower::Service;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
-use crate::app::{AppState, BoxResponseFuture};
+use crate::app::AppState;
 use crate::config::{Config, LogFormat};
+use crate::middleware::{BoxResponseFuture, Middleware, MiddlewareLayer};
 use crate::security::client_ip::{self, ClientIp};
 use crate::{error, static_files};
 
@@ -123,49 +121,22 @@ pub fn current_request() -> RequestContext {
 /// The outermost request middleware: request id, client IP, Sentry hub, error rendering,
 /// metrics and the log line.
 #[derive(Clone)]
-pub struct ObserveLayer {
+pub struct Observe {
     state: AppState,
 }
 
-impl ObserveLayer {
-    pub fn new(state: AppState) -> ObserveLayer {
-        ObserveLayer { state }
+impl Observe {
+    pub fn layer(state: AppState) -> MiddlewareLayer<Observe> {
+        MiddlewareLayer(Observe { state })
     }
 }
 
-impl<S> Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
-
-    fn layer(&self, inner: S) -> Observe<S> {
-        Observe {
-            inner,
-            state: self.state.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Observe<S> {
-    inner: S,
-    state: AppState,
-}
-
-impl<S, B> Service<Request> for Observe<S>
-where
-    S: Service<Request, Response = Response<B>, Error = Infallible>,
-    S::Future: Send + 'static,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request) -> BoxResponseFuture {
+impl Middleware for Observe {
+    fn handle<S>(&self, inner: &mut S, mut req: Request) -> BoxResponseFuture
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
         let started = Instant::now();
         let state = self.state.clone();
         let id = RequestId::from_incoming(req.headers().get(&REQUEST_ID_HEADER));
@@ -189,8 +160,8 @@ where
         });
         // The services below are started inside the request's context and hub, as they then run.
         let inner = CURRENT_REQUEST.sync_scope(context.clone(), || match &hub {
-            Some(hub) => ::sentry::Hub::run(hub.clone(), || self.inner.call(req)),
-            None => self.inner.call(req),
+            Some(hub) => ::sentry::Hub::run(hub.clone(), || inner.call(req)),
+            None => inner.call(req),
         });
         Box::pin(async move {
             let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
@@ -199,7 +170,7 @@ where
                     // Rendering runs inside the hub too: a timeout's 503 is reported with the request id.
                     let rendered = async move {
                         let Ok(response) = inner.await;
-                        error::render_bare_error(response.map(Body::new))
+                        error::render_bare_error(response)
                     };
                     match hub {
                         Some(hub) => ::sentry::SentryFutureExt::bind_hub(rendered, hub).await,
