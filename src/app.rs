@@ -25,14 +25,15 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::Auth;
 use crate::config::{AppEnv, Config};
-use crate::db::Db;
+use crate::db::{Db, PoolerGate};
+use crate::error::ApiError;
 use crate::events::{self, EventHub};
 use crate::lifecycle::Lifecycle;
 use crate::rate_limit::{self, Limit, RateLimiters, SharedStore};
 use crate::security::headers::SecurityHeaders;
 use crate::security::hosts::AllowedHosts;
 use crate::static_files::{self, ErrorPages};
-use crate::{error, routes, security, telemetry};
+use crate::{error, redis_store, routes, security, telemetry};
 
 /// Everything a handler or middleware may need, behind one `Arc` so cloning it per request is cheap.
 #[derive(Clone)]
@@ -41,6 +42,11 @@ pub struct AppState(Arc<AppStateInner>);
 pub struct AppStateInner {
     pub config: Arc<Config>,
     pub db: Db,
+    /// Closed while the database is behind a pooler that would mix up prepared statements.
+    pub pooler_gate: PoolerGate,
+    /// The connection `/readyz` uses, kept apart from the request pool (see `Db::connect_serving`);
+    /// `None` when the budget is one connection and readiness shares it.
+    pub readiness_db: Option<Db>,
     /// Present when `REDIS_URL` is set; reconnects by itself.
     pub redis: Option<ConnectionManager>,
     pub auth: Auth,
@@ -68,12 +74,9 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
 impl AppState {
     /// Builds the shared state. Must run inside the Tokio runtime (it starts background tasks).
-    pub fn new(config: Arc<Config>, db: Db) -> anyhow::Result<AppState> {
-        let client = config
-            .redis_url
-            .as_ref()
-            .map(|url| redis::Client::open(url.expose()))
-            .transpose()
+    pub fn new(config: Arc<Config>, db: Db, readiness_db: Option<Db>) -> anyhow::Result<AppState> {
+        let client = redis_store::client(&config)
+            .map_err(anyhow::Error::msg)
             .context("REDIS_URL is not usable")?;
         let redis = match &client {
             Some(client) => {
@@ -105,8 +108,19 @@ impl AppState {
             rate_limiters,
             redis,
             db,
+            readiness_db,
+            pooler_gate: PoolerGate::default(),
             config,
         })))
+    }
+
+    /// The database for a handler's queries, or 503 while the pooler in front of it would mix
+    /// up prepared statements (see [`PoolerGate`]).
+    pub fn database(&self) -> Result<&Db, ApiError> {
+        if self.pooler_gate.is_closed() {
+            return Err(ApiError::DatabaseUnavailable);
+        }
+        Ok(&self.db)
     }
 
     /// `DEBUG=true` shows internal error detail, but never in production.

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::{ClientIpSource, Config, Secret};
-use crate::db::Db;
+use crate::db::postgres::{self, Pooling};
+use crate::db::{self, Db};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -185,6 +186,17 @@ pub fn check_config(config: &Config) -> Vec<Finding> {
             "add ?sslmode=require (or verify-full) to DATABASE_URL",
         ));
     }
+    if let Some(host) = config
+        .redis_url
+        .as_ref()
+        .and_then(|url| crate::redis_store::plain_to_public_host(url.expose()))
+    {
+        findings.push(warning(
+            "W014",
+            format!("Redis at {host} is reached without TLS (redis://)"),
+            "use the provider's rediss:// URL",
+        ));
+    }
     if config.sentry.dsn.is_none() {
         findings.push(warning(
             "W006",
@@ -231,70 +243,139 @@ pub fn check_config(config: &Config) -> Vec<Finding> {
 
 const WEBHOOK_FIX: &str = "set WEBHOOK_SECRET to the 32+ character secret your payment provider gives you";
 
-/// The host of a `postgres://` URL that is public and lacks `sslmode=require` or stricter.
+/// The host of a `postgres://` URL that is public and reached without `sslmode=require` or
+/// stricter, read as the driver reads the URL (the last `sslmode` wins, in any case).
 fn postgres_host_without_tls(url: &str) -> Option<String> {
-    let parsed = url::Url::parse(url).ok()?;
-    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+    if !url.starts_with("postgres") {
         return None;
     }
-    let sslmode = parsed
-        .query_pairs()
-        .find(|(k, _)| k == "sslmode")
-        .map(|(_, v)| v.into_owned());
-    if matches!(sslmode.as_deref(), Some("require" | "verify-ca" | "verify-full")) {
+    let options = postgres::connect_options(url).ok()?;
+    if postgres::requires_tls(&options) || options.get_socket().is_some() {
         return None;
     }
-    let host = parsed
-        .host_str()
-        .unwrap_or("localhost")
-        .trim_matches(|c| c == '[' || c == ']')
-        .to_owned();
+    let host = options.get_host().trim_matches(|c| c == '[' || c == ']').to_owned();
     (!is_private_host(&host)).then_some(host)
 }
 
-/// Loopback, private ranges, and names that only resolve inside a private network.
-fn is_private_host(host: &str) -> bool {
+/// Loopback, private and shared (CGNAT) ranges, and names that resolve only inside a private
+/// network: a bare name (a compose service), `.internal` (Fly, Railway, GCP), Fly's `.flycast`
+/// and managed Postgres `.flympg.net`.
+pub fn is_private_host(host: &str) -> bool {
     match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
-        Ok(IpAddr::V6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00,
+        Ok(IpAddr::V4(ip)) => {
+            let shared = ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64;
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || shared
+        }
+        Ok(IpAddr::V6(ip)) => {
+            ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00 || (ip.segments()[0] & 0xffc0) == 0xfe80
+        }
         Err(_) => {
+            let host = host.trim_end_matches('.').to_ascii_lowercase();
             host == "localhost"
                 || !host.contains('.')
-                || [".internal", ".flycast", ".local", ".localhost"]
+                || [".internal", ".flycast", ".flympg.net", ".local", ".localhost"]
                     .iter()
                     .any(|s| host.ends_with(s))
         }
     }
 }
 
-/// `--connect`: E004 when the database does not answer, W011 when Redis does not.
+/// `--connect`: reaches the database (and the direct URL migrations use) and Redis, and says
+/// what is wrong in words an operator can act on.
 pub async fn check_connections(config: &Config) -> Vec<Finding> {
-    const LIMIT: Duration = Duration::from_secs(3);
-    let mut findings = Vec::new();
-    let mut database = config.database.clone();
-    database.acquire_timeout = LIMIT;
-    let reachable = match Db::connect_lazy(&database) {
-        Ok(db) => {
-            let result = db.ping(LIMIT).await;
-            db.close().await;
-            result.map(drop).map_err(|e| e.to_string())
-        }
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(reason) = reachable {
-        findings.push(error(
-            "E004",
-            format!("the database is unreachable: {reason}"),
-            "check DATABASE_URL and that the database accepts connections from here",
-        ));
-    }
-    if let Some(url) = &config.redis_url
-        && let Err(reason) = crate::redis_store::ping(url.expose(), LIMIT).await
-    {
+    let mut findings = database_findings(config).await;
+    if let Err(reason) = crate::redis_store::ping(config, CONNECT_LIMIT).await {
         findings.push(warning(
             "W011",
             format!("Redis is unreachable: {reason}"),
-            "check REDIS_URL; until Redis answers, rate limits fall back to per instance",
+            "check REDIS_URL (and REDIS_CA_CERT for a private CA); until Redis answers, rate limits fall back to per instance",
+        ));
+    }
+    findings
+}
+
+const CONNECT_LIMIT: Duration = Duration::from_secs(3);
+const UNREACHABLE_FIX: &str = "check the URL, and that the database accepts connections from here";
+
+/// E004 (unreachable, with the cause), E005 (a transaction pooler that loses prepared
+/// statements), W012 (`statement_timeout` not what the service's queries get) and W013
+/// (migrations would go through a transaction pooler). Also logged by `serve` at start.
+pub async fn database_findings(config: &Config) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let database = &config.database;
+    if database.is_sqlite() {
+        let mut database = database.clone();
+        database.acquire_timeout = CONNECT_LIMIT;
+        let reachable = match Db::connect_lazy(&database) {
+            Ok(db) => {
+                let result = db.ping(CONNECT_LIMIT).await;
+                db.close().await;
+                result.map(drop).map_err(|e| db::faults::describe(&e))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(reason) = reachable {
+            findings.push(error(
+                "E004",
+                format!("the database is unreachable: {reason}"),
+                UNREACHABLE_FIX,
+            ));
+        }
+        return findings;
+    }
+    let Ok(options) = postgres::connect_options(database.url.expose()) else {
+        return findings; // refused when the configuration was read
+    };
+    let diagnosis = match postgres::diagnose(&options, database.statement_timeout).await {
+        Ok(diagnosis) => diagnosis,
+        Err(reason) => {
+            findings.push(error(
+                "E004",
+                format!("the database (DATABASE_URL) is unreachable: {reason}"),
+                UNREACHABLE_FIX,
+            ));
+            return findings;
+        }
+    };
+    if let Pooling::Transaction { prepared_statements } = diagnosis.pooling {
+        if !prepared_statements {
+            findings.push(error(
+                "E005",
+                "DATABASE_URL goes through a transaction pooler that loses prepared statements: \
+                 queries would fail with prepared-statement errors (answered 503)",
+                db::faults::POOLER_FIX,
+            ));
+        }
+        if database.direct_url.is_none() {
+            findings.push(warning(
+                "W013",
+                "DATABASE_URL goes through a transaction pooler and DATABASE_DIRECT_URL is not set: \
+                 migrations need one session for their lock",
+                "set DATABASE_DIRECT_URL to the provider's direct (non-pooled) URL",
+            ));
+        }
+    }
+    let effective = postgres::parse_pg_duration(&diagnosis.default_statement_timeout);
+    if !diagnosis.statement_timeout_applies && effective != Some(database.statement_timeout) {
+        findings.push(warning(
+            "W012",
+            format!(
+                "statement_timeout is {} for the service's queries, not DATABASE_STATEMENT_TIMEOUT_SECS={}: \
+                 a transaction pooler does not keep a per-connection SET",
+                diagnosis.default_statement_timeout,
+                database.statement_timeout.as_secs()
+            ),
+            "set it on the role: ALTER ROLE <user> SET statement_timeout = '30s'",
+        ));
+    }
+    if let Some(direct) = &database.direct_url
+        && let Ok(direct) = postgres::connect_options(direct.expose())
+        && let Err(reason) = postgres::diagnose(&direct, database.statement_timeout).await
+    {
+        findings.push(error(
+            "E004",
+            format!("the database (DATABASE_DIRECT_URL) is unreachable: {reason}"),
+            UNREACHABLE_FIX,
         ));
     }
     findings
@@ -330,5 +411,47 @@ mod tests {
         );
         assert_eq!(postgres_host_without_tls("postgres://u:p@postgres/app"), None);
         assert_eq!(postgres_host_without_tls("sqlite://data/app.db"), None);
+        // Read as the driver reads it: the last sslmode wins, in any case.
+        assert_eq!(
+            postgres_host_without_tls("postgres://u@db.example.com/app?sslmode=require&sslmode=disable").as_deref(),
+            Some("db.example.com")
+        );
+        assert_eq!(
+            postgres_host_without_tls("postgres://u@db.example.com/app?sslmode=REQUIRE"),
+            None
+        );
+        // Shared (CGNAT) addresses and platform-internal names are private.
+        for host in [
+            "100.64.0.7",
+            "100.127.255.1",
+            "app-db.flympg.net",
+            "db.railway.internal",
+            "[fdaa::3]",
+        ] {
+            assert_eq!(
+                postgres_host_without_tls(&format!("postgres://u@{host}/app")),
+                None,
+                "{host}"
+            );
+        }
+        assert_eq!(
+            postgres_host_without_tls("postgres://u@100.128.0.1/app").as_deref(),
+            Some("100.128.0.1")
+        );
+    }
+
+    #[test]
+    fn plain_redis_to_a_public_host_is_flagged() {
+        let mut config = Config::development();
+        config.redis_url = Some(crate::config::SecretUrl::new(
+            "redis://default:pw@eu1-cache.upstash.io:6379",
+        ));
+        assert!(check_config(&config).iter().any(|f| f.id == "W014"));
+        config.redis_url = Some(crate::config::SecretUrl::new(
+            "rediss://default:pw@eu1-cache.upstash.io:6379",
+        ));
+        assert!(!check_config(&config).iter().any(|f| f.id == "W014"));
+        config.redis_url = Some(crate::config::SecretUrl::new("redis://redis.railway.internal:6379"));
+        assert!(!check_config(&config).iter().any(|f| f.id == "W014"));
     }
 }

@@ -9,8 +9,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::checks::{self, Report, Severity};
+use crate::config::DatabaseConfig;
 use crate::config::{AppEnv, Config, Settings};
 use crate::db::Db;
+use crate::db::postgres::{self, Pooling};
 use crate::server::{self, Application};
 use crate::telemetry;
 
@@ -152,18 +154,36 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     tracing::info!(address = %app.local_addr(), "listening");
+
     app.run_until(server::shutdown_signal()).await;
     ExitCode::SUCCESS
 }
 
 async fn migrate(config: Config) -> ExitCode {
-    let result = match Db::connect_lazy(&config.database) {
-        Ok(db) => {
-            let applied = db.migrate().await;
-            db.close().await;
-            applied.map_err(anyhow::Error::from)
-        }
-        Err(error) => Err(error.into()),
+    let mut database = config.database.clone();
+    // The platform's direct URL, when given: migrations need one session from start to end.
+    if let Some(direct) = database.direct_url.take() {
+        database.url = direct;
+    }
+    let result = match pooling(&database).await {
+        Err(reason) => Err(anyhow::anyhow!(reason)),
+        Ok(pooling) => match Db::connect_lazy(&database) {
+            Ok(db) => {
+                let applied = match pooling {
+                    Pooling::Session => db.migrate().await,
+                    Pooling::Transaction { .. } => {
+                        eprintln!(
+                            "note: migrating through a transaction pooler, without the migration lock; \
+                             set DATABASE_DIRECT_URL so that two release steps cannot overlap"
+                        );
+                        db.migrate_through_transaction_pooler().await
+                    }
+                };
+                db.close().await;
+                applied.map_err(anyhow::Error::from)
+            }
+            Err(error) => Err(error.into()),
+        },
     };
     match result {
         Ok(applied) if applied.is_empty() => {
@@ -180,6 +200,32 @@ async fn migrate(config: Config) -> ExitCode {
             eprintln!("migration failed: {error:#}");
             ExitCode::from(EXIT_FAILURE)
         }
+    }
+}
+
+/// How `migrate` reaches the database. Through a transaction pooler its lock would land on
+/// one server session and outlive the run; without prepared-statement support its statements
+/// would reach other clients' sessions: refused, naming the way out.
+async fn pooling(database: &DatabaseConfig) -> Result<Pooling, String> {
+    if database.is_sqlite() {
+        return Ok(Pooling::Session);
+    }
+    let options = postgres::connect_options(database.url.expose())?;
+    match postgres::diagnose(&options, database.statement_timeout).await {
+        Ok(diagnosis)
+            if diagnosis.pooling
+                == (Pooling::Transaction {
+                    prepared_statements: false,
+                }) =>
+        {
+            Err(
+                "the database URL goes through a transaction pooler that loses prepared statements: \
+             set DATABASE_DIRECT_URL to the provider's direct (non-pooled) URL, or use the pooler's session mode"
+                    .to_owned(),
+            )
+        }
+        Ok(diagnosis) => Ok(diagnosis.pooling),
+        Err(reason) => Err(format!("the database is unreachable: {reason}")),
     }
 }
 

@@ -11,6 +11,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
 // Every setting of the service, as clap reads it from flags or environment variables.
 // Values are kept as strings here: typing happens in `Config::from_settings`, where the
 // defaults for `APP_ENV` are known and a bad value can be reported by its variable name.
@@ -39,6 +42,9 @@ pub struct Settings {
     /// `sqlite:` file or `postgres://` URL [default: sqlite://data/app.db]
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Used by `migrate` alone when set: the provider's direct URL that bypasses a pooler [default: unset]
+    #[arg(long, env = "DATABASE_DIRECT_URL", global = true, hide_env_values = true)]
+    pub database_direct_url: Option<String>,
     /// Largest pool size [default: 10]
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", global = true)]
     pub database_max_connections: Option<String>,
@@ -63,6 +69,9 @@ pub struct Settings {
     /// Redis shared by every instance for rate limits and events [default: unset]
     #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// PEM file of a private CA trusted for `rediss://`, beside the public roots [default: unset]
+    #[arg(long, env = "REDIS_CA_CERT", global = true)]
+    pub redis_ca_cert: Option<String>,
     /// Comma list; `.example.com` matches the domain and its subdomains, `*` all [default: development localhost,127.0.0.1,[::1], production required]
     #[arg(long, env = "ALLOWED_HOSTS", global = true)]
     pub allowed_hosts: Option<String>,
@@ -284,6 +293,8 @@ impl fmt::Debug for SecretUrl {
 #[derive(Clone, Debug)]
 pub struct DatabaseConfig {
     pub url: SecretUrl,
+    /// `DATABASE_DIRECT_URL`: what `migrate` connects to instead of `url` when set.
+    pub direct_url: Option<SecretUrl>,
     pub max_connections: u32,
     pub min_connections: u32,
     pub acquire_timeout: Duration,
@@ -335,6 +346,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub run_migrations_on_start: bool,
     pub redis_url: Option<SecretUrl>,
+    /// `REDIS_CA_CERT`: a PEM file checked at start to hold a certificate.
+    pub redis_ca_cert: Option<PathBuf>,
     pub allowed_hosts: Vec<String>,
     pub cors_allowed_origins: Vec<String>,
     pub secure_ssl_redirect: bool,
@@ -445,19 +458,40 @@ fn rate(var: &'static str, value: &Option<String>, default: &str) -> Result<Opti
     parse_rate(text).map_err(|reason| ConfigError::new(var, Some(text), reason))
 }
 
-fn validate_database_url(url: &str) -> Result<(), ConfigError> {
+/// A database URL the driver can use, or the error naming `var`; a Postgres URL is read the way
+/// the driver will read it (TLS mode, root certificate file), never echoed.
+fn validate_database_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "sqlite" => Ok(()),
-        "postgres" | "postgresql" => url::Url::parse(url)
-            .map(|_| ())
-            .map_err(|e| ConfigError::new("DATABASE_URL", None, format!("not a valid URL ({e})"))),
+        "postgres" | "postgresql" => crate::db::postgres::connect_options(url)
+            .map(drop)
+            .map_err(|reason| ConfigError::new(var, None, reason)),
         other => Err(ConfigError::new(
-            "DATABASE_URL",
+            var,
             None,
             format!("unsupported scheme {other:?}: expected sqlite:, postgres:// or postgresql://"),
         )),
     }
+}
+
+/// A PEM file that holds at least one certificate.
+fn pem_certificate_file(var: &'static str, value: Option<&str>) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(path) = value else { return Ok(None) };
+    read_pem_certificates(path).map_err(|reason| ConfigError::new(var, Some(path), reason))?;
+    Ok(Some(PathBuf::from(path)))
+}
+
+/// The certificates of a PEM file, or why it has none.
+pub fn read_pem_certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{path}: {e}"))?;
+    if certificates.is_empty() {
+        return Err(format!("{path}: no PEM certificate in the file"));
+    }
+    Ok(certificates)
 }
 
 fn secret_url(var: &'static str, value: Option<&str>, schemes: &[&str]) -> Result<Option<SecretUrl>, ConfigError> {
@@ -514,7 +548,11 @@ impl Config {
         };
 
         let database_url = raw(&s.database_url).unwrap_or(DEFAULT_DATABASE_URL);
-        validate_database_url(database_url)?;
+        validate_database_url("DATABASE_URL", database_url)?;
+        let direct_url = raw(&s.database_direct_url);
+        if let Some(url) = direct_url {
+            validate_database_url("DATABASE_DIRECT_URL", url)?;
+        }
         let max_connections: u32 = parse_num(
             "DATABASE_MAX_CONNECTIONS",
             &s.database_max_connections,
@@ -543,6 +581,7 @@ impl Config {
         }
         let database = DatabaseConfig {
             url: SecretUrl(database_url.to_owned()),
+            direct_url: direct_url.map(SecretUrl::new),
             max_connections,
             min_connections,
             acquire_timeout: parse_secs("DATABASE_ACQUIRE_TIMEOUT_SECS", &s.database_acquire_timeout_secs, 5)?,
@@ -671,6 +710,7 @@ impl Config {
             database,
             run_migrations_on_start: parse_bool("RUN_MIGRATIONS_ON_START", &s.run_migrations_on_start, !prod)?,
             redis_url: secret_url("REDIS_URL", raw(&s.redis_url), &["redis", "rediss"])?,
+            redis_ca_cert: pem_certificate_file("REDIS_CA_CERT", raw(&s.redis_ca_cert))?,
             allowed_hosts: parse_list(raw(&s.allowed_hosts).or((!prod).then_some(DEV_ALLOWED_HOSTS)))
                 .into_iter()
                 .map(|h| h.to_ascii_lowercase())

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::db::{self, faults::Fault};
 use crate::telemetry::{self, sentry};
 
 /// One field that failed validation.
@@ -61,6 +62,13 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("the service is temporarily unavailable")]
     ServiceUnavailable,
+    /// The database (or its pooler) cannot serve requests now. Rendered like
+    /// `ServiceUnavailable`, but logged and reported once a minute by `db::faults`, not per request.
+    #[error("the database is temporarily unavailable")]
+    DatabaseUnavailable,
+    /// A statement ran past `DATABASE_STATEMENT_TIMEOUT_SECS`: 503 `timeout`, logged by `db::faults`.
+    #[error("the database took too long to answer")]
+    DatabaseTimeout,
     #[error("an internal error occurred")]
     Internal(#[source] anyhow::Error),
     /// A handler panicked. Rendered like `Internal`, but not sent to Sentry again: its
@@ -124,14 +132,14 @@ impl ApiError {
             InvalidSignature => (StatusCode::UNAUTHORIZED, "invalid_signature"),
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            Timeout | DatabaseTimeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             EmailTaken => (StatusCode::CONFLICT, "email_taken"),
             InvalidTransition(_) => (StatusCode::CONFLICT, "invalid_transition"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            ServiceUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            ServiceUnavailable | DatabaseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             Internal(_) | Panic(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -154,13 +162,12 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            // The database is away or every connection is busy: tell the client to come back.
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                tracing::warn!(error = %error, "database unavailable");
-                ApiError::ServiceUnavailable
-            }
-            other => ApiError::Internal(other.into()),
+        let fault = db::faults::classify(&error);
+        db::faults::report(fault, &error);
+        match fault {
+            Fault::Unavailable | Fault::PoolerWithoutPreparedStatements => ApiError::DatabaseUnavailable,
+            Fault::StatementTimeout => ApiError::DatabaseTimeout,
+            Fault::Bug => ApiError::Internal(error.into()),
         }
     }
 }
@@ -177,7 +184,10 @@ impl IntoResponse for ApiError {
         let request = telemetry::current_request();
         let retry_after = match &self {
             ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            ApiError::ServiceUnavailable | ApiError::Timeout => Some(RETRY_AFTER_UNAVAILABLE_SECS),
+            ApiError::ServiceUnavailable
+            | ApiError::Timeout
+            | ApiError::DatabaseUnavailable
+            | ApiError::DatabaseTimeout => Some(RETRY_AFTER_UNAVAILABLE_SECS),
             _ => None,
         };
         let mut message = self.to_string();
@@ -192,6 +202,7 @@ impl IntoResponse for ApiError {
                 }
             }
             ApiError::Panic(detail) => tracing::error!(request_id = %request.id, panic = detail, "handler panicked"),
+            ApiError::DatabaseUnavailable | ApiError::DatabaseTimeout => {}
             _ if status.is_server_error() => {
                 tracing::error!(request_id = %request.id, code, "request failed");
                 sentry::report_server_error(code, &message);

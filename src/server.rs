@@ -17,9 +17,39 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use crate::app::{self, AppState};
+use crate::checks;
 use crate::config::Config;
 use crate::db::Db;
 use crate::telemetry;
+
+/// How often a closed [`crate::db::PoolerGate`] is rechecked.
+const POOLER_RECHECK: Duration = Duration::from_secs(60);
+
+/// Says what is wrong with the database, in the background so that a slow or absent database
+/// delays nothing: unreachable and why, pooler mode, `statement_timeout`. A transaction pooler
+/// that loses prepared statements closes the gate (503s, not ready) until a recheck finds it fixed.
+fn spawn_database_watch(state: AppState) {
+    tokio::spawn(async move {
+        let unsafe_pooler = |findings: &[checks::Finding]| findings.iter().any(|f| f.id == "E005");
+        let findings = checks::database_findings(&state.config).await;
+        for finding in &findings {
+            tracing::warn!(id = finding.id, fix = finding.fix, "{}", finding.message);
+        }
+        if !unsafe_pooler(&findings) {
+            return;
+        }
+        state.pooler_gate.close();
+        while !state.lifecycle.is_draining() {
+            tokio::time::sleep(POOLER_RECHECK).await;
+            let findings = checks::database_findings(&state.config).await;
+            if !findings.iter().any(|f| f.id == "E004") && !unsafe_pooler(&findings) {
+                state.pooler_gate.open();
+                tracing::info!("the database pooler carries prepared statements now: serving again");
+                return;
+            }
+        }
+    });
+}
 
 /// A bound, ready-to-run server (zero2prod style: binding first lets tests use port 0).
 pub struct Application {
@@ -35,7 +65,7 @@ impl Application {
     /// migrations when `RUN_MIGRATIONS_ON_START` says so, and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let config = Arc::new(config);
-        let db = Db::connect_lazy(&config.database).context("could not set up the database pool")?;
+        let (db, readiness_db) = Db::connect_serving(&config.database).context("could not set up the database pool")?;
         if config.run_migrations_on_start {
             let applied = db
                 .migrate()
@@ -46,7 +76,8 @@ impl Application {
             }
         }
         let metrics_handle = config.metrics_port.map(|_| telemetry::metrics::install()).transpose()?;
-        let state = AppState::new(config.clone(), db)?;
+        let state = AppState::new(config.clone(), db, readiness_db)?;
+        spawn_database_watch(state.clone());
         let router = app::build_router(state.clone());
         let listener = TcpListener::bind((config.host, config.port))
             .await

@@ -129,7 +129,7 @@ pub async fn signup(
     let id = Uuid::now_v7();
     let sql = "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4) \
                RETURNING id, email, password_hash, created_at";
-    let inserted: Result<UserRow, sqlx::Error> = with_db!(&state.db, pool => {
+    let inserted: Result<UserRow, sqlx::Error> = with_db!(state.database()?, pool => {
         sqlx::query_as(sql).bind(id.to_string()).bind(&email).bind(&password_hash).bind(db::now_micros())
             .fetch_one(pool).await
     });
@@ -157,7 +157,7 @@ pub async fn login(
     let email = normalize_email(&body.email);
     let sql = "SELECT id, email, password_hash, created_at FROM users WHERE email = $1";
     let row: Option<UserRow> =
-        with_db!(&state.db, pool => sqlx::query_as(sql).bind(&email).fetch_optional(pool).await)?;
+        with_db!(state.database()?, pool => sqlx::query_as(sql).bind(&email).fetch_optional(pool).await)?;
     // Unknown email and wrong password take the same path and the same time.
     let stored_hash = row.as_ref().map(|r| r.password_hash.clone());
     if !state.auth.verify_password(body.password, stored_hash).await? {
@@ -175,7 +175,7 @@ pub async fn login(
 pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<User>, ApiError> {
     let sql = "SELECT id, email, password_hash, created_at FROM users WHERE id = $1";
     let row: Option<UserRow> =
-        with_db!(&state.db, pool => sqlx::query_as(sql).bind(user.id.to_string()).fetch_optional(pool).await)?;
+        with_db!(state.database()?, pool => sqlx::query_as(sql).bind(user.id.to_string()).fetch_optional(pool).await)?;
     // A valid token for an account that no longer exists authenticates nobody.
     Ok(Json(row.ok_or(ApiError::Unauthorized)?.into_user()?))
 }

@@ -82,13 +82,15 @@ async fn redis_status(state: &AppState) -> &'static str {
 ))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let draining = state.lifecycle.is_draining();
-    let database = if draining {
+    // Behind a pooler that would mix up prepared statements the instance must not take traffic.
+    let database = if draining || state.pooler_gate.is_closed() {
         DatabaseCheck {
             status: "error",
             latency_ms: None,
         }
     } else {
-        match state.db.ping(READINESS_DB_TIMEOUT).await {
+        let db = state.readiness_db.as_ref().unwrap_or(&state.db);
+        match db.ping(READINESS_DB_TIMEOUT).await {
             Ok(latency) => DatabaseCheck {
                 status: "ok",
                 latency_ms: Some(latency.as_micros() as f64 / 1000.0),

@@ -200,7 +200,7 @@ pub async fn create_invoice(
          description, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'draft', $9) RETURNING ",
         invoice_columns!()
     );
-    let row: InvoiceRow = with_db!(&state.db, pool => {
+    let row: InvoiceRow = with_db!(state.database()?, pool => {
         sqlx::query_as(sql)
             .bind(Uuid::now_v7().to_string())
             .bind(user.id.to_string())
@@ -283,7 +283,7 @@ pub async fn list_invoices(
         " FROM invoices WHERE user_id = $1 AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
          AND (created_at < $3 OR (created_at = $3 AND id < $4)) ORDER BY created_at DESC, id DESC LIMIT $5"
     );
-    let mut rows: Vec<InvoiceRow> = with_db!(&state.db, pool => {
+    let mut rows: Vec<InvoiceRow> = with_db!(state.database()?, pool => {
         sqlx::query_as(sql)
             .bind(user.id.to_string())
             .bind(params.status.map(InvoiceStatus::as_str))
@@ -314,7 +314,7 @@ async fn find_own(state: &AppState, user: AuthUser, id: &str) -> Result<InvoiceR
         invoice_columns!(),
         " FROM invoices WHERE id = $1 AND user_id = $2"
     );
-    let row: Option<InvoiceRow> = with_db!(&state.db, pool => {
+    let row: Option<InvoiceRow> = with_db!(state.database()?, pool => {
         sqlx::query_as(sql).bind(id.to_string()).bind(user.id.to_string()).fetch_optional(pool).await
     })?;
     row.ok_or(ApiError::NotFound)
@@ -355,7 +355,7 @@ pub async fn send_invoice(
          RETURNING ",
         invoice_columns!()
     );
-    let row: Option<InvoiceRow> = with_db!(&state.db, pool => {
+    let row: Option<InvoiceRow> = with_db!(state.database()?, pool => {
         sqlx::query_as(sql).bind(db::now_micros()).bind(&existing.id).bind(user.id.to_string()).fetch_optional(pool).await
     })?;
     let invoice = row

@@ -65,9 +65,9 @@ pub async fn summary(State(state): State<AppState>, user: AuthUser) -> Result<Js
         WHERE user_id = $1 AND status = 'paid' GROUP BY currency";
     let user_id = user.id.to_string();
     let counts: CountsRow =
-        with_db!(&state.db, pool => sqlx::query_as(counts_sql).bind(&user_id).fetch_one(pool).await)?;
+        with_db!(state.database()?, pool => sqlx::query_as(counts_sql).bind(&user_id).fetch_one(pool).await)?;
     let totals: Vec<(String, i64)> =
-        with_db!(&state.db, pool => sqlx::query_as(totals_sql).bind(&user_id).fetch_all(pool).await)?;
+        with_db!(state.database()?, pool => sqlx::query_as(totals_sql).bind(&user_id).fetch_all(pool).await)?;
     let settled = counts.sent + counts.paid;
     Ok(Json(Summary {
         conversion_rate: (settled > 0).then(|| counts.paid as f64 / settled as f64),

@@ -104,7 +104,7 @@ pub async fn payment_webhook(
         return Err(ApiError::validation("type", "must be payment.succeeded"));
     }
     let invoice_id = Uuid::parse_str(&event.invoice_id).map_err(|_| ApiError::NotFound)?;
-    match record_payment(&state.db, &event, invoice_id).await? {
+    match record_payment(state.database()?, &event, invoice_id).await? {
         Some(paid) => {
             let owner = Uuid::parse_str(&paid.user_id).map_err(|e| ApiError::Internal(e.into()))?;
             let invoice = paid.into_invoice()?;

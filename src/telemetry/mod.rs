@@ -5,6 +5,7 @@
 pub mod json_lines;
 pub mod metrics;
 pub mod sentry;
+pub mod throttle;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;

@@ -20,6 +20,7 @@ const SETTINGS: &[&str] = &[
     "SECRET_KEY",
     "SECRET_KEY_FALLBACKS",
     "DATABASE_URL",
+    "DATABASE_DIRECT_URL",
     "DATABASE_MAX_CONNECTIONS",
     "DATABASE_MIN_CONNECTIONS",
     "DATABASE_ACQUIRE_TIMEOUT_SECS",
@@ -28,6 +29,7 @@ const SETTINGS: &[&str] = &[
     "DATABASE_STATEMENT_TIMEOUT_SECS",
     "RUN_MIGRATIONS_ON_START",
     "REDIS_URL",
+    "REDIS_CA_CERT",
     "ALLOWED_HOSTS",
     "CORS_ALLOWED_ORIGINS",
     "SECURE_SSL_REDIRECT",
@@ -72,7 +74,7 @@ fn shipshape(dir: &tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Co
     command
 }
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     shipshape(&dir, args, env).output().expect("binary runs")
 }
@@ -94,6 +96,20 @@ fn each_kind_of_bad_value_exits_2_with_one_line_naming_the_variable() {
         ("SENTRY_TRACES_SAMPLE_RATE", "2"),
         ("METRICS_PORT", "99999"),
         ("REDIS_URL", "http://user:hunter2@cache:6379"),
+        // Read as the driver will: an sslmode it does not know, a root certificate that is not there.
+        (
+            "DATABASE_URL",
+            "postgres://app:hunter2@db.example.com/app?sslmode=no-verify",
+        ),
+        (
+            "DATABASE_URL",
+            "postgres://app:hunter2@db.example.com/app?sslmode=verify-full&sslrootcert=/nope/ca.pem",
+        ),
+        (
+            "DATABASE_DIRECT_URL",
+            "postgres://app:hunter2@db.example.com/app?sslmode=prefered",
+        ),
+        ("REDIS_CA_CERT", "/nope/redis-ca.pem"),
     ] {
         let output = run(&["serve"], &[(var, value)]);
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -102,6 +118,23 @@ fn each_kind_of_bad_value_exits_2_with_one_line_naming_the_variable() {
         assert!(stderr.contains(var), "{var} named in {stderr}");
         assert!(!stderr.contains("panicked") && !stderr.contains("hunter2"), "{stderr}");
     }
+}
+
+#[test]
+fn check_deploy_refuses_a_database_url_the_driver_cannot_use() {
+    let output = run(
+        &["check", "--deploy"],
+        &[(
+            "DATABASE_URL",
+            "postgres://app:hunter2@db.example.com/app?sslmode=no-verify",
+        )],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("DATABASE_URL") && stderr.contains("no-verify") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -321,7 +354,7 @@ const CLEAN: &[(&str, &str)] = &[
 ];
 
 /// `check --deploy --format json` with CLEAN, `changes` applied (an empty value unsets).
-fn check_deploy(changes: &[(&str, &str)], extra_args: &[&str]) -> (Option<i32>, Value) {
+pub fn check_deploy(changes: &[(&str, &str)], extra_args: &[&str]) -> (Option<i32>, Value) {
     let mut env: Vec<(&str, &str)> = CLEAN
         .iter()
         .filter(|(k, _)| !changes.iter().any(|(c, _)| c == k))
@@ -335,7 +368,7 @@ fn check_deploy(changes: &[(&str, &str)], extra_args: &[&str]) -> (Option<i32>, 
     (output.status.code(), report)
 }
 
-fn ids(report: &Value) -> Vec<String> {
+pub fn ids(report: &Value) -> Vec<String> {
     report["findings"]
         .as_array()
         .unwrap()

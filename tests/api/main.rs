@@ -1,6 +1,7 @@
 //! Integration tests over real HTTP on 127.0.0.1: one binary, one module per area.
 
 mod helpers;
+mod infra;
 
 mod accounts;
 mod cli;
@@ -9,6 +10,7 @@ mod deploy;
 mod drills;
 mod events;
 mod invoices;
+mod managed;
 mod observability;
 mod rate_limits;
 mod security;

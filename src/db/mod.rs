@@ -4,23 +4,21 @@
 //! read several column types on either side. Queries are written once in portable SQL and run
 //! on whichever pool is live through [`with_db!`].
 
-use std::collections::HashSet;
+pub mod faults;
+mod migrate;
+pub mod postgres;
+
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::pool::PoolOptions;
-use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::postgres::PgPool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 
 use crate::config::DatabaseConfig;
 
-/// Migrations from `migrations/`, embedded in the binary; the same files serve both backends.
-/// Versions the database has but this binary lacks are allowed, so rolling back to an older
-/// release still passes its `shipshape migrate` step (write migrations expand-then-contract).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
-    ignore_missing: true,
-    ..sqlx::migrate!()
-};
+pub use faults::PoolerGate;
+pub use migrate::{MIGRATOR, MigrationError};
 
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -68,37 +66,45 @@ impl Db {
             let pool = pool_options(config).connect_lazy_with(options);
             Ok(Db::Sqlite(pool))
         } else {
-            let statement_timeout = format!("{}ms", config.statement_timeout.as_millis());
-            let options = PgConnectOptions::from_str(url)?
-                .application_name("shipshape")
-                .options([("statement_timeout", statement_timeout.as_str())]);
-            let pool = pool_options(config).connect_lazy_with(options);
+            let options = postgres::connect_options(url).map_err(|reason| sqlx::Error::Configuration(reason.into()))?;
+            // Set after connecting, as a plain statement, because poolers refuse it as a start-up
+            // parameter. Behind a transaction pooler it cannot be relied on (each transaction may
+            // reach another server session): `check --deploy --connect` says so.
+            let set_timeout = postgres::set_statement_timeout(config.statement_timeout);
+            let pool = pool_options(config)
+                .after_connect(move |conn, _| {
+                    let set_timeout = set_timeout.clone();
+                    Box::pin(async move {
+                        sqlx::Executor::execute(conn, sqlx::raw_sql(sqlx::AssertSqlSafe(set_timeout))).await?;
+                        Ok(())
+                    })
+                })
+                .connect_lazy_with(options);
             Ok(Db::Postgres(pool))
         }
     }
 
-    /// Applies pending migrations; returns the `(version, description)` of each one applied.
-    pub async fn migrate(&self) -> Result<Vec<(i64, String)>, sqlx::migrate::MigrateError> {
-        let before = self.applied_versions().await;
-        with_db!(self, pool => MIGRATOR.run(pool).await)?;
-        Ok(MIGRATOR
-            .iter()
-            .filter(|m| !before.contains(&m.version))
-            .map(|m| (m.version, m.description.to_string()))
-            .collect())
+    /// The pools `serve` uses: one for requests, and a connection kept aside for `/readyz`, so
+    /// that a pool busy with slow requests does not read as a database that is down. Both come
+    /// out of `DATABASE_MAX_CONNECTIONS`; with a budget of 1, readiness shares the one.
+    pub fn connect_serving(config: &DatabaseConfig) -> Result<(Db, Option<Db>), sqlx::Error> {
+        if config.max_connections < 2 {
+            return Ok((Db::connect_lazy(config)?, None));
+        }
+        let mut requests = config.clone();
+        requests.max_connections -= 1;
+        requests.min_connections = requests.min_connections.min(requests.max_connections);
+        let mut readiness = config.clone();
+        readiness.max_connections = 1;
+        readiness.min_connections = 0;
+        Ok((Db::connect_lazy(&requests)?, Some(Db::connect_lazy(&readiness)?)))
     }
 
-    /// Versions already applied; empty when the migrations table does not exist yet.
-    async fn applied_versions(&self) -> HashSet<i64> {
-        let sql = "SELECT version FROM _sqlx_migrations WHERE success";
-        let rows: Result<Vec<i64>, _> = with_db!(self, pool => sqlx::query_scalar(sql).fetch_all(pool).await);
-        rows.unwrap_or_default().into_iter().collect()
-    }
-
-    /// A round trip to the database (`SELECT 1`) bounded by `limit`.
+    /// A round trip to the database (`SELECT 1`) bounded by `limit`. A plain statement, not a
+    /// prepared one, so it means the same through any pooler.
     pub async fn ping(&self, limit: Duration) -> Result<Duration, sqlx::Error> {
         let started = std::time::Instant::now();
-        let query = async { with_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop)) };
+        let query = async { with_db!(self, pool => sqlx::raw_sql("SELECT 1").execute(pool).await.map(drop)) };
         tokio::time::timeout(limit, query)
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)??;

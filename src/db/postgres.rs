@@ -1,0 +1,227 @@
+//! PostgreSQL as managed platforms hand it out: often behind a pooler (PgBouncer, Supavisor,
+//! Neon's proxy), always with TLS. The URL is read the way libpq reads it, nothing in the
+//! connection start-up is something a stock pooler refuses, and a pooler that cannot carry
+//! this driver's prepared statements is detected instead of answering wrong.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
+use sqlx::{Connection, Row};
+
+/// Connection options for a `postgres://` URL, or a one-line reason it cannot be used (the
+/// caller names `DATABASE_URL`). Never echoes the URL: it may hold a password.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a valid URL ({e})"))?;
+    // The driver applies query parameters in order, so the last of each wins (as in libpq).
+    let last = |keys: &[&str]| {
+        parsed
+            .query_pairs()
+            .filter(|(k, _)| keys.contains(&k.as_ref()))
+            .last()
+            .map(|(_, v)| v.into_owned())
+    };
+    if let Some(mode) = last(&["sslmode", "ssl-mode"])
+        && PgSslMode::from_str(&mode).is_err()
+    {
+        return Err(format!(
+            "sslmode={mode:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+        ));
+    }
+    let root_cert = last(&["sslrootcert", "ssl-root-cert", "ssl-ca"]);
+    if let Some(path) = &root_cert {
+        crate::config::read_pem_certificates(path).map_err(|reason| format!("sslrootcert {reason}"))?;
+    }
+    let mut options = PgConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+    // libpq verifies the server against a root certificate whenever one is given, even
+    // with `sslmode=require`; the driver would not, so say it explicitly.
+    if root_cert.is_some() && matches!(options.get_ssl_mode(), PgSslMode::Require) {
+        options = options.ssl_mode(PgSslMode::VerifyCa);
+    }
+    // `extra_float_digits` is a start-up parameter PgBouncer refuses by default, and
+    // PostgreSQL 12+ already sends floats exactly. `statement_timeout` is set after connecting
+    // (see `pool_options`), not through the `options` start-up parameter, for the same reason.
+    options = options.extra_float_digits(None);
+    if options.get_application_name().is_none() {
+        options = options.application_name(env!("CARGO_PKG_NAME"));
+    }
+    Ok(options)
+}
+
+/// Whether connections with these options use TLS (`sslmode=require` or stricter).
+pub fn requires_tls(options: &PgConnectOptions) -> bool {
+    matches!(
+        options.get_ssl_mode(),
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    )
+}
+
+/// The `SET` run on every new connection: a simple-protocol query, so a pooler in transaction
+/// mode accepts it like any other statement.
+pub fn set_statement_timeout(timeout: Duration) -> String {
+    format!("SET statement_timeout = {}", timeout.as_millis())
+}
+
+/// How the connections of a URL are pooled on the way to PostgreSQL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    /// Directly to PostgreSQL, or through a session pooler: one server session per connection.
+    Session,
+    /// Through a transaction pooler: each transaction may run on another server session, so
+    /// session state (SET, advisory locks, named prepared statements) does not carry over.
+    Transaction { prepared_statements: bool },
+}
+
+/// What a test connection found; the startup log and `check --deploy --connect` report it.
+#[derive(Clone, Debug)]
+pub struct Diagnosis {
+    pub pooling: Pooling,
+    /// `statement_timeout` as a new connection gets it (the role's or database's default).
+    pub default_statement_timeout: String,
+    /// Whether `SET statement_timeout` on a connection is what its queries then get.
+    pub statement_timeout_applies: bool,
+}
+
+/// Each probe step waits at most this long; a pooler with every server busy queues clients.
+const STEP: Duration = Duration::from_secs(3);
+
+/// Connects with two connections and finds how they are pooled (see [`Pooling`]), whether
+/// prepared statements survive it, and what `statement_timeout` the service's queries get.
+pub async fn diagnose(options: &PgConnectOptions, statement_timeout: Duration) -> Result<Diagnosis, String> {
+    let mut a = step(PgConnection::connect_with(options)).await?;
+    let default_statement_timeout = show_statement_timeout(&mut a).await?;
+    let pooling = probe_pooling(options, &mut a).await?;
+    let wanted = set_statement_timeout(statement_timeout);
+    step(sqlx::raw_sql(sqlx::AssertSqlSafe(wanted)).execute(&mut a)).await?;
+    let applied = show_statement_timeout(&mut a).await?;
+    let _ = a.close().await;
+    Ok(Diagnosis {
+        pooling,
+        statement_timeout_applies: pooling == Pooling::Session
+            && parse_pg_duration(&applied) == Some(statement_timeout),
+        default_statement_timeout,
+    })
+}
+
+async fn step<T>(work: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, String> {
+    match tokio::time::timeout(STEP, work).await {
+        Ok(result) => result.map_err(|e| super::faults::describe(&e)),
+        Err(_) => Err(format!("no answer within {} s", STEP.as_secs())),
+    }
+}
+
+async fn show_statement_timeout(conn: &mut PgConnection) -> Result<String, String> {
+    let row = step(sqlx::raw_sql("SHOW statement_timeout").fetch_one(&mut *conn)).await?;
+    row.try_get::<String, _>(0).map_err(|e| e.to_string())
+}
+
+/// A transaction pooler hands a connection's next statement to whichever server session is
+/// free, the one released last first (PgBouncer's default). So: `a` prepares a statement on
+/// some session, `b` opens a transaction (and so takes that session), and `a` goes on. Moved
+/// to another session means transaction pooling; the prepared statement still answering there
+/// means the pooler carries prepared statements (PgBouncer 1.21+). A session pooler or the
+/// database itself keeps `a` on its session whatever `b` does.
+async fn probe_pooling(options: &PgConnectOptions, a: &mut PgConnection) -> Result<Pooling, String> {
+    let first = backend_pid(a).await?;
+    // Failing already is a pooler reusing a session where another client left a statement of
+    // the same name; unless `a` turns out to keep its session, that is the answer.
+    let prepared = prepared_backend_pid(a).await;
+    let mut b = step(PgConnection::connect_with(options)).await?;
+    // A session pooler with every server session taken queues `b`: not a transaction pooler.
+    if step(sqlx::raw_sql("BEGIN").execute(&mut b)).await.is_err() {
+        return prepared.map(|_| Pooling::Session);
+    }
+    let b_pid = backend_pid(&mut b).await?;
+    // `a` waiting while `b` holds the only free session is a transaction pooler too.
+    let moved = match backend_pid(a).await {
+        Ok(second) => second != first || b_pid == first || prepared.as_ref().is_ok_and(|p| *p == b_pid),
+        Err(_) => true,
+    };
+    let pooling = if moved {
+        // Named statements, as the pool uses them: prepared on the session `b` now holds.
+        let prepared_statements = prepared.is_ok() && prepared_backend_pid(a).await.is_ok();
+        Pooling::Transaction { prepared_statements }
+    } else {
+        prepared?;
+        Pooling::Session
+    };
+    let _ = step(sqlx::raw_sql("ROLLBACK").execute(&mut b)).await;
+    let _ = b.close().await;
+    Ok(pooling)
+}
+
+async fn backend_pid(conn: &mut PgConnection) -> Result<i32, String> {
+    let row = step(sqlx::raw_sql("SELECT pg_backend_pid()").fetch_one(&mut *conn)).await?;
+    row.try_get::<i32, _>(0).map_err(|e| e.to_string())
+}
+
+/// The same, through a named prepared statement. A pooler that loses it fails here (or binds
+/// another client's statement of the same name, which the value check catches).
+async fn prepared_backend_pid(conn: &mut PgConnection) -> Result<i32, String> {
+    let marker = 7_340_033;
+    let query = sqlx::query_as::<_, (i32, i32)>("SELECT pg_backend_pid(), $1::int4").bind(marker);
+    match step(query.fetch_one(&mut *conn)).await? {
+        (pid, echoed) if echoed == marker => Ok(pid),
+        _ => Err("a prepared statement answered another query".to_owned()),
+    }
+}
+
+/// `SHOW statement_timeout` answers like `30s`, `1500ms`, `2min` or `0`.
+pub fn parse_pg_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let millis = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n * 1000,
+        "min" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => return None,
+    };
+    Some(Duration::from_millis(millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_url_as_libpq_does() {
+        // The last sslmode wins, whatever its case.
+        let options = connect_options("postgres://u@db.example.com/app?sslmode=require&sslmode=disable").unwrap();
+        assert!(!requires_tls(&options));
+        let options = connect_options("postgres://u@db.example.com/app?sslmode=disable&sslmode=REQUIRE").unwrap();
+        assert!(requires_tls(&options));
+        let error = connect_options("postgres://u:hunter2@h/app?sslmode=no-verify").unwrap_err();
+        assert!(error.contains("no-verify") && !error.contains("hunter2"), "{error}");
+        let error = connect_options("postgres://u@h/app?sslmode=require&sslrootcert=/missing/ca.pem").unwrap_err();
+        assert!(error.contains("/missing/ca.pem"), "{error}");
+        assert_eq!(
+            connect_options("postgres://u@h/app").unwrap().get_application_name(),
+            Some("shipshape")
+        );
+    }
+
+    #[test]
+    fn a_root_certificate_means_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+        let url = format!("postgres://u@h/app?sslmode=require&sslrootcert={}", ca.display());
+        assert!(matches!(
+            connect_options(&url).unwrap().get_ssl_mode(),
+            PgSslMode::VerifyCa
+        ));
+    }
+
+    #[test]
+    fn pg_durations() {
+        assert_eq!(parse_pg_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_pg_duration("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_pg_duration("2min"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_pg_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_pg_duration("soon"), None);
+    }
+}
