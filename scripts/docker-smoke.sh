@@ -13,7 +13,13 @@
 # its pid, on the way out. Needs root or passwordless sudo (for dockerd), docker.io (dockerd +
 # /usr/bin/docker), curl, and the base-image script's needs.
 #
+# With SMOKE_DAEMON=running it uses the Docker daemon that is already running (DOCKER_HOST, or
+# the client's default socket) instead: no private dockerd, no root, no locally made base
+# images; the build pulls them from their registries (GitHub Actions runners, a developer's
+# Docker).
+#
 # Environment (all optional):
+#   SMOKE_DAEMON            private | running         [private]
 #   DOCKER                  docker client             [/usr/bin/docker]
 #   DOCKERD                 daemon binary             [dockerd on PATH]
 #   IMAGE                   tag to build              [shipshape:ci]
@@ -35,6 +41,8 @@ CACHE_DIR=${SHIPSHAPE_DOCKER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/shipshape-do
 export SHIPSHAPE_DOCKER_CACHE=$CACHE_DIR
 DATA_ROOT=$CACHE_DIR/dockerd-data
 CONTAINER=shipshape-smoke-$$
+SMOKE_DAEMON=${SMOKE_DAEMON:-private}
+case $SMOKE_DAEMON in private | running) ;; *) printf '[smoke] FAIL: SMOKE_DAEMON must be private or running\n' >&2; exit 1 ;; esac
 
 log() { printf '[smoke] %s\n' "$*" >&2; }
 fail() { printf '[smoke] FAIL: %s\n' "$*" >&2; exit 1; }
@@ -48,12 +56,12 @@ as_root() {
 }
 
 # --- preconditions --------------------------------------------------------------------------
-if [ -z "$DOCKERD" ] || [ ! -x "$DOCKERD" ]; then
+if [ "$SMOKE_DAEMON" = private ] && { [ -z "$DOCKERD" ] || [ ! -x "$DOCKERD" ]; }; then
     fail "dockerd not found (apt-get install docker.io)"
 fi
 [ -x "$DOCKER" ] || fail "docker client $DOCKER not found (apt-get install docker.io)"
 command -v curl >/dev/null || fail "curl not found"
-if [ "$(id -u)" -ne 0 ]; then
+if [ "$SMOKE_DAEMON" = private ] && [ "$(id -u)" -ne 0 ]; then
     if ! command -v sudo >/dev/null || ! sudo -n true 2>/dev/null; then
         fail "needs root or passwordless sudo to run dockerd"
     fi
@@ -117,26 +125,31 @@ daemon_args=(
 )
 [ "$(id -u)" -eq 0 ] || daemon_args+=(--group "$(id -gn)")
 
-log "starting dockerd (socket $RUN_DIR/docker.sock, data-root $DATA_ROOT)"
-as_root "$DOCKERD" "${daemon_args[@]}" >"$RUN_DIR/dockerd.log" 2>&1 &
-launcher=$!
-export DOCKER_HOST=unix://$RUN_DIR/docker.sock
-for _ in $(seq 1 60); do
-    if [ -z "$DAEMON_PID" ] && [ -s "$RUN_DIR/dockerd.pid" ]; then
-        DAEMON_PID=$(cat "$RUN_DIR/dockerd.pid")
-    fi
-    if [ -n "$DAEMON_PID" ] && "$DOCKER" version >/dev/null 2>&1; then
-        break
-    fi
-    kill -0 "$launcher" 2>/dev/null || fail "dockerd exited during start-up"
-    sleep 0.5
-done
-[ -n "$DAEMON_PID" ] || fail "dockerd wrote no pidfile in 30 s"
-"$DOCKER" version >/dev/null 2>&1 || fail "dockerd (pid $DAEMON_PID) is not answering on $DOCKER_HOST"
-log "dockerd ready (pid $DAEMON_PID)"
+if [ "$SMOKE_DAEMON" = running ]; then
+    "$DOCKER" version >/dev/null 2>&1 || fail "no Docker daemon answers at ${DOCKER_HOST:-the default socket}"
+    log "using the running Docker daemon (${DOCKER_HOST:-default socket}); base images from the registry"
+else
+    log "starting dockerd (socket $RUN_DIR/docker.sock, data-root $DATA_ROOT)"
+    as_root "$DOCKERD" "${daemon_args[@]}" >"$RUN_DIR/dockerd.log" 2>&1 &
+    launcher=$!
+    export DOCKER_HOST=unix://$RUN_DIR/docker.sock
+    for _ in $(seq 1 60); do
+        if [ -z "$DAEMON_PID" ] && [ -s "$RUN_DIR/dockerd.pid" ]; then
+            DAEMON_PID=$(cat "$RUN_DIR/dockerd.pid")
+        fi
+        if [ -n "$DAEMON_PID" ] && "$DOCKER" version >/dev/null 2>&1; then
+            break
+        fi
+        kill -0 "$launcher" 2>/dev/null || fail "dockerd exited during start-up"
+        sleep 0.5
+    done
+    [ -n "$DAEMON_PID" ] || fail "dockerd wrote no pidfile in 30 s"
+    "$DOCKER" version >/dev/null 2>&1 || fail "dockerd (pid $DAEMON_PID) is not answering on $DOCKER_HOST"
+    log "dockerd ready (pid $DAEMON_PID)"
 
-# --- images ---------------------------------------------------------------------------------
-"$ROOT/scripts/docker-base-images.sh" || fail "base images could not be built"
+    # --- images ---------------------------------------------------------------------------------
+    "$ROOT/scripts/docker-base-images.sh" || fail "base images could not be built"
+fi
 
 build_args=()
 # shellcheck disable=SC2086 # word splitting of the K=V list is intended
