@@ -2,7 +2,7 @@
 //! whole middleware stack.
 
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,7 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::Auth;
 use crate::config::{AppEnv, Config};
-use crate::db::{Db, PoolerGate};
+use crate::db::{Db, PoolerGate, Schema};
 use crate::error::ApiError;
 use crate::events::{self, EventHub};
 use crate::lifecycle::Lifecycle;
@@ -44,6 +44,9 @@ pub struct AppStateInner {
     pub db: Db,
     /// Closed while the database is behind a pooler that would mix up prepared statements.
     pub pooler_gate: PoolerGate,
+    /// Where the schema stands for this binary, read before listening and refreshed by
+    /// `server::spawn_schema_watch`: `/readyz` reads it without a query.
+    pub schema: Arc<RwLock<Schema>>,
     /// The connection `/readyz` uses, kept apart from the request pool (see `Db::connect_serving`);
     /// `None` when the budget is one connection and readiness shares it.
     pub readiness_db: Option<Db>,
@@ -110,6 +113,7 @@ impl AppState {
             db,
             readiness_db,
             pooler_gate: PoolerGate::default(),
+            schema: Arc::new(RwLock::new(Schema::Error)),
             config,
         })))
     }
@@ -121,6 +125,11 @@ impl AppState {
             return Err(ApiError::DatabaseUnavailable);
         }
         Ok(&self.db)
+    }
+
+    /// The last schema state read (see [`Schema`]).
+    pub fn schema(&self) -> Schema {
+        self.schema.read().map(|s| s.clone()).unwrap_or(Schema::Error)
     }
 
     /// `DEBUG=true` shows internal error detail, but never in production.

@@ -298,28 +298,32 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(3);
 const UNREACHABLE_FIX: &str = "check the URL, and that the database accepts connections from here";
 
 /// E004 (unreachable, with the cause), E005 (a transaction pooler that loses prepared
-/// statements), W012 (`statement_timeout` not what the service's queries get) and W013
-/// (migrations would go through a transaction pooler). Also logged by `serve` at start.
+/// statements), E006 and W015 (migrations), W012 (`statement_timeout` not what the service's
+/// queries get) and W013 (migrations would go through a transaction pooler). Also logged by
+/// `serve` at start.
 pub async fn database_findings(config: &Config) -> Vec<Finding> {
     let mut findings = Vec::new();
     let database = &config.database;
     if database.is_sqlite() {
         let mut database = database.clone();
         database.acquire_timeout = CONNECT_LIMIT;
-        let reachable = match Db::connect_lazy(&database) {
+        match Db::connect_lazy(&database) {
             Ok(db) => {
-                let result = db.ping(CONNECT_LIMIT).await;
+                match db.ping(CONNECT_LIMIT).await {
+                    Ok(_) => findings.extend(migration_findings(&db).await),
+                    Err(e) => findings.push(error(
+                        "E004",
+                        format!("the database is unreachable: {}", db::faults::describe(&e)),
+                        UNREACHABLE_FIX,
+                    )),
+                }
                 db.close().await;
-                result.map(drop).map_err(|e| db::faults::describe(&e))
             }
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(reason) = reachable {
-            findings.push(error(
+            Err(e) => findings.push(error(
                 "E004",
-                format!("the database is unreachable: {reason}"),
+                format!("the database is unreachable: {e}"),
                 UNREACHABLE_FIX,
-            ));
+            )),
         }
         return findings;
     }
@@ -376,6 +380,48 @@ pub async fn database_findings(config: &Config) -> Vec<Finding> {
             "E004",
             format!("the database (DATABASE_DIRECT_URL) is unreachable: {reason}"),
             UNREACHABLE_FIX,
+        ));
+    }
+    let mut database = database.clone();
+    database.acquire_timeout = CONNECT_LIMIT;
+    if let Ok(db) = Db::connect_lazy(&database) {
+        findings.extend(migration_findings(&db).await);
+        db.close().await;
+    }
+    findings
+}
+
+/// E006 (migrations this binary needs are not applied: instances will not be ready) and W015
+/// (an applied migration's file changed since).
+async fn migration_findings(db: &Db) -> Vec<Finding> {
+    let Ok(Ok(status)) = tokio::time::timeout(CONNECT_LIMIT, db.migration_status()).await else {
+        return Vec::new();
+    };
+    let versions = |state| {
+        status
+            .iter()
+            .filter(|m| m.state == state)
+            .map(|m| m.version.to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut findings = Vec::new();
+    let pending = versions(db::State::Pending);
+    if !pending.is_empty() {
+        findings.push(error(
+            "E006",
+            format!(
+                "migrations not applied: {} (instances of this build report not ready until they are)",
+                pending.join(", ")
+            ),
+            "run `shipshape migrate` (the release step); `shipshape migrate status` lists them",
+        ));
+    }
+    let changed = versions(db::State::ChecksumMismatch);
+    if !changed.is_empty() {
+        findings.push(warning(
+            "W015",
+            format!("migrations changed after they were applied: {}", changed.join(", ")),
+            "never edit an applied migration: restore its file and add a new migration for the change",
         ));
     }
     findings

@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::checks::{self, Report, Severity};
 use crate::config::DatabaseConfig;
 use crate::config::{AppEnv, Config, Settings};
-use crate::db::Db;
 use crate::db::postgres::{self, Pooling};
+use crate::db::{self, Db};
 use crate::server::{self, Application};
 use crate::telemetry;
 
@@ -33,8 +33,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP server (the default)
     Serve,
-    /// Apply pending database migrations, print them, and exit (the release step)
-    Migrate,
+    /// Apply pending database migrations, print them, and exit (the release step); or see or undo them
+    Migrate {
+        #[command(subcommand)]
+        action: Option<MigrateAction>,
+    },
     /// Judge the configuration by production rules; exit 1 if any error is found
     Check {
         /// Run the deployment checks (required; kept for familiarity with Django)
@@ -53,6 +56,26 @@ pub enum Command {
     CompressStatic {
         /// Folder to compress
         dir: Option<std::path::PathBuf>,
+    },
+}
+
+/// `migrate status` and `migrate revert`; plain `migrate` applies. All use DATABASE_DIRECT_URL when set.
+#[derive(Subcommand)]
+pub enum MigrateAction {
+    /// List every migration the binary or the database knows, with its state; exit 1 if the database cannot be read
+    Status {
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Undo the latest applied migration (or every one above --to) with its down migration
+    Revert {
+        /// Undo every migration above this version instead of the latest one alone (0: all)
+        #[arg(long)]
+        to: Option<i64>,
+        /// Confirm, required in production (there is no prompt: release steps have no terminal)
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -100,7 +123,13 @@ pub fn run() -> ExitCode {
     runtime.block_on(async move {
         match command {
             Command::Serve => serve(config).await,
-            Command::Migrate => migrate(config).await,
+            Command::Migrate { action: None } => migrate(config).await,
+            Command::Migrate {
+                action: Some(MigrateAction::Status { format }),
+            } => migrate_status(config, format).await,
+            Command::Migrate {
+                action: Some(MigrateAction::Revert { to, yes }),
+            } => migrate_revert(config, to, yes).await,
             Command::Check { format, connect, .. } => check(config, format, connect).await,
             Command::Healthcheck => healthcheck(config).await,
             Command::CompressStatic { dir } => {
@@ -159,12 +188,18 @@ async fn serve(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn migrate(config: Config) -> ExitCode {
+/// The database `migrate` and its subcommands use: the platform's direct URL when given, as
+/// migrations need one session from start to end.
+fn migration_database(config: &Config) -> DatabaseConfig {
     let mut database = config.database.clone();
-    // The platform's direct URL, when given: migrations need one session from start to end.
     if let Some(direct) = database.direct_url.take() {
         database.url = direct;
     }
+    database
+}
+
+async fn migrate(config: Config) -> ExitCode {
+    let database = migration_database(&config);
     let result = match pooling(&database).await {
         Err(reason) => Err(anyhow::anyhow!(reason)),
         Ok(pooling) => match Db::connect_lazy(&database) {
@@ -198,6 +233,95 @@ async fn migrate(config: Config) -> ExitCode {
         }
         Err(error) => {
             eprintln!("migration failed: {error:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn migrate_status(config: Config, format: Format) -> ExitCode {
+    let database = migration_database(&config);
+    // A SQLite file that does not exist yet is a database never migrated: do not create it.
+    let status = if db::sqlite_file_missing(&database) {
+        Ok(db::never_migrated())
+    } else {
+        match Db::connect_lazy(&database) {
+            Ok(db) => {
+                let status = db.migration_status().await;
+                db.close().await;
+                status.map_err(anyhow::Error::from)
+            }
+            Err(error) => Err(error.into()),
+        }
+    };
+    let status = match status {
+        Ok(status) => status,
+        Err(error) => {
+            eprintln!("cannot read the migrations: {error:#}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            let json = serde_json::json!({ "migrations": status });
+            let _ = writeln!(out, "{json:#}");
+        }
+        Format::Text => {
+            let _ = writeln!(
+                out,
+                "{:<16} {:<24} {:<22} DESCRIPTION",
+                "VERSION", "STATE", "APPLIED AT"
+            );
+            for m in &status {
+                let state = serde_json::to_value(m.state).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<24} {:<22} {}",
+                    m.version,
+                    state.as_str().unwrap_or_default(),
+                    m.applied_at.as_deref().unwrap_or("-"),
+                    m.description
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn migrate_revert(config: Config, to: Option<i64>, yes: bool) -> ExitCode {
+    if config.app_env == AppEnv::Production && !yes {
+        eprintln!("refusing to revert in production without --yes: a down migration drops schema, and data with it");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let database = migration_database(&config);
+    let result = match pooling(&database).await {
+        Ok(Pooling::Session) => match Db::connect_lazy(&database) {
+            Ok(db) => {
+                let reverted = db.revert(to).await;
+                db.close().await;
+                reverted.map_err(anyhow::Error::from)
+            }
+            Err(error) => Err(error.into()),
+        },
+        Ok(Pooling::Transaction { .. }) => Err(anyhow::anyhow!(
+            "the database URL goes through a transaction pooler, which cannot hold the migration lock: \
+             set DATABASE_DIRECT_URL to the provider's direct (non-pooled) URL"
+        )),
+        Err(reason) => Err(anyhow::anyhow!(reason)),
+    };
+    match result {
+        Ok(reverted) if reverted.is_empty() => {
+            println!("nothing to revert");
+            ExitCode::SUCCESS
+        }
+        Ok(reverted) => {
+            for (version, description) in reverted {
+                println!("reverted {version} {description}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("revert failed: {error:#}");
             ExitCode::from(EXIT_FAILURE)
         }
     }

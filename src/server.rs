@@ -19,7 +19,7 @@ use tower::ServiceExt;
 use crate::app::{self, AppState};
 use crate::checks;
 use crate::config::Config;
-use crate::db::Db;
+use crate::db::{Db, Schema};
 use crate::telemetry;
 
 /// How often a closed [`crate::db::PoolerGate`] is rechecked.
@@ -46,6 +46,41 @@ fn spawn_database_watch(state: AppState) {
                 state.pooler_gate.open();
                 tracing::info!("the database pooler carries prepared statements now: serving again");
                 return;
+            }
+        }
+    });
+}
+
+/// How long reading the schema state may take before listening; longer counts as unreadable.
+const SCHEMA_READ_LIMIT: Duration = Duration::from_secs(1);
+/// How often it is read again: soon while the instance is not ready because of it, rarely once it is.
+const SCHEMA_RECHECK_NOT_READY: Duration = Duration::from_secs(5);
+const SCHEMA_RECHECK_READY: Duration = Duration::from_secs(60);
+
+/// Reads the schema state once (bounded: a database that is down does not hold up the start),
+/// then keeps it fresh in the background, so `/readyz` answers without a query. A read that
+/// fails later keeps the last state known: the database check reports the outage itself.
+async fn spawn_schema_watch(state: AppState) {
+    let db = || state.readiness_db.clone().unwrap_or_else(|| state.db.clone());
+    let first = db().schema(SCHEMA_READ_LIMIT).await;
+    if let Ok(mut schema) = state.schema.write() {
+        *schema = first;
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        while !state.lifecycle.is_draining() {
+            let wait = if state.schema().is_ready() {
+                SCHEMA_RECHECK_READY
+            } else {
+                SCHEMA_RECHECK_NOT_READY
+            };
+            tokio::time::sleep(wait).await;
+            let db = state.readiness_db.clone().unwrap_or_else(|| state.db.clone());
+            let read = db.schema(SCHEMA_READ_LIMIT).await;
+            if let Ok(mut schema) = state.schema.write()
+                && (read != Schema::Error || *schema == Schema::Error)
+            {
+                *schema = read;
             }
         }
     });
@@ -78,6 +113,7 @@ impl Application {
         let metrics_handle = config.metrics_port.map(|_| telemetry::metrics::install()).transpose()?;
         let state = AppState::new(config.clone(), db, readiness_db)?;
         spawn_database_watch(state.clone());
+        spawn_schema_watch(state.clone()).await;
         let router = app::build_router(state.clone());
         let listener = TcpListener::bind((config.host, config.port))
             .await

@@ -18,7 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSy
 use crate::config::DatabaseConfig;
 
 pub use faults::PoolerGate;
-pub use migrate::{MIGRATOR, MigrationError};
+pub use migrate::{MIGRATOR, MigrationError, MigrationStatus, Schema, State, never_migrated};
 
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -119,6 +119,12 @@ impl Db {
     pub async fn close(&self) {
         with_db!(self, pool => pool.close().await);
     }
+}
+
+/// Whether `config` names a SQLite file that does not exist yet (which connecting would create).
+pub fn sqlite_file_missing(config: &DatabaseConfig) -> bool {
+    config.is_sqlite()
+        && SqliteConnectOptions::from_str(config.url.expose()).is_ok_and(|options| !options.get_filename().exists())
 }
 
 /// Timestamps are stored as unix microseconds (`BIGINT`), portable across both backends.

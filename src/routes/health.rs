@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
+use crate::db::Schema;
 
 /// The database check of `/readyz` never takes longer than this.
 const READINESS_DB_TIMEOUT: Duration = Duration::from_secs(2);
@@ -45,6 +46,37 @@ pub struct Readiness {
 pub struct Checks {
     database: DatabaseCheck,
     redis: RedisCheck,
+    migrations: MigrationsCheck,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MigrationsCheck {
+    /// `ok`; `ahead` (the database has migrations this binary does not know: a rolled-back
+    /// release, still ready); `pending` (migrations this binary needs are missing: not ready);
+    /// `error` (not read yet: not ready).
+    status: &'static str,
+    /// The versions missing, when `pending`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending: Option<Vec<i64>>,
+    /// The versions this binary does not know, when `ahead`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unknown: Option<Vec<i64>>,
+}
+
+impl From<Schema> for MigrationsCheck {
+    fn from(schema: Schema) -> MigrationsCheck {
+        let (status, pending, unknown) = match schema {
+            Schema::Ok => ("ok", None, None),
+            Schema::Ahead { unknown } => ("ahead", None, Some(unknown)),
+            Schema::Pending { pending } => ("pending", Some(pending), None),
+            Schema::Error => ("error", None, None),
+        };
+        MigrationsCheck {
+            status,
+            pending,
+            unknown,
+        }
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -75,10 +107,11 @@ async fn redis_status(state: &AppState) -> &'static str {
     }
 }
 
-/// Readiness: the database answers within 2 s and the server is not draining.
+/// Readiness: the database answers within 2 s, has the migrations this binary needs, and the
+/// server is not draining.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, body = Readiness, description = "ready to take traffic"),
-    (status = 503, body = Readiness, description = "database unreachable, or shutting down"),
+    (status = 503, body = Readiness, description = "database unreachable, migrations pending, or shutting down"),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let draining = state.lifecycle.is_draining();
@@ -104,7 +137,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
             }
         }
     };
-    let ready = !draining && database.status == "ok";
+    let schema = state.schema();
+    let ready = !draining && database.status == "ok" && schema.is_ready();
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" },
         checks: Checks {
@@ -112,6 +146,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
             redis: RedisCheck {
                 status: redis_status(&state).await,
             },
+            migrations: schema.into(),
         },
         draining,
     };

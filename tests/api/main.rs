@@ -11,6 +11,7 @@ mod drills;
 mod events;
 mod invoices;
 mod managed;
+mod migrations;
 mod observability;
 mod rate_limits;
 mod security;
