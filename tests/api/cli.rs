@@ -56,6 +56,7 @@ const SETTINGS: &[&str] = &[
     "STATIC_MAX_AGE_SECS",
     "WEBHOOK_SECRET",
     "MAX_SSE_STREAMS",
+    "MAX_SSE_STREAMS_PER_USER",
 ];
 
 /// The binary in a scratch directory with a clean environment (no `.env`, no inherited settings).
@@ -72,7 +73,7 @@ fn shipshape(dir: &tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Co
     command
 }
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     shipshape(&dir, args, env).output().expect("binary runs")
 }

@@ -8,6 +8,7 @@ mod core;
 mod deploy;
 mod drills;
 mod events;
+mod hardening;
 mod invoices;
 mod observability;
 mod rate_limits;
