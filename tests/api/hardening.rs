@@ -1,5 +1,8 @@
 //! Findings of the adversarial pass (issue 13): each test failed before its fix.
 
+use std::io::{Read, Write};
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use crate::helpers::{Backend, PASSWORD, TestApp, assert_error, deliver_webhook};
@@ -419,4 +422,191 @@ async fn the_openapi_document_describes_what_is_served() {
     let bad = app.get("/api/v1/invoices?cursor=garbage!", Some(&token)).await;
     assert_error(bad, 400, "invalid_cursor").await;
     app.stop().await;
+}
+
+/// Reads until the server closes the connection: `false` if it is still open after `guard`,
+/// which only keeps a broken server from hanging the test.
+fn closed_by_server(stream: &mut std::net::TcpStream, guard: Duration) -> bool {
+    stream.set_read_timeout(Some(guard)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty SETTINGS frame.
+const H2_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+/// A HEADERS frame on stream 1 without END_HEADERS: the head never completes.
+const H2_OPEN_HEADERS: &[u8] = &[0, 0, 1, 1, 0, 0, 0, 0, 1, 0x82];
+
+fn connect_and_send(addr: std::net::SocketAddr, parts: &[&[u8]]) -> std::net::TcpStream {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    for part in parts {
+        stream.write_all(part).unwrap();
+    }
+    stream
+}
+
+// Blocking std I/O below: the server needs a worker thread of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_complete_head_are_closed_after_the_header_timeout() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.header_read_timeout = Duration::from_secs(1)).await;
+    let cases: [(&str, &[&[u8]]); 5] = [
+        ("silent", &[]),
+        ("part of the HTTP/2 preface", &[b"PRI * HTTP/2.0\r\n"]),
+        ("the HTTP/2 preface", &[H2_PREFACE, H2_SETTINGS]),
+        (
+            "HTTP/2 HEADERS without END_HEADERS",
+            &[H2_PREFACE, H2_SETTINGS, H2_OPEN_HEADERS],
+        ),
+        ("part of an HTTP/1 head", &[b"GET /healthz HTTP/1.1\r\nHost: local"]),
+    ];
+    let addr = app.addr;
+    let results = tokio::task::spawn_blocking(move || {
+        let mut streams: Vec<_> = cases
+            .iter()
+            .map(|(name, parts)| (*name, connect_and_send(addr, parts)))
+            .collect();
+        streams
+            .iter_mut()
+            .map(|(name, stream)| (*name, closed_by_server(stream, Duration::from_secs(20))))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (name, closed) in results {
+        assert!(closed, "{name}: still open");
+    }
+    app.stop().await;
+}
+
+/// Sends `GET /healthz` on an open connection and returns the status line.
+fn healthz_on(stream: &mut std::net::TcpStream) -> String {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !received.ends_with(b"}") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&received)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+// The keep-alive race behind the lost request: hyper's header timer also ran while a
+// keep-alive connection sat idle between requests, so the server closed it just as a client
+// reused it. Idle connections now last far longer than the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_idle_past_the_header_timeout_still_serves() {
+    let header_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn_with(Backend::Sqlite, move |c| c.header_read_timeout = header_timeout).await;
+    let addr = app.addr;
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        let first = healthz_on(&mut stream);
+        std::thread::sleep(header_timeout * 3);
+        (first, healthz_on(&mut stream))
+    })
+    .await
+    .unwrap();
+    assert_eq!(first, "HTTP/1.1 200 OK");
+    assert_eq!(second, "HTTP/1.1 200 OK", "the second request on the idle connection");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_closes_idle_and_half_open_connections_at_once() {
+    // Neither timeout would end these connections during the test: only the drain can.
+    let mut app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.header_read_timeout = Duration::from_secs(300);
+        c.shutdown_timeout = Duration::from_secs(300);
+    })
+    .await;
+    let addr = app.addr;
+    let mut held = tokio::task::spawn_blocking(move || {
+        let mut idle_http1 = std::net::TcpStream::connect(addr).unwrap();
+        assert_eq!(healthz_on(&mut idle_http1), "HTTP/1.1 200 OK");
+        vec![
+            idle_http1,
+            connect_and_send(addr, &[H2_PREFACE, H2_SETTINGS]),
+            connect_and_send(addr, &[H2_PREFACE, H2_SETTINGS, H2_OPEN_HEADERS]),
+            connect_and_send(addr, &[b"GET /healthz HTTP/1.1\r\nHost: local"]),
+            connect_and_send(addr, &[]),
+        ]
+    })
+    .await
+    .unwrap();
+    // Let the server see every connection before it stops accepting.
+    assert_eq!(app.get("/healthz", None).await.status(), 200);
+    let server = app.begin_shutdown();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the drain is not held by idle or half-open connections")
+        .unwrap();
+    let closed = tokio::task::spawn_blocking(move || {
+        held.iter_mut()
+            .map(|stream| closed_by_server(stream, Duration::from_secs(20)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(closed.iter().all(|c| *c), "{closed:?}");
+}
+
+/// A long run of keep-alive clients creating, sending and paying invoices: not one request
+/// may be lost (the drill for the keep-alive race above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_soak_loses_no_request() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.webhook_secret = Some(shipshape::config::Secret::new(WEBHOOK_SECRET))
+    })
+    .await;
+    let app = std::sync::Arc::new(app);
+    let mut workers = Vec::new();
+    for worker in 0..8 {
+        let app = app.clone();
+        workers.push(tokio::spawn(async move {
+            let token = app.signup(&format!("soak{worker}@example.com")).await;
+            let mut failures = Vec::new();
+            for n in 0..60 {
+                let created = app.create_invoice(&token, 100 + n).await;
+                let id = created["id"].as_str().unwrap().to_owned();
+                let sent = post_raw(&app, &format!("/api/v1/invoices/{id}/send"), "", Some(&token)).await;
+                if sent.status() != 200 {
+                    failures.push(format!("send {}", sent.status()));
+                }
+                let event = json!({"event_id": format!("soak-{worker}-{n}"), "type": "payment.succeeded",
+                    "invoice_id": id, "amount_cents": 100 + n});
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let paid = deliver_webhook(&app, &event, now, WEBHOOK_SECRET).await;
+                if paid.status() != 200 {
+                    failures.push(format!("webhook {}", paid.status()));
+                }
+            }
+            failures
+        }));
+    }
+    for worker in workers {
+        let failures = worker.await.expect("no request lost: every one was answered");
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+    if let Ok(app) = std::sync::Arc::try_unwrap(app) {
+        app.stop().await;
+    }
 }
