@@ -36,8 +36,13 @@ const MAX_AMOUNT_CENTS: i64 = 100_000_000_000;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewInvoice {
-    /// 1 to 200 characters, not only white space.
-    #[schema(example = "Acme Ltd", min_length = 1, max_length = 200, pattern = r"\S")]
+    /// 1 to 200 characters, not only white space, no control characters.
+    #[schema(
+        example = "Acme Ltd",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     customer_name: String,
     /// E.164: `+` and 7 to 15 digits.
     #[schema(example = "+14155550100", pattern = r"^\+[0-9]{7,15}$")]
@@ -54,7 +59,10 @@ pub struct NewInvoice {
         pattern = r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})-[0-9]{2}-[0-9]{2}$")]
     due_date: Option<String>,
     /// At most 2000 characters; line breaks and tabs are the only control characters allowed.
-    #[schema(max_length = 2000)]
+    #[schema(
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     description: Option<String>,
 }
 

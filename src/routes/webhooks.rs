@@ -27,6 +27,7 @@ const MAX_CLOCK_SKEW_SECS: u64 = 300;
 #[derive(Deserialize, ToSchema)]
 pub struct PaymentEvent {
     /// The provider's unique id for this event; a repeat is answered `duplicate`.
+    #[schema(min_length = 1, max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
     event_id: String,
     /// Only `payment.succeeded`.
     #[serde(rename = "type")]
