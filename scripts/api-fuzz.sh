@@ -8,16 +8,28 @@ command -v st >/dev/null || python3 -m pip install -q schemathesis
 [ -x "$BIN" ] || { echo "api-fuzz: no binary at $BIN (cargo build first)" >&2; exit 1; }
 # shellcheck source=scripts/lib/scratch-server.sh
 . "$ROOT/scripts/lib/scratch-server.sh"
-# Limits off: the fuzzer sends thousands of requests from one address.
-start_scratch_server "$BIN" LOG_LEVEL=warn \
-    SECRET_KEY=api-fuzz-signing-key-0123456789abcdef0123 WEBHOOK_SECRET=whsec_api_fuzz_0123456789abcdef0123 \
-    RATE_LIMIT_GLOBAL=off RATE_LIMIT_LOGIN=off RATE_LIMIT_SIGNUP=off RATE_LIMIT_INVOICE_CREATE=off
-TOKEN=$(curl -fs -H 'content-type: application/json' \
-    -d '{"email":"fuzz@example.com","password":"correct horse battery staple"}' \
-    "http://127.0.0.1:$PORT/api/v1/auth/signup" | python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
-cd "$ROOT"
-# The event stream never ends by design, so it is tested by tests/api/events.rs instead.
-# A fixed seed makes a CI failure reproducible; change it to explore further.
-st run "http://127.0.0.1:$PORT/openapi.json" --checks all -H "Authorization: Bearer $TOKEN" \
-    --exclude-path /api/v1/invoices/events --max-examples "${FUZZ_EXAMPLES:-100}" --seed "${FUZZ_SEED:-20261122}" \
-    --no-color || { echo "api-fuzz: findings above; server log:" >&2; grep -E "ERROR|panicked" "$WORK/server.log" >&2 || true; exit 1; }
+
+# fuzz LABEL [VAR=value ...]: one scratch server with these settings, one schemathesis run.
+fuzz() {
+    local label=$1
+    shift
+    echo "api-fuzz: $label"
+    # Limits off: the fuzzer sends thousands of requests from one address.
+    start_scratch_server "$BIN" LOG_LEVEL=warn SECRET_KEY=api-fuzz-signing-key-0123456789abcdef0123 \
+        RATE_LIMIT_GLOBAL=off RATE_LIMIT_LOGIN=off RATE_LIMIT_SIGNUP=off RATE_LIMIT_INVOICE_CREATE=off "$@"
+    local token
+    token=$(curl -fs -H 'content-type: application/json' \
+        -d '{"email":"fuzz@example.com","password":"correct horse battery staple"}' \
+        "http://127.0.0.1:$PORT/api/v1/auth/signup" | python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
+    # The event stream never ends by design, so it is tested by tests/api/events.rs instead.
+    # A fixed seed makes a CI failure reproducible; change it to explore further.
+    (cd "$ROOT" && st run "http://127.0.0.1:$PORT/openapi.json" --checks all -H "Authorization: Bearer $token" \
+        --exclude-path /api/v1/invoices/events --max-examples "${FUZZ_EXAMPLES:-100}" --seed "${FUZZ_SEED:-20261122}" \
+        --no-color) || { echo "api-fuzz ($label): findings above; server log:" >&2; grep -E "ERROR|panicked" "$WORK/server.log" >&2 || true; exit 1; }
+    stop_scratch_server
+    APP_PID=
+}
+
+# The webhook is mounted, and documented, only with its secret: both documents must hold.
+fuzz "with WEBHOOK_SECRET" WEBHOOK_SECRET=whsec_api_fuzz_0123456789abcdef0123
+fuzz "without WEBHOOK_SECRET"

@@ -10,7 +10,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::middleware;
 use axum::response::Response;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -95,7 +95,11 @@ impl AppState {
         let rate_limiters = Arc::new(RateLimiters::new(&config.rate_limits, shared_limits));
         rate_limit::spawn_pruner(Arc::downgrade(&rate_limiters));
         let lifecycle = Lifecycle::default();
-        let events = Arc::new(EventHub::new(config.max_sse_streams, redis.clone()));
+        let events = Arc::new(EventHub::new(
+            config.max_sse_streams,
+            config.max_sse_streams_per_user,
+            redis.clone(),
+        ));
         if let Some(client) = client {
             events::spawn_redis_subscriber(Arc::downgrade(&events), client, lifecycle.draining());
         }
@@ -143,8 +147,11 @@ impl AppState {
 pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     let per_ip = |limit| rate_limit::PerIp::layer(state, limit);
     let per_user = |limit| middleware::from_fn_with_state((state.clone(), limit), rate_limit::per_user);
-    // Responses that carry a user's data must not be stored by browsers or proxies.
+    // Responses that carry a user's data or a token (RFC 6749 §5.1) must not be stored by
+    // browsers or proxies.
     let user_data = OpenApiRouter::new()
+        .merge(routes::auth::signup_router().route_layer(per_ip(Limit::Signup)))
+        .merge(routes::auth::login_router().route_layer(per_ip(Limit::Login)))
         .merge(routes::auth::me_router())
         .merge(routes::invoices::create_router().route_layer(per_user(Limit::InvoiceCreate)))
         .merge(routes::invoices::router())
@@ -154,12 +161,14 @@ pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ));
-    OpenApiRouter::with_openapi(routes::openapi::base_document())
+    let api = OpenApiRouter::with_openapi(routes::openapi::base_document())
         .merge(routes::health::router())
-        .merge(routes::auth::signup_router().route_layer(per_ip(Limit::Signup)))
-        .merge(routes::auth::login_router().route_layer(per_ip(Limit::Login)))
-        .merge(user_data)
-        .merge(routes::webhooks::router())
+        .merge(user_data);
+    // Mounted (and so documented) only when it can work: without its secret it is a 404.
+    match state.config.webhook_secret {
+        Some(_) => api.merge(routes::webhooks::router()),
+        None => api,
+    }
 }
 
 /// Routes that are not part of the API: static files and the landing page.
@@ -213,6 +222,7 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
         // Box the body once, right here: the compression body holds every encoder's state inline
         // (kilobytes), and each layer above would otherwise copy it as the response passes up.
         .map_response(|response: Response<_>| response.map(Body::new))
+        .map_request(disregard_identity_refusal)
         // Dynamic JSON of 1 KiB or more is compressed (static files come precompressed).
         .layer(
             CompressionLayer::new().compress_when(
@@ -224,4 +234,37 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
         );
 
     router.fallback(error::not_found).layer(stack).with_state(state)
+}
+
+/// Drops `identity;q=0` and `*;q=0` from `Accept-Encoding`. Faced with them, the compression
+/// layer overwrites the status of the response already made (a 201 included) with 406;
+/// RFC 9110 §12.5.3 lets a server disregard the refusal and send the content as it has it.
+fn disregard_identity_refusal<B>(mut req: Request<B>) -> Request<B> {
+    let refuses_identity = |item: &str| {
+        let mut parts = item.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or_default();
+        (coding.eq_ignore_ascii_case("identity") || coding == "*")
+            && parts.any(|p| match (p.get(..2), p.get(2..)) {
+                (Some(key), Some(q)) => {
+                    key.eq_ignore_ascii_case("q=") && q.trim().parse::<f32>().is_ok_and(|q| q == 0.0)
+                }
+                _ => false,
+            })
+    };
+    let Some(value) = req.headers().get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()) else {
+        return req;
+    };
+    if !value.split(',').any(refuses_identity) {
+        return req;
+    }
+    let kept: Vec<&str> = value
+        .split(',')
+        .filter(|item| !refuses_identity(item) && !item.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    match HeaderValue::from_str(&kept.join(", ")) {
+        Ok(kept) if !kept.is_empty() => req.headers_mut().insert(header::ACCEPT_ENCODING, kept),
+        _ => req.headers_mut().remove(header::ACCEPT_ENCODING),
+    };
+    req
 }

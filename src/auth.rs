@@ -17,7 +17,9 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::config::Config;
+use crate::db::Db;
 use crate::error::ApiError;
+use crate::with_db;
 
 /// OWASP's Argon2id recommendation: 19 MiB, 2 iterations, 1 lane.
 const ARGON2_MEMORY_KIB: u32 = 19_456;
@@ -154,6 +156,18 @@ impl Auth {
 #[derive(Clone, Copy, Debug)]
 pub struct AuthUser {
     pub id: Uuid,
+}
+
+impl AuthUser {
+    /// 401 for a valid token of an account that does not exist (deleted, a restored database,
+    /// a key shared between environments). For the routes whose own query cannot tell: it
+    /// costs a round trip, so they ask only when their answer would otherwise be empty.
+    pub async fn ensure_exists(self, db: &Db) -> Result<(), ApiError> {
+        let sql = "SELECT id FROM users WHERE id = $1";
+        let found: Option<String> =
+            with_db!(db, pool => sqlx::query_scalar(sql).bind(self.id.to_string()).fetch_optional(pool).await)?;
+        found.map(|_| ()).ok_or(ApiError::Unauthorized)
+    }
 }
 
 impl FromRequestParts<AppState> for AuthUser {

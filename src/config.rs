@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -159,6 +160,9 @@ pub struct Settings {
     /// Open event streams per instance [default: 1000]
     #[arg(long, env = "MAX_SSE_STREAMS", global = true)]
     pub max_sse_streams: Option<String>,
+    /// Open event streams per user and instance, so one account cannot take them all [default: 10]
+    #[arg(long, env = "MAX_SSE_STREAMS_PER_USER", global = true)]
+    pub max_sse_streams_per_user: Option<String>,
 }
 
 pub const DEFAULT_CSP: &str =
@@ -369,6 +373,7 @@ pub struct Config {
     pub static_max_age_secs: u64,
     pub webhook_secret: Option<Secret>,
     pub max_sse_streams: usize,
+    pub max_sse_streams_per_user: usize,
 }
 
 /// A setting that could not be used. Its `Display` is the one line printed before exit 2.
@@ -399,18 +404,43 @@ fn raw(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
-fn parse_num<T: FromStr>(var: &'static str, value: &Option<String>, default: T, what: &str) -> Result<T, ConfigError> {
-    match raw(value) {
-        None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| ConfigError::new(var, Some(v), format!("expected {what}"))),
+/// A number within `range`. Every numeric setting has one: past a sane bound a duration
+/// overflows a timer (every connection panics) or a TTL wraps (tokens born expired).
+fn parse_num<T>(
+    var: &'static str,
+    value: &Option<String>,
+    default: T,
+    range: RangeInclusive<T>,
+    what: &str,
+) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + fmt::Display,
+{
+    let Some(v) = raw(value) else { return Ok(default) };
+    let expected = || {
+        let (low, high) = (range.start(), range.end());
+        ConfigError::new(var, Some(v), format!("expected {what} from {low} to {high}"))
+    };
+    let number: T = v.parse().map_err(|_| expected())?;
+    if range.contains(&number) {
+        Ok(number)
+    } else {
+        Err(expected())
     }
 }
 
-fn parse_secs(var: &'static str, value: &Option<String>, default: u64) -> Result<Duration, ConfigError> {
-    parse_num(var, value, default, "a whole number of seconds").map(Duration::from_secs)
+fn parse_secs(
+    var: &'static str,
+    value: &Option<String>,
+    default: u64,
+    range: RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
+    parse_num(var, value, default, range, "a whole number of seconds").map(Duration::from_secs)
 }
+
+const ONE_HOUR: u64 = 3600;
+const ONE_DAY: u64 = 86_400;
+const ONE_YEAR: u64 = 365 * ONE_DAY;
 
 fn parse_bool(var: &'static str, value: &Option<String>, default: bool) -> Result<bool, ConfigError> {
     match raw(value).map(str::to_ascii_lowercase).as_deref() {
@@ -557,19 +587,14 @@ impl Config {
             "DATABASE_MAX_CONNECTIONS",
             &s.database_max_connections,
             10,
+            1..=1000,
             "a whole number",
         )?;
-        if max_connections == 0 {
-            return Err(ConfigError::new(
-                "DATABASE_MAX_CONNECTIONS",
-                Some("0"),
-                "must be at least 1",
-            ));
-        }
         let min_connections: u32 = parse_num(
             "DATABASE_MIN_CONNECTIONS",
             &s.database_min_connections,
             0,
+            0..=1000,
             "a whole number",
         )?;
         if min_connections > max_connections {
@@ -584,22 +609,31 @@ impl Config {
             direct_url: direct_url.map(SecretUrl::new),
             max_connections,
             min_connections,
-            acquire_timeout: parse_secs("DATABASE_ACQUIRE_TIMEOUT_SECS", &s.database_acquire_timeout_secs, 5)?,
-            idle_timeout: parse_secs("DATABASE_IDLE_TIMEOUT_SECS", &s.database_idle_timeout_secs, 600)?,
-            max_lifetime: parse_secs("DATABASE_MAX_LIFETIME_SECS", &s.database_max_lifetime_secs, 1800)?,
+            acquire_timeout: parse_secs(
+                "DATABASE_ACQUIRE_TIMEOUT_SECS",
+                &s.database_acquire_timeout_secs,
+                5,
+                1..=300,
+            )?,
+            idle_timeout: parse_secs(
+                "DATABASE_IDLE_TIMEOUT_SECS",
+                &s.database_idle_timeout_secs,
+                600,
+                0..=ONE_DAY,
+            )?,
+            max_lifetime: parse_secs(
+                "DATABASE_MAX_LIFETIME_SECS",
+                &s.database_max_lifetime_secs,
+                1800,
+                0..=7 * ONE_DAY,
+            )?,
             statement_timeout: parse_secs(
                 "DATABASE_STATEMENT_TIMEOUT_SECS",
                 &s.database_statement_timeout_secs,
                 30,
+                0..=ONE_DAY,
             )?,
         };
-        if database.acquire_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "DATABASE_ACQUIRE_TIMEOUT_SECS",
-                Some("0"),
-                "must be at least 1",
-            ));
-        }
 
         let client_ip_source = match raw(&s.client_ip_source)
             .unwrap_or("connect")
@@ -641,15 +675,9 @@ impl Config {
             "SENTRY_TRACES_SAMPLE_RATE",
             &s.sentry_traces_sample_rate,
             0.0,
-            "a number from 0.0 to 1.0",
+            0.0..=1.0,
+            "a number",
         )?;
-        if !(0.0..=1.0).contains(&traces_sample_rate) {
-            return Err(ConfigError::new(
-                "SENTRY_TRACES_SAMPLE_RATE",
-                raw(&s.sentry_traces_sample_rate),
-                "expected a number from 0.0 to 1.0",
-            ));
-        }
 
         let metrics_port =
             match raw(&s.metrics_port) {
@@ -666,41 +694,25 @@ impl Config {
             "PASSWORD_HASH_CONCURRENCY",
             &s.password_hash_concurrency,
             default_hash_concurrency,
+            1..=1024,
             "a whole number",
         )?;
-        if password_hash_concurrency == 0 {
-            return Err(ConfigError::new(
-                "PASSWORD_HASH_CONCURRENCY",
-                Some("0"),
-                "must be at least 1",
-            ));
-        }
+        // Up to 1 GiB: the limit guards memory, and a body is held whole before it is parsed.
         let max_body_bytes = parse_num(
             "MAX_BODY_BYTES",
             &s.max_body_bytes,
             1_048_576,
+            1..=1 << 30,
             "a whole number of bytes",
         )?;
-        let request_timeout = parse_secs("REQUEST_TIMEOUT_SECS", &s.request_timeout_secs, 30)?;
-        let header_read_timeout = parse_secs("HEADER_READ_TIMEOUT_SECS", &s.header_read_timeout_secs, 10)?;
-        for (var, value, d) in [
-            ("REQUEST_TIMEOUT_SECS", &s.request_timeout_secs, request_timeout),
-            (
-                "HEADER_READ_TIMEOUT_SECS",
-                &s.header_read_timeout_secs,
-                header_read_timeout,
-            ),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError::new(var, raw(value), "must be at least 1"));
-            }
-        }
+        let request_timeout = parse_secs("REQUEST_TIMEOUT_SECS", &s.request_timeout_secs, 30, 1..=ONE_HOUR)?;
+        let header_read_timeout = parse_secs("HEADER_READ_TIMEOUT_SECS", &s.header_read_timeout_secs, 10, 1..=300)?;
 
         Ok(Config {
             app_env,
             debug: parse_bool("DEBUG", &s.debug, false)?,
             host,
-            port: parse_num("PORT", &s.port, 8080, "a port number 0-65535")?,
+            port: parse_num("PORT", &s.port, 8080, 0..=u16::MAX, "a port number")?,
             secret_key,
             secret_key_generated,
             secret_key_fallbacks: parse_list(raw(&s.secret_key_fallbacks))
@@ -721,7 +733,8 @@ impl Config {
                 seconds: parse_num(
                     "SECURE_HSTS_SECONDS",
                     &s.secure_hsts_seconds,
-                    if prod { 31_536_000 } else { 0 },
+                    if prod { ONE_YEAR } else { 0 },
+                    0..=2 * ONE_YEAR,
                     "a whole number of seconds",
                 )?,
                 include_subdomains: parse_bool(
@@ -742,8 +755,8 @@ impl Config {
             max_body_bytes,
             request_timeout,
             header_read_timeout,
-            shutdown_timeout: parse_secs("SHUTDOWN_TIMEOUT_SECS", &s.shutdown_timeout_secs, 25)?,
-            token_ttl: parse_secs("TOKEN_TTL_SECS", &s.token_ttl_secs, 3600)?,
+            shutdown_timeout: parse_secs("SHUTDOWN_TIMEOUT_SECS", &s.shutdown_timeout_secs, 25, 0..=ONE_HOUR)?,
+            token_ttl: parse_secs("TOKEN_TTL_SECS", &s.token_ttl_secs, 3600, 1..=ONE_YEAR)?,
             password_hash_concurrency,
             log_format,
             log_filter: log_filter.to_owned(),
@@ -757,11 +770,25 @@ impl Config {
             static_max_age_secs: parse_num(
                 "STATIC_MAX_AGE_SECS",
                 &s.static_max_age_secs,
-                3600,
+                ONE_HOUR,
+                0..=ONE_YEAR,
                 "a whole number of seconds",
             )?,
             webhook_secret: raw(&s.webhook_secret).map(Secret::new),
-            max_sse_streams: parse_num("MAX_SSE_STREAMS", &s.max_sse_streams, 1000, "a whole number")?,
+            max_sse_streams: parse_num(
+                "MAX_SSE_STREAMS",
+                &s.max_sse_streams,
+                1000,
+                0..=100_000,
+                "a whole number",
+            )?,
+            max_sse_streams_per_user: parse_num(
+                "MAX_SSE_STREAMS_PER_USER",
+                &s.max_sse_streams_per_user,
+                10,
+                1..=1000,
+                "a whole number",
+            )?,
         })
     }
 

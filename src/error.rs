@@ -28,6 +28,17 @@ impl FieldError {
     }
 }
 
+/// The message for a text field holding a control character (see [`has_control_chars`]).
+pub const NO_CONTROL_CHARS: &str = "must not contain control characters";
+
+/// Whether `text` holds a control character (NUL, escapes, DEL, C1) that has no place in a
+/// text field; `multiline` allows tabs and line breaks. PostgreSQL refuses NUL outright, and
+/// the others would reach logs and screens as terminal escapes.
+pub fn has_control_chars(text: &str, multiline: bool) -> bool {
+    text.chars()
+        .any(|c| c.is_control() && !(multiline && matches!(c, '\t' | '\n' | '\r')))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("the request body is not valid JSON: {0}")]
@@ -56,6 +67,10 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
+    #[error("the requested range is not satisfiable")]
+    RangeNotSatisfiable,
+    #[error("a precondition of the request failed")]
+    PreconditionFailed,
     #[error("the request is not valid")]
     Validation(Vec<FieldError>),
     #[error("too many requests")]
@@ -137,6 +152,8 @@ impl ApiError {
             InvalidTransition(_) => (StatusCode::CONFLICT, "invalid_transition"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            RangeNotSatisfiable => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
+            PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ServiceUnavailable | DatabaseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
@@ -144,13 +161,16 @@ impl ApiError {
         }
     }
 
-    /// The error a bare status from middleware or axum's router stands for.
+    /// The error a bare status from middleware, axum's router or the static files stands for.
     fn from_status(status: StatusCode) -> ApiError {
         match status {
             StatusCode::NOT_FOUND => ApiError::NotFound,
             StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+            // The static files' answers to `Range` and `If-Match` / `If-Unmodified-Since`.
+            StatusCode::RANGE_NOT_SATISFIABLE => ApiError::RangeNotSatisfiable,
+            StatusCode::PRECONDITION_FAILED => ApiError::PreconditionFailed,
             StatusCode::REQUEST_TIMEOUT => ApiError::Timeout,
             StatusCode::SERVICE_UNAVAILABLE => ApiError::ServiceUnavailable,
             StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited { retry_after_secs: 1 },
@@ -299,16 +319,21 @@ pub fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Deserialises JSON, telling syntax errors (400) from shape errors (422, with the field path).
+/// Deserialises a JSON object body, telling syntax errors (400) from shape errors (422, with
+/// the field path).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Syntax first, over the whole body (trailing bytes and depth included): `[[[[` is broken
+    // JSON, though reading it as a struct would stop at its first element with a shape error.
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map_err(|e| ApiError::InvalidJson(strip_position(&e.to_string())))?;
+    // serde also reads a struct from an array of its fields in order; bodies are objects only.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::validation("body", "must be a JSON object"));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let inner = error.inner();
-        if inner.is_syntax() || inner.is_eof() || inner.is_io() {
-            return ApiError::InvalidJson(strip_position(&inner.to_string()));
-        }
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
-        let message = strip_position(&inner.to_string());
+        let message = strip_position(&error.inner().to_string());
         // serde names a missing or unknown field only in its message: "missing field `email`".
         let field = if path == "." {
             backticked(&message).unwrap_or("body").to_owned()
@@ -316,12 +341,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             path
         };
         ApiError::Validation(vec![FieldError::new(field, message)])
-    })?;
-    // Trailing bytes after the value ("{}x") are a syntax error, not a valid body.
-    deserializer
-        .end()
-        .map_err(|e| ApiError::InvalidJson(strip_position(&e.to_string())))?;
-    Ok(value)
+    })
 }
 
 /// An integer field that also accepts `12.0`: JSON Schema counts a number with no fractional

@@ -8,8 +8,8 @@
 //! reconnects by itself.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -44,14 +44,19 @@ struct Envelope {
 }
 
 struct Subscriber {
+    id: u64,
     queue: mpsc::Sender<Arc<Event>>,
     lagged: Arc<AtomicBool>,
 }
 
-/// One open stream's end of the hub. Its permit counts against `MAX_SSE_STREAMS`.
+/// One open stream's end of the hub. Its permit counts against `MAX_SSE_STREAMS`; dropping
+/// it (the client went away) removes the stream from the hub.
 pub struct Subscription {
     pub queue: mpsc::Receiver<Arc<Event>>,
     lagged: Arc<AtomicBool>,
+    hub: Weak<EventHub>,
+    user: Uuid,
+    id: u64,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -62,39 +67,82 @@ impl Subscription {
     }
 }
 
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // At once, not at the user's next event: a user who opens and closes streams but never
+        // gets an event would otherwise grow the hub without bound.
+        if let Some(hub) = self.hub.upgrade() {
+            hub.forget(self.user, self.id);
+        }
+    }
+}
+
 pub struct EventHub {
     subscribers: Mutex<HashMap<Uuid, Vec<Subscriber>>>,
     stream_permits: Arc<Semaphore>,
+    /// `MAX_SSE_STREAMS_PER_USER`: one account cannot take every stream of the instance.
+    max_streams_per_user: usize,
+    next_id: AtomicU64,
     /// Tells this instance's own events apart when they come back from Redis.
     instance: Uuid,
     redis: Option<ConnectionManager>,
 }
 
 impl EventHub {
-    pub fn new(max_streams: usize, redis: Option<ConnectionManager>) -> EventHub {
+    pub fn new(max_streams: usize, max_streams_per_user: usize, redis: Option<ConnectionManager>) -> EventHub {
         EventHub {
             subscribers: Mutex::default(),
             stream_permits: Arc::new(Semaphore::new(max_streams)),
+            max_streams_per_user,
+            next_id: AtomicU64::new(0),
             instance: Uuid::new_v4(),
             redis,
         }
     }
 
-    /// Opens a stream for `user`, or `None` when `MAX_SSE_STREAMS` are already open.
-    pub fn subscribe(&self, user: Uuid) -> Option<Subscription> {
+    fn subscribers(&self) -> MutexGuard<'_, HashMap<Uuid, Vec<Subscriber>>> {
+        self.subscribers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Opens a stream for `user`, or `None` when `MAX_SSE_STREAMS` are open, or
+    /// `MAX_SSE_STREAMS_PER_USER` for this user.
+    pub fn subscribe(self: &Arc<Self>, user: Uuid) -> Option<Subscription> {
         let permit = self.stream_permits.clone().try_acquire_owned().ok()?;
+        let mut subscribers = self.subscribers();
+        if subscribers.get(&user).map_or(0, Vec::len) >= self.max_streams_per_user {
+            return None;
+        }
         let (queue, receiver) = mpsc::channel(STREAM_BUFFER);
         let lagged = Arc::new(AtomicBool::new(false));
-        let mut subscribers = self.subscribers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         subscribers.entry(user).or_default().push(Subscriber {
+            id,
             queue,
             lagged: lagged.clone(),
         });
         Some(Subscription {
             queue: receiver,
             lagged,
+            hub: Arc::downgrade(self),
+            user,
+            id,
             _permit: permit,
         })
+    }
+
+    /// Removes a closed stream, and its user when it was the last one.
+    fn forget(&self, user: Uuid, id: u64) {
+        let mut subscribers = self.subscribers();
+        if let Some(streams) = subscribers.get_mut(&user) {
+            streams.retain(|subscriber| subscriber.id != id);
+            if streams.is_empty() {
+                subscribers.remove(&user);
+            }
+        }
+        // A map keeps the capacity of its busiest moment; give most of it back once quiet.
+        if subscribers.len() < subscribers.capacity() / 4 {
+            subscribers.shrink_to_fit();
+        }
     }
 
     /// Sends an event to every open stream of `user`, here and (through Redis) on every
@@ -141,7 +189,7 @@ impl EventHub {
     /// Hands an event to `user`'s streams on this instance. A full queue marks its stream
     /// lagged and drops it; closed streams are forgotten.
     fn deliver(&self, user: Uuid, event: Arc<Event>) {
-        let mut subscribers = self.subscribers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut subscribers = self.subscribers();
         let Some(streams) = subscribers.get_mut(&user) else {
             return;
         };
@@ -216,7 +264,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_stream_is_dropped_as_lagged_while_a_reader_keeps_up() {
-        let hub = EventHub::new(10, None);
+        let hub = Arc::new(EventHub::new(10, 10, None));
         let user = Uuid::now_v7();
         let stalled = hub.subscribe(user).unwrap();
         let mut reader = hub.subscribe(user).unwrap();
@@ -240,7 +288,7 @@ mod tests {
 
     #[test]
     fn streams_beyond_the_limit_are_refused() {
-        let hub = EventHub::new(1, None);
+        let hub = Arc::new(EventHub::new(1, 1, None));
         let first = hub.subscribe(Uuid::now_v7());
         assert!(first.is_some());
         assert!(hub.subscribe(Uuid::now_v7()).is_none());
@@ -249,5 +297,29 @@ mod tests {
             hub.subscribe(Uuid::now_v7()).is_some(),
             "the permit returns with the stream"
         );
+    }
+
+    #[test]
+    fn a_closed_stream_is_forgotten_at_once() {
+        let hub = Arc::new(EventHub::new(10, 10, None));
+        let (user, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let streams: Vec<_> = (0..3).map(|_| hub.subscribe(user).unwrap()).collect();
+        let kept = hub.subscribe(other).unwrap();
+        drop(streams);
+        assert!(!hub.subscribers().contains_key(&user), "no event needed to forget them");
+        drop(kept);
+        assert!(hub.subscribers().is_empty());
+    }
+
+    #[test]
+    fn one_user_cannot_take_every_stream() {
+        let hub = Arc::new(EventHub::new(10, 2, None));
+        let user = Uuid::now_v7();
+        let first = hub.subscribe(user).unwrap();
+        let _second = hub.subscribe(user).unwrap();
+        assert!(hub.subscribe(user).is_none(), "MAX_SSE_STREAMS_PER_USER");
+        assert!(hub.subscribe(Uuid::now_v7()).is_some(), "another user still gets one");
+        drop(first);
+        assert!(hub.subscribe(user).is_some(), "the slot returns with the stream");
     }
 }

@@ -2,7 +2,7 @@
 //! or user id. In-process with `governor`; shared by every instance through one atomic Redis
 //! script call when `REDIS_URL` is set, falling back to in-process while Redis is away.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -15,7 +15,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::{Quota, RateLimiter};
 use redis::aio::ConnectionManager;
 use tower::Service;
@@ -40,11 +42,31 @@ const REDIS_RETRY_AFTER: Duration = Duration::from_secs(1);
 const FAULT_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// How often idle in-process keys are dropped, so memory stays bounded however many IPs visit.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// Keys one in-process limit holds at most (~200 B each, so ~10 MB): between two prunes, a
+/// client rotating addresses (or a spoofable header source) could otherwise add without bound.
+const MAX_KEYS: usize = 50_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LimitKey {
     Ip(IpAddr),
     User(Uuid),
+    /// The budget shared by the keys that found a full in-process limit (see [`BoundedStore`]).
+    Overflow,
+}
+
+impl LimitKey {
+    /// The key of a client address. IPv6 clients are keyed by their /64, as large services
+    /// do: a host usually gets a whole /64 and can rotate through it at will. An IPv4-mapped
+    /// address is the IPv4 client it carries.
+    pub fn client(ip: IpAddr) -> LimitKey {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => LimitKey::Ip(IpAddr::V4(v4)),
+                None => LimitKey::Ip(IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX)))),
+            },
+            v4 => LimitKey::Ip(v4),
+        }
+    }
 }
 
 impl std::fmt::Display for LimitKey {
@@ -52,7 +74,51 @@ impl std::fmt::Display for LimitKey {
         match self {
             LimitKey::Ip(ip) => write!(f, "ip:{ip}"),
             LimitKey::User(id) => write!(f, "user:{id}"),
+            LimitKey::Overflow => f.write_str("overflow"),
         }
+    }
+}
+
+/// governor's concurrent map of keys, holding at most `max`. When it is full, a key it does
+/// not hold yet is counted under [`LimitKey::Overflow`]: memory stays bounded and those
+/// clients are still limited (together, so more strictly) until the pruner makes room.
+struct BoundedStore {
+    keys: DashMapStateStore<LimitKey>,
+    max: usize,
+}
+
+impl StateStore for BoundedStore {
+    type Key = LimitKey;
+
+    fn measure_and_replace<T, F, E>(&self, key: &LimitKey, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        // `len` visits every shard, so it is asked only for a key not held yet.
+        let key = if self.keys.contains_key(key) || self.keys.len() < self.max {
+            key
+        } else {
+            &LimitKey::Overflow
+        };
+        self.keys.measure_and_replace(key, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<LimitKey> for BoundedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.keys.retain_recent(drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        self.keys.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 }
 
@@ -77,7 +143,7 @@ impl Decision {
     }
 }
 
-type LocalLimiter = RateLimiter<LimitKey, DefaultKeyedStateStore<LimitKey>, DefaultClock, StateInformationMiddleware>;
+type LocalLimiter = RateLimiter<LimitKey, BoundedStore, DefaultClock, StateInformationMiddleware>;
 
 /// One named limit.
 pub struct Limiter {
@@ -89,12 +155,16 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    fn new(name: &'static str, rate: Rate, shared: Option<Arc<SharedStore>>) -> Limiter {
+    fn new(name: &'static str, rate: Rate, shared: Option<Arc<SharedStore>>, max_keys: usize) -> Limiter {
         // `replenish_interval` is never zero: the period is at least 1 s and the burst a u32.
         let quota = Quota::with_period(rate.replenish_interval())
             .unwrap_or_else(|| Quota::per_second(rate.burst))
             .allow_burst(rate.burst);
-        let local = RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>();
+        let store = BoundedStore {
+            keys: DashMapStateStore::default(),
+            max: max_keys,
+        };
+        let local: LocalLimiter = RateLimiter::new(quota, store, DefaultClock::default());
         Limiter {
             name,
             rate,
@@ -253,7 +323,7 @@ pub struct RateLimiters {
 
 impl RateLimiters {
     pub fn new(limits: &RateLimits, shared: Option<Arc<SharedStore>>) -> RateLimiters {
-        let make = |name, rate: Option<Rate>| rate.map(|r| Arc::new(Limiter::new(name, r, shared.clone())));
+        let make = |name, rate: Option<Rate>| rate.map(|r| Arc::new(Limiter::new(name, r, shared.clone(), MAX_KEYS)));
         RateLimiters {
             global: make("global", limits.global),
             login: make("login", limits.login),
@@ -329,7 +399,7 @@ impl Middleware for PerIp {
         let clone = inner.clone();
         let mut inner = std::mem::replace(inner, clone);
         Box::pin(async move {
-            let decision = limiter.check(LimitKey::Ip(ip)).await;
+            let decision = limiter.check(LimitKey::client(ip)).await;
             if !decision.allowed {
                 return Ok(refuse(&limiter, decision));
             }
@@ -385,7 +455,7 @@ mod tests {
     use crate::config::parse_rate;
 
     fn limiter(rate: &str) -> Limiter {
-        Limiter::new("test", parse_rate(rate).unwrap().unwrap(), None)
+        Limiter::new("test", parse_rate(rate).unwrap().unwrap(), None, MAX_KEYS)
     }
 
     #[test]
@@ -402,5 +472,31 @@ mod tests {
         assert_eq!(d.retry_after_secs(), 12);
         // Another key has its own budget.
         assert!(l.check_local(LimitKey::Ip(IpAddr::from([10, 0, 0, 2]))).allowed);
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_and_mapped_ipv4_by_its_address() {
+        let key = |ip: &str| LimitKey::client(ip.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+    }
+
+    #[test]
+    fn a_full_limiter_holds_no_more_keys_and_still_limits_the_newcomers() {
+        let l = Limiter::new("test", parse_rate("2/m").unwrap().unwrap(), None, 3);
+        let ip = |n: u8| LimitKey::Ip(IpAddr::from([10, 0, 0, n]));
+        for n in 0..3 {
+            assert!(l.check_local(ip(n)).allowed);
+        }
+        let newcomers: Vec<bool> = (3..10).map(|n| l.check_local(ip(n)).allowed).collect();
+        assert_eq!(
+            newcomers,
+            [true, true, false, false, false, false, false],
+            "they share one budget"
+        );
+        assert_eq!(l.local.len(), 4, "the three keys and the shared one");
+        assert!(l.check_local(ip(0)).allowed, "a key already held keeps its own budget");
     }
 }

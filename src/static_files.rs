@@ -1,8 +1,9 @@
 //! Static files (SPEC §8), the HTML error pages for browsers, and `shipshape compress-static`.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -28,24 +29,41 @@ pub fn router(config: &Config) -> Router<AppState> {
         .precompressed_gzip();
     let max_age = HeaderValue::from_str(&format!("public, max-age={}", config.static_max_age_secs))
         .unwrap_or_else(|_| HeaderValue::from_static("public, max-age=3600"));
+    // Resolved once; a missing folder serves nothing.
+    let root: Option<Arc<Path>> = std::fs::canonicalize(&config.static_dir).ok().map(Arc::from);
     Router::new()
         // A route (not `nest_service`) so logs and metrics name it `/static/{*path}`.
         .route_service("/static/{*path}", files)
         .route_service("/", index)
         .layer(middleware::from_fn(move |req: Request, next: Next| {
-            let max_age = max_age.clone();
-            async move { guard_and_cache(max_age, req, next).await }
+            let (max_age, root) = (max_age.clone(), root.clone());
+            async move { guard_and_cache(max_age, root, req, next).await }
         }))
 }
 
 const IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
 
-/// Refuses dotfiles and anything that decodes to `..`, then sets `Cache-Control`.
-async fn guard_and_cache(max_age: HeaderValue, mut req: Request, next: Next) -> Response {
+/// Refuses dotfiles, anything that decodes to `..`, and files whose real path is outside the
+/// folder, then sets `Cache-Control`.
+async fn guard_and_cache(max_age: HeaderValue, root: Option<Arc<Path>>, mut req: Request, next: Next) -> Response {
     let decoded = percent_encoding::percent_decode_str(req.uri().path())
         .decode_utf8_lossy()
         .into_owned();
     if decoded.split(['/', '\\']).any(|segment| segment.starts_with('.')) {
+        return ApiError::NotFound.into_response();
+    }
+    let relative = match decoded.strip_prefix("/static/") {
+        Some(relative) => relative.to_owned(),
+        None => "index.html".to_owned(),
+    };
+    let Some(root) = root else {
+        return ApiError::NotFound.into_response();
+    };
+    // Longer than Linux takes (a 255-byte name, a 4096-byte path, with room for `.br`) names
+    // no file; opening it would fail with ENAMETOOLONG, which ServeDir answers with a 500.
+    let too_long =
+        root.as_os_str().len() + relative.len() + 4 >= 4096 || relative.split('/').any(|name| name.len() + 3 > 255);
+    if too_long || !resolves_inside(root, relative).await {
         return ApiError::NotFound.into_response();
     }
     // ServeDir resolves paths relative to STATIC_DIR: hand it `/style.css`, not `/static/style.css`.
@@ -68,6 +86,26 @@ async fn guard_and_cache(max_age: HeaderValue, mut req: Request, next: Next) -> 
         response.headers_mut().insert(header::CACHE_CONTROL, policy);
     }
     response
+}
+
+/// Whether the file `relative` names, and each precompressed sibling ServeDir may pick
+/// instead, really lives under `root` once symlinks are resolved: a link planted in the folder
+/// must not serve `/etc/passwd`. A name that cannot be resolved for a reason other than being
+/// absent (too long, a link loop, a file used as a folder) is refused too.
+async fn resolves_inside(root: Arc<Path>, relative: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let file = root.join(relative);
+        ["", ".br", ".gz"].into_iter().all(|suffix| {
+            let mut candidate = file.clone().into_os_string();
+            candidate.push(suffix);
+            match std::fs::canonicalize(&candidate) {
+                Ok(real) => real.starts_with(&root),
+                Err(error) => error.kind() == std::io::ErrorKind::NotFound,
+            }
+        })
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// `app.3f9a1c2e.css`: a name segment of 8+ hex digits means the content fixes the name,
@@ -161,15 +199,22 @@ pub enum Outcome {
 }
 
 /// Writes `.gz` and `.br` siblings for every compressible file under `dir`, recursively.
-pub fn compress_dir(dir: &Path) -> std::io::Result<Vec<(std::path::PathBuf, Outcome)>> {
+/// Only files whose real path is inside `dir`: a symlink out of it would publish what it
+/// points to. Linked folders are not entered (which also rules out loops); the files in them
+/// that are inside `dir` are reached through their real path.
+pub fn compress_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, Outcome)>> {
+    let root = std::fs::canonicalize(dir)?;
     let mut results = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(folder) = pending.pop() {
         for entry in std::fs::read_dir(&folder)? {
-            let path = entry?.path();
-            if path.is_dir() {
+            let entry = entry?;
+            let path = entry.path();
+            // `file_type` does not follow symlinks.
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
                 pending.push(path);
-            } else if is_compressible(&path) {
+            } else if is_compressible(&path) && (kind.is_file() || links_to_file_inside(&path, &root)) {
                 let outcome = compress_file(&path)?;
                 results.push((path, outcome));
             }
@@ -177,6 +222,10 @@ pub fn compress_dir(dir: &Path) -> std::io::Result<Vec<(std::path::PathBuf, Outc
     }
     results.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(results)
+}
+
+fn links_to_file_inside(link: &Path, root: &Path) -> bool {
+    std::fs::canonicalize(link).is_ok_and(|real| real.starts_with(root) && real.is_file())
 }
 
 fn is_compressible(path: &Path) -> bool {
@@ -204,9 +253,9 @@ fn compress_file(path: &Path) -> std::io::Result<Outcome> {
         let _ = std::fs::remove_file(br_path);
         return Ok(Outcome::NotWorthIt);
     }
-    std::fs::write(&gz_path, &gzip)?;
+    write_new(&gz_path, &gzip)?;
     if worth_it(&brotli) {
-        std::fs::write(&br_path, &brotli)?;
+        write_new(&br_path, &brotli)?;
     } else {
         let _ = std::fs::remove_file(br_path);
     }
@@ -217,7 +266,20 @@ fn compress_file(path: &Path) -> std::io::Result<Outcome> {
     })
 }
 
-fn sibling(path: &Path, ext: &str) -> std::path::PathBuf {
+/// Replaces `path` with a new file: a symlink planted there is removed, never written through.
+fn write_new(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?
+        .write_all(contents)
+}
+
+fn sibling(path: &Path, ext: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".");
     name.push(ext);

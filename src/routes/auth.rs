@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::db::{self, rfc3339};
-use crate::error::{ApiError, ApiJson, ErrorBody, FieldError, JsonBodyErrors};
+use crate::error::{ApiError, ApiJson, ErrorBody, FieldError, JsonBodyErrors, NO_CONTROL_CHARS, has_control_chars};
 use crate::with_db;
 
 /// Routes without their rate limits; `app::routes` puts each behind its own limit.
@@ -92,6 +92,8 @@ fn validate_credentials(email: &str, password: &str) -> Result<(), ApiError> {
     let domain_ok = domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.');
     if email.chars().count() > 254 {
         errors.push(FieldError::new("email", "must be at most 254 characters"));
+    } else if has_control_chars(email, false) {
+        errors.push(FieldError::new("email", NO_CONTROL_CHARS));
     } else if at_count != 1 || local.is_empty() || !domain_ok || email.chars().any(char::is_whitespace) {
         errors.push(FieldError::new(
             "email",
@@ -155,6 +157,10 @@ pub async fn login(
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Json<Token>, ApiError> {
     let email = normalize_email(&body.email);
+    // No such email can exist, and PostgreSQL would refuse a NUL in the query with a 500.
+    if has_control_chars(&email, false) {
+        return Err(ApiError::validation("email", NO_CONTROL_CHARS));
+    }
     let sql = "SELECT id, email, password_hash, created_at FROM users WHERE email = $1";
     let row: Option<UserRow> =
         with_db!(state.database()?, pool => sqlx::query_as(sql).bind(&email).fetch_optional(pool).await)?;
@@ -199,6 +205,7 @@ mod tests {
         assert!(validate_credentials("a@b@example.com", "long enough password").is_err());
         assert!(validate_credentials("ada@example.com", "short").is_err());
         assert!(validate_credentials("ada@example.com", "ada@example.com").is_err());
+        assert!(validate_credentials("a\u{0}da@example.com", "long enough password").is_err());
         assert_eq!(normalize_email("  Ada@Example.COM "), "ada@example.com");
     }
 }

@@ -26,9 +26,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/api/v1/invoices/events", tag = "invoices", security(("bearer" = [])), responses(
     (status = 200, content_type = "text/event-stream", description = "server-sent events; `event: lagged` ends a stream that fell behind"),
     (status = 401, body = ErrorBody, description = "`unauthorized`"),
-    (status = 503, body = ErrorBody, description = "`service_unavailable`: MAX_SSE_STREAMS are open"),
+    (status = 503, body = ErrorBody, description = "`service_unavailable`: MAX_SSE_STREAMS, or MAX_SSE_STREAMS_PER_USER of this user, are open"),
 ))]
 pub async fn invoice_events(State(state): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
+    // Nothing else on a stream would notice a token of an account that does not exist.
+    user.ensure_exists(state.database()?).await?;
     let subscription = state.events.subscribe(user.id).ok_or(ApiError::ServiceUnavailable)?;
     let stream = futures_util::stream::unfold((subscription, 0u64, false), next_event)
         // At shutdown every stream ends at once, so the drain never waits on one.

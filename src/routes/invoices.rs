@@ -1,10 +1,11 @@
 //! Invoices: create, list (keyset pagination), get, and send.
 
+use std::convert::Infallible;
+
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -13,7 +14,9 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::db::{self, rfc3339};
-use crate::error::{ApiError, ApiJson, ApiQuery, ErrorBody, FieldError, JsonBodyErrors};
+use crate::error::{
+    ApiError, ApiJson, ApiQuery, ErrorBody, FieldError, JsonBodyErrors, NO_CONTROL_CHARS, has_control_chars,
+};
 use crate::with_db;
 
 /// Creating is rate limited per user; `app::routes` wraps this router in that limit.
@@ -33,8 +36,13 @@ const MAX_AMOUNT_CENTS: i64 = 100_000_000_000;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewInvoice {
-    /// 1 to 200 characters, not only white space.
-    #[schema(example = "Acme Ltd", min_length = 1, max_length = 200, pattern = r"\S")]
+    /// 1 to 200 characters, not only white space, no control characters.
+    #[schema(
+        example = "Acme Ltd",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     customer_name: String,
     /// E.164: `+` and 7 to 15 digits.
     #[schema(example = "+14155550100", pattern = r"^\+[0-9]{7,15}$")]
@@ -46,11 +54,15 @@ pub struct NewInvoice {
     /// Three upper-case letters (ISO 4217).
     #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
     currency: String,
-    /// `YYYY-MM-DD`.
-    #[schema(example = "2026-12-31", format = Date)]
+    /// `YYYY-MM-DD`, a real date with a year from 0001 to 9999.
+    #[schema(example = "2026-12-31", format = Date,
+        pattern = r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})-[0-9]{2}-[0-9]{2}$")]
     due_date: Option<String>,
-    /// At most 2000 characters.
-    #[schema(max_length = 2000)]
+    /// At most 2000 characters; line breaks and tabs are the only control characters allowed.
+    #[schema(
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     description: Option<String>,
 }
 
@@ -146,6 +158,8 @@ fn validate(invoice: &NewInvoice) -> Result<(), ApiError> {
     let name_len = invoice.customer_name.chars().count();
     if name_len == 0 || name_len > 200 || invoice.customer_name.trim().is_empty() {
         errors.push(FieldError::new("customer_name", "must be 1 to 200 characters"));
+    } else if has_control_chars(&invoice.customer_name, false) {
+        errors.push(FieldError::new("customer_name", NO_CONTROL_CHARS));
     }
     if let Some(phone) = &invoice.customer_phone {
         let digits = phone.strip_prefix('+').unwrap_or_default();
@@ -165,19 +179,37 @@ fn validate(invoice: &NewInvoice) -> Result<(), ApiError> {
             "must be three upper-case letters, e.g. USD",
         ));
     }
-    if let Some(due) = &invoice.due_date
-        && time::Date::parse(due, time::macros::format_description!("[year]-[month]-[day]")).is_err()
-    {
+    if invoice.due_date.as_deref().is_some_and(|due| !is_calendar_date(due)) {
         errors.push(FieldError::new("due_date", "must be a date as YYYY-MM-DD"));
     }
-    if invoice.description.as_ref().is_some_and(|d| d.chars().count() > 2000) {
-        errors.push(FieldError::new("description", "must be at most 2000 characters"));
+    if let Some(description) = &invoice.description {
+        if description.chars().count() > 2000 {
+            errors.push(FieldError::new("description", "must be at most 2000 characters"));
+        } else if has_control_chars(description, true) {
+            errors.push(FieldError::new("description", NO_CONTROL_CHARS));
+        }
     }
     if errors.is_empty() {
         Ok(())
     } else {
         Err(ApiError::Validation(errors))
     }
+}
+
+/// Exactly `YYYY-MM-DD`, a real date, year 0001 to 9999: `time` alone also takes signed,
+/// longer and zero years (`+2026-01-01`, `0000-01-01`), which would be stored as sent.
+fn is_calendar_date(text: &str) -> bool {
+    let shape_ok = text.len() == 10
+        && text.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    shape_ok
+        && !text.starts_with("0000")
+        && time::Date::parse(text, time::macros::format_description!("[year]-[month]-[day]")).is_ok()
 }
 
 /// Creates a draft invoice.
@@ -200,7 +232,7 @@ pub async fn create_invoice(
          description, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'draft', $9) RETURNING ",
         invoice_columns!()
     );
-    let row: InvoiceRow = with_db!(state.database()?, pool => {
+    let inserted: Result<InvoiceRow, sqlx::Error> = with_db!(state.database()?, pool => {
         sqlx::query_as(sql)
             .bind(Uuid::now_v7().to_string())
             .bind(user.id.to_string())
@@ -213,7 +245,13 @@ pub async fn create_invoice(
             .bind(db::now_micros())
             .fetch_one(pool)
             .await
-    })?;
+    });
+    let row = match inserted {
+        Ok(row) => row,
+        // A valid token of an account that does not exist: the foreign key says so for free.
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => return Err(ApiError::Unauthorized),
+        Err(e) => return Err(e.into()),
+    };
     let invoice = row.into_invoice()?;
     state.events.publish(user.id, "invoice.created", &invoice);
     Ok((StatusCode::CREATED, Json(invoice)))
@@ -229,8 +267,9 @@ pub struct ListParams {
     /// Page size, 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    #[param(min_length = 1)]
+    /// `next_cursor` of the previous page: `{created_at}_{id}`, the position after its last
+    /// item (creation time in microseconds since 1970, and the invoice id).
+    #[param(pattern = r"^[0-9]{1,18}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     cursor: Option<String>,
 }
 
@@ -241,18 +280,26 @@ pub struct InvoicePage {
     next_cursor: Option<String>,
 }
 
-/// Position after the last item of a page: `(created_at, id)`, newest first.
+/// Position after the last item of a page: `(created_at, id)`, newest first. The format is
+/// the documented pattern of `cursor`, and every string matching it is accepted, so the
+/// schema and the server agree exactly.
 fn encode_cursor(created_at: i64, id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{created_at}|{id}"))
+    format!("{created_at}_{id}")
 }
 
 fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| ApiError::InvalidCursor)?;
-    let text = String::from_utf8(bytes).map_err(|_| ApiError::InvalidCursor)?;
-    let (created_at, id) = text.split_once('|').ok_or(ApiError::InvalidCursor)?;
+    let (created_at, id) = cursor.split_once('_').ok_or(ApiError::InvalidCursor)?;
+    // At most 18 digits always fits an i64; `parse` alone would also take a sign.
+    if !(1..=18).contains(&created_at.len()) || !created_at.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::InvalidCursor);
+    }
     let created_at = created_at.parse().map_err(|_| ApiError::InvalidCursor)?;
-    let id = Uuid::parse_str(id).map_err(|_| ApiError::InvalidCursor)?;
-    Ok((created_at, id.to_string()))
+    // Only the lower-case hyphenated form that ids are stored in (`parse_str` takes others).
+    let uuid = Uuid::parse_str(id).map_err(|_| ApiError::InvalidCursor)?;
+    if uuid.hyphenated().to_string() != id {
+        return Err(ApiError::InvalidCursor);
+    }
+    Ok((created_at, id.to_owned()))
 }
 
 /// The caller's invoices, newest first, a page at a time.
@@ -293,6 +340,10 @@ pub async fn list_invoices(
             .fetch_all(pool)
             .await
     })?;
+    // Rows prove the user exists (foreign key); an empty page must ask.
+    if rows.is_empty() {
+        user.ensure_exists(state.database()?).await?;
+    }
     let next_cursor = if rows.len() > limit as usize {
         rows.truncate(limit as usize);
         rows.last().map(|r| encode_cursor(r.created_at, &r.id))
@@ -306,18 +357,39 @@ pub async fn list_invoices(
     Ok(Json(InvoicePage { items, next_cursor }))
 }
 
+/// The `{id}` of an invoice path; `None` when it is not a UUID, including bytes that do not
+/// decode as UTF-8 (`%FF`): such an id names no invoice, so it is a 404 like an unknown one.
+pub struct InvoiceId(Option<Uuid>);
+
+impl<S: Send + Sync> FromRequestParts<S> for InvoiceId {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Infallible> {
+        let id = Path::<String>::from_request_parts(parts, state).await.ok();
+        Ok(InvoiceId(id.and_then(|Path(id)| Uuid::parse_str(&id).ok())))
+    }
+}
+
 /// Loads one of the caller's invoices; another user's, or a malformed id, is 404.
-async fn find_own(state: &AppState, user: AuthUser, id: &str) -> Result<InvoiceRow, ApiError> {
-    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
+async fn find_own(state: &AppState, user: AuthUser, id: InvoiceId) -> Result<InvoiceRow, ApiError> {
     let sql = concat!(
         "SELECT ",
         invoice_columns!(),
         " FROM invoices WHERE id = $1 AND user_id = $2"
     );
-    let row: Option<InvoiceRow> = with_db!(state.database()?, pool => {
-        sqlx::query_as(sql).bind(id.to_string()).bind(user.id.to_string()).fetch_optional(pool).await
-    })?;
-    row.ok_or(ApiError::NotFound)
+    let row: Option<InvoiceRow> = match id.0 {
+        Some(id) => with_db!(state.database()?, pool => {
+            sqlx::query_as(sql).bind(id.to_string()).bind(user.id.to_string()).fetch_optional(pool).await
+        })?,
+        None => None,
+    };
+    match row {
+        Some(row) => Ok(row),
+        None => {
+            user.ensure_exists(state.database()?).await?;
+            Err(ApiError::NotFound)
+        }
+    }
 }
 
 /// One of the caller's invoices.
@@ -330,9 +402,9 @@ async fn find_own(state: &AppState, user: AuthUser, id: &str) -> Result<InvoiceR
 pub async fn get_invoice(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    id: InvoiceId,
 ) -> Result<Json<Invoice>, ApiError> {
-    Ok(Json(find_own(&state, user, &id).await?.into_invoice()?))
+    Ok(Json(find_own(&state, user, id).await?.into_invoice()?))
 }
 
 /// Marks a draft invoice as sent.
@@ -346,9 +418,9 @@ pub async fn get_invoice(
 pub async fn send_invoice(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    id: InvoiceId,
 ) -> Result<Json<Invoice>, ApiError> {
-    let existing = find_own(&state, user, &id).await?;
+    let existing = find_own(&state, user, id).await?;
     // The status condition makes the transition atomic: of two concurrent sends, one wins.
     let sql = concat!(
         "UPDATE invoices SET status = 'sent', sent_at = $1 WHERE id = $2 AND user_id = $3 AND status = 'draft' \
@@ -374,7 +446,37 @@ mod tests {
         let id = Uuid::now_v7().to_string();
         let cursor = encode_cursor(1_700_000_000_000_000, &id);
         assert_eq!(decode_cursor(&cursor).unwrap(), (1_700_000_000_000_000, id));
-        assert!(decode_cursor("not base64!").is_err());
-        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("12|not-a-uuid")).is_err());
+        for bad in [
+            "not a cursor",
+            "12_not-a-uuid",
+            "+12_0190c8a4-7e1e-7c3a-9a1b-3c5d7e9f1a2b",
+            "1234567890123456789_0190c8a4-7e1e-7c3a-9a1b-3c5d7e9f1a2b",
+            "12_0190C8A4-7E1E-7C3A-9A1B-3C5D7E9F1A2B",
+            "12_0190c8a47e1e7c3a9a1b3c5d7e9f1a2b",
+        ] {
+            assert!(decode_cursor(bad).is_err(), "{bad}");
+        }
+        assert!(
+            decode_cursor("0_00000000-0000-0000-0000-000000000000").is_ok(),
+            "schema-valid"
+        );
+    }
+
+    #[test]
+    fn due_dates_are_exactly_yyyy_mm_dd() {
+        for good in ["0001-01-01", "2024-02-29", "9999-12-31"] {
+            assert!(is_calendar_date(good), "{good}");
+        }
+        for bad in [
+            "+2026-01-01",
+            "-0001-01-01",
+            "0000-01-01",
+            "2026-1-01",
+            "2025-02-29",
+            "20260101",
+            "٢٠٢٦-01-01",
+        ] {
+            assert!(!is_calendar_date(bad), "{bad}");
+        }
     }
 }

@@ -44,6 +44,8 @@ struct CountsRow {
     paid: i64,
     total: i64,
     avg_payment_micros: Option<f64>,
+    /// 0 for a valid token of an account that does not exist: asked in the same round trip.
+    user_exists: i64,
 }
 
 /// Counts by status, conversion, time to payment and paid totals for the caller's invoices.
@@ -59,13 +61,17 @@ pub async fn summary(State(state): State<AppState>, user: AuthUser) -> Result<Js
         CAST(COALESCE(SUM(CASE WHEN status = 'paid' THEN 1 ELSE 0 END), 0) AS BIGINT) AS paid, \
         CAST(COUNT(*) AS BIGINT) AS total, \
         CAST(AVG(CASE WHEN status = 'paid' AND sent_at IS NOT NULL THEN paid_at - sent_at END) AS DOUBLE PRECISION) \
-            AS avg_payment_micros \
+            AS avg_payment_micros, \
+        CAST((SELECT COUNT(*) FROM users WHERE id = $1) AS BIGINT) AS user_exists \
         FROM invoices WHERE user_id = $1";
     let totals_sql = "SELECT currency, CAST(SUM(amount_cents) AS BIGINT) FROM invoices \
         WHERE user_id = $1 AND status = 'paid' GROUP BY currency";
     let user_id = user.id.to_string();
     let counts: CountsRow =
         with_db!(state.database()?, pool => sqlx::query_as(counts_sql).bind(&user_id).fetch_one(pool).await)?;
+    if counts.user_exists == 0 {
+        return Err(ApiError::Unauthorized);
+    }
     let totals: Vec<(String, i64)> =
         with_db!(state.database()?, pool => sqlx::query_as(totals_sql).bind(&user_id).fetch_all(pool).await)?;
     let settled = counts.sent + counts.paid;

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::db::{self, Db};
-use crate::error::{self, ApiError, ErrorBody, JsonBodyErrors};
+use crate::error::{self, ApiError, ErrorBody, JsonBodyErrors, NO_CONTROL_CHARS, has_control_chars};
 use crate::routes::invoices::InvoiceRow;
 use crate::{invoice_columns, with_transaction};
 
@@ -27,6 +27,7 @@ const MAX_CLOCK_SKEW_SECS: u64 = 300;
 #[derive(Deserialize, ToSchema)]
 pub struct PaymentEvent {
     /// The provider's unique id for this event; a repeat is answered `duplicate`.
+    #[schema(min_length = 1, max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
     event_id: String,
     /// Only `payment.succeeded`.
     #[serde(rename = "type")]
@@ -78,7 +79,7 @@ pub fn verify_signature(secret: &[u8], headers: &HeaderMap, body: &[u8], now: i6
     responses(
     (status = 200, body = WebhookOutcome),
     (status = 401, body = ErrorBody, description = "`invalid_signature`"),
-    (status = 404, body = ErrorBody, description = "unknown invoice, or the webhook is off (no WEBHOOK_SECRET)"),
+    (status = 404, body = ErrorBody, description = "unknown invoice"),
     (status = 409, body = ErrorBody, description = "`invalid_transition`: already paid by another event"),
     (status = 422, body = ErrorBody, description = "`validation_failed`, e.g. the amount does not match"),
     JsonBodyErrors,
@@ -88,6 +89,7 @@ pub async fn payment_webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<WebhookOutcome>, ApiError> {
+    // `app::routes` mounts this route only when the secret is set.
     let Some(secret) = &state.config.webhook_secret else {
         return Err(ApiError::NotFound);
     };
@@ -99,6 +101,9 @@ pub async fn payment_webhook(
     let event: PaymentEvent = error::parse_json(&body)?;
     if event.event_id.is_empty() || event.event_id.chars().count() > 255 {
         return Err(ApiError::validation("event_id", "must be 1 to 255 characters"));
+    }
+    if has_control_chars(&event.event_id, false) {
+        return Err(ApiError::validation("event_id", NO_CONTROL_CHARS));
     }
     if event.kind != "payment.succeeded" {
         return Err(ApiError::validation("type", "must be payment.succeeded"));

@@ -58,6 +58,7 @@ const SETTINGS: &[&str] = &[
     "STATIC_MAX_AGE_SECS",
     "WEBHOOK_SECRET",
     "MAX_SSE_STREAMS",
+    "MAX_SSE_STREAMS_PER_USER",
 ];
 
 /// The binary in a scratch directory with a clean environment (no `.env`, no inherited settings).

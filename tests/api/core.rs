@@ -104,7 +104,11 @@ async fn pool_exhausted_is_a_quick_503(backend: Backend) {
 
 #[tokio::test]
 async fn openapi_documents_every_api_route() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    // With WEBHOOK_SECRET, so that the webhook is mounted and documented too.
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.webhook_secret = Some(shipshape::config::Secret::new("whsec_openapi_0123456789abcdef0123"))
+    })
+    .await;
     let doc: Value = app.get("/openapi.json", None).await.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     let paths = doc["paths"].as_object().unwrap();

@@ -106,7 +106,8 @@ async fn streams_are_bounded_and_need_a_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_fifty_open_streams_finishes_at_once() {
-    let mut app = TestApp::spawn(Backend::Sqlite).await;
+    // One user holds all fifty: lift MAX_SSE_STREAMS_PER_USER above its default of 10.
+    let mut app = TestApp::spawn_with(Backend::Sqlite, |c| c.max_sse_streams_per_user = 50).await;
     let token = app.signup("drain@example.com").await;
     let mut streams = Vec::new();
     for _ in 0..50 {

@@ -9,6 +9,7 @@ mod core;
 mod deploy;
 mod drills;
 mod events;
+mod hardening;
 mod invoices;
 mod managed;
 mod migrations;

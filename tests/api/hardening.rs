@@ -1,0 +1,612 @@
+//! Findings of the adversarial pass (issue 13): each test failed before its fix.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, PASSWORD, TestApp, assert_error, deliver_webhook};
+use crate::on_both_databases;
+
+on_both_databases!(
+    control_characters_are_refused_naming_the_field,
+    a_token_of_a_user_that_does_not_exist_is_401_everywhere,
+);
+
+const WEBHOOK_SECRET: &str = "whsec_test_7d9f2a4c6e8b0d1f3a5c7e9b1d3f5a7c";
+
+/// Posts `body` as raw JSON text.
+async fn post_raw(app: &TestApp, path: &str, body: &str, token: Option<&str>) -> reqwest::Response {
+    let mut request = app
+        .client
+        .post(app.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.expect("request sent")
+}
+
+/// The field named by the first detail of a 422.
+async fn refused_field(response: reqwest::Response) -> String {
+    let body = assert_error(response, 422, "validation_failed").await;
+    body["error"]["details"][0]["field"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+// RFC 6749 §5.1: token responses must not be cached.
+#[tokio::test]
+async fn signup_and_login_responses_are_not_stored() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let credentials = json!({"email": "store@example.com", "password": PASSWORD});
+    let signup = app.post_json("/api/v1/auth/signup", &credentials, None).await;
+    assert_eq!(signup.status(), 201);
+    assert_eq!(signup.headers()["cache-control"], "no-store", "signup");
+    let login = app.post_json("/api/v1/auth/login", &credentials, None).await;
+    assert_eq!(login.status(), 200);
+    assert_eq!(login.headers()["cache-control"], "no-store", "login");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn json_arrays_are_not_objects() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.webhook_secret = Some(shipshape::config::Secret::new(WEBHOOK_SECRET))
+    })
+    .await;
+    let credentials = json!(["a@example.com", PASSWORD]).to_string();
+    let signup = post_raw(&app, "/api/v1/auth/signup", &credentials, None).await;
+    assert_eq!(refused_field(signup).await, "body");
+    let token = app.signup("arrays@example.com").await;
+    let invoice = json!(["Acme Ltd", null, 100, "USD", null, null]).to_string();
+    assert_eq!(
+        refused_field(post_raw(&app, "/api/v1/invoices", &invoice, Some(&token)).await).await,
+        "body"
+    );
+    let event = json!(["evt_1", "payment.succeeded", uuid::Uuid::now_v7(), 100]);
+    let webhook = deliver_webhook(
+        &app,
+        &event,
+        time::OffsetDateTime::now_utc().unix_timestamp(),
+        WEBHOOK_SECRET,
+    );
+    assert_eq!(refused_field(webhook.await).await, "body");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn due_date_is_exactly_yyyy_mm_dd_with_a_year_from_1_to_9999() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = app.signup("dates@example.com").await;
+    let invoice = |due: &str| json!({"customer_name": "Acme", "amount_cents": 100, "currency": "USD", "due_date": due});
+    for bad in [
+        "+2026-01-01",
+        "-0001-01-01",
+        "0000-01-01",
+        "+12026-01-01",
+        "12026-01-01",
+        "2026-1-01",
+        "2026-02-30",
+        " 2026-01-01",
+    ] {
+        let response = app.post_json("/api/v1/invoices", &invoice(bad), Some(&token)).await;
+        assert_eq!(refused_field(response).await, "due_date", "{bad:?}");
+    }
+    for good in ["0001-01-01", "2028-02-29", "9999-12-31"] {
+        let response = app.post_json("/api/v1/invoices", &invoice(good), Some(&token)).await;
+        assert_eq!(response.status(), 201, "{good}");
+        assert_eq!(response.json::<Value>().await.unwrap()["due_date"], good);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unclosed_json_is_400_and_an_undecodable_id_is_404() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = app.signup("unclosed@example.com").await;
+    for body in ["[[[[", "[[[[[[[[[[[[[[[[[[[[", "{\"email\": [[[", "[\"a@example.com\""] {
+        let response = post_raw(&app, "/api/v1/auth/signup", body, None).await;
+        assert_error(response, 400, "invalid_json").await;
+    }
+    assert_error(app.get("/api/v1/invoices/%FF", Some(&token)).await, 404, "not_found").await;
+    let send = post_raw(&app, "/api/v1/invoices/%FF%FE/send", "", Some(&token)).await;
+    assert_error(send, 404, "not_found").await;
+    app.stop().await;
+}
+
+async fn control_characters_are_refused_naming_the_field(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.webhook_secret = Some(shipshape::config::Secret::new(WEBHOOK_SECRET))
+    })
+    .await;
+    for path in ["/api/v1/auth/signup", "/api/v1/auth/login"] {
+        for email in ["nul\u{0}@example.com", "bell\u{7}@example.com", "del\u{7f}@example.com"] {
+            let response = app
+                .post_json(path, &json!({"email": email, "password": PASSWORD}), None)
+                .await;
+            assert_eq!(refused_field(response).await, "email", "{path} {email:?}");
+        }
+    }
+    let token = app.signup("controls@example.com").await;
+    let invoice = |field: &str, value: &str| {
+        let mut body = json!({"customer_name": "Acme", "amount_cents": 100, "currency": "USD"});
+        body[field] = json!(value);
+        body
+    };
+    for (field, value) in [
+        ("customer_name", "Ac\u{0}me"),
+        ("customer_name", "Acme\nLtd"),
+        ("customer_name", "Acme\u{1b}[31m"),
+        ("description", "nul \u{0} here"),
+        ("description", "escape \u{1b}[2J"),
+    ] {
+        let response = app
+            .post_json("/api/v1/invoices", &invoice(field, value), Some(&token))
+            .await;
+        assert_eq!(refused_field(response).await, field, "{value:?}");
+    }
+    // A description may span lines.
+    let multiline = invoice("description", "line one\r\nline two\tindented");
+    let created = app.post_json("/api/v1/invoices", &multiline, Some(&token)).await;
+    assert_eq!(created.status(), 201);
+    let invoice: Value = created.json().await.unwrap();
+    let event =
+        json!({"event_id": "evt\u{0}1", "type": "payment.succeeded", "invoice_id": invoice["id"], "amount_cents": 100});
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let webhook = deliver_webhook(&app, &event, now, WEBHOOK_SECRET).await;
+    assert_eq!(refused_field(webhook).await, "event_id");
+    app.stop().await;
+}
+
+async fn a_token_of_a_user_that_does_not_exist_is_401_everywhere(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let ghost = app.state.auth.issue_token(uuid::Uuid::now_v7()).expect("token");
+    let invoice_id = uuid::Uuid::now_v7();
+    let new_invoice = json!({"customer_name": "Acme", "amount_cents": 100, "currency": "USD"});
+    let requests = [
+        ("me", app.get("/api/v1/me", Some(&ghost)).await),
+        (
+            "create",
+            app.post_json("/api/v1/invoices", &new_invoice, Some(&ghost)).await,
+        ),
+        ("list", app.get("/api/v1/invoices", Some(&ghost)).await),
+        (
+            "get",
+            app.get(&format!("/api/v1/invoices/{invoice_id}"), Some(&ghost)).await,
+        ),
+        (
+            "send",
+            post_raw(&app, &format!("/api/v1/invoices/{invoice_id}/send"), "", Some(&ghost)).await,
+        ),
+        ("stats", app.get("/api/v1/stats/summary", Some(&ghost)).await),
+        ("events", app.get("/api/v1/invoices/events", Some(&ghost)).await),
+    ];
+    for (name, response) in requests {
+        assert_eq!(response.status(), 401, "{name}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer", "{name}");
+        assert_error(response, 401, "unauthorized").await;
+    }
+    // A real user's empty list and missing invoice are still 200 and 404.
+    let token = app.signup("real@example.com").await;
+    assert_eq!(app.get("/api/v1/invoices", Some(&token)).await.status(), 200);
+    let missing = app.get(&format!("/api/v1/invoices/{invoice_id}"), Some(&token)).await;
+    assert_error(missing, 404, "not_found").await;
+    app.stop().await;
+}
+
+/// A static folder with one stylesheet (and its precompressed siblings) for the static tests.
+fn static_folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), "<!doctype html><title>home</title>").unwrap();
+    std::fs::write(dir.path().join("plain.css"), "body{}".repeat(400)).unwrap();
+    dir
+}
+
+async fn spawn_serving(dir: &tempfile::TempDir) -> TestApp {
+    let static_dir = dir.path().to_path_buf();
+    TestApp::spawn_with(Backend::Sqlite, move |c| c.static_dir = static_dir).await
+}
+
+#[tokio::test]
+async fn static_file_statuses_are_the_client_errors_they_are() {
+    let dir = static_folder();
+    let app = spawn_serving(&dir).await;
+    let get = |headers: &[(&str, &str)]| {
+        let mut request = app.client.get(app.url("/static/plain.css"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        async move { request.send().await.unwrap() }
+    };
+    let range = get(&[("range", "bytes=5-2")]).await;
+    assert_eq!(range.headers()["content-range"], "bytes */2400");
+    assert_error(range, 416, "range_not_satisfiable").await;
+    let if_match = get(&[("if-match", "\"not-the-etag\"")]).await;
+    assert_error(if_match, 412, "precondition_failed").await;
+    let unmodified = get(&[("if-unmodified-since", "Mon, 01 Jan 2001 00:00:00 GMT")]).await;
+    assert_error(unmodified, 412, "precondition_failed").await;
+    // RFC 9110 §12.5.3 lets a server disregard a refusal of identity, and this one does.
+    for path in ["/static/plain.css", "/healthz"] {
+        let response = app
+            .client
+            .get(app.url(path))
+            .header("accept-encoding", "identity;q=0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(response.headers().get("content-encoding").is_none(), "{path}");
+    }
+    let long_name = format!("/static/{}.css", "a".repeat(300));
+    assert_error(app.get(&long_name, None).await, 404, "not_found").await;
+    let long_path = format!("/static/{}", "abcdefgh/".repeat(600));
+    assert_error(app.get(&long_path, None).await, 404, "not_found").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn symlinks_out_of_the_static_folder_are_neither_served_nor_compressed() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.css"), "secret{}".repeat(400)).unwrap();
+    let dir = static_folder();
+    let link =
+        |target: &std::path::Path, name: &str| std::os::unix::fs::symlink(target, dir.path().join(name)).unwrap();
+    link(&outside.path().join("secret.css"), "leak.css");
+    link(outside.path(), "linked-dir");
+    link(&dir.path().join("plain.css"), "alias.css");
+    // compress-static replaces a sibling that is a link instead of writing through it.
+    std::fs::write(outside.path().join("victim.gz"), "victim").unwrap();
+    std::fs::write(dir.path().join("third.css"), "p{}".repeat(400)).unwrap();
+    link(&outside.path().join("victim.gz"), "third.css.gz");
+
+    let compressed = shipshape::static_files::compress_dir(dir.path()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("victim.gz")).unwrap(),
+        "victim"
+    );
+    let names: Vec<String> = compressed
+        .iter()
+        .map(|(path, _)| path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("leak") || n.contains("secret")),
+        "{names:?}"
+    );
+    assert!(!dir.path().join("leak.css.gz").exists() && !dir.path().join("leak.css.br").exists());
+    assert!(!outside.path().join("secret.css.gz").exists());
+    assert!(
+        names.contains(&"alias.css".to_owned()),
+        "links inside the folder are fine: {names:?}"
+    );
+
+    // A precompressed sibling that points outside must not be served either.
+    std::fs::write(dir.path().join("other.css"), "p{}".repeat(400)).unwrap();
+    link(&outside.path().join("secret.css"), "other.css.gz");
+    let app = spawn_serving(&dir).await;
+    for path in ["/static/leak.css", "/static/linked-dir/secret.css"] {
+        assert_error(app.get(path, None).await, 404, "not_found").await;
+    }
+    let sibling = app
+        .client
+        .get(app.url("/static/other.css"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_error(sibling, 404, "not_found").await;
+    let alias = app.get("/static/alias.css", None).await;
+    assert_eq!(alias.status(), 200);
+    assert_eq!(alias.text().await.unwrap(), "body{}".repeat(400));
+    app.stop().await;
+}
+
+#[test]
+fn every_numeric_setting_has_a_range_and_out_of_it_exits_2_naming_it() {
+    for (var, value) in [
+        ("HEADER_READ_TIMEOUT_SECS", "18446744073709551615"),
+        ("REQUEST_TIMEOUT_SECS", "18446744073709551615"),
+        ("SHUTDOWN_TIMEOUT_SECS", "18446744073709551615"),
+        ("TOKEN_TTL_SECS", "9223372036854775808"),
+        ("DATABASE_ACQUIRE_TIMEOUT_SECS", "18446744073709551615"),
+        ("DATABASE_IDLE_TIMEOUT_SECS", "18446744073709551615"),
+        ("DATABASE_MAX_LIFETIME_SECS", "18446744073709551615"),
+        ("DATABASE_STATEMENT_TIMEOUT_SECS", "18446744073709551615"),
+        ("DATABASE_MAX_CONNECTIONS", "4294967295"),
+        ("DATABASE_MIN_CONNECTIONS", "4294967295"),
+        ("SECURE_HSTS_SECONDS", "18446744073709551615"),
+        ("STATIC_MAX_AGE_SECS", "18446744073709551615"),
+        ("MAX_BODY_BYTES", "18446744073709551615"),
+        ("PASSWORD_HASH_CONCURRENCY", "18446744073709551615"),
+        ("MAX_SSE_STREAMS", "18446744073709551615"),
+        ("SENTRY_TRACES_SAMPLE_RATE", "NaN"),
+    ] {
+        // `check --deploy` reads the same settings and exits: a value taken would not start a server.
+        let output = crate::cli::run(&["check", "--deploy"], &[(var, value)]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{var}: one line, got {stderr}");
+        assert!(
+            stderr.contains(var) && !stderr.contains("panicked"),
+            "{var} named in {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn one_user_cannot_hold_more_than_ten_event_streams() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = app.signup("streams@example.com").await;
+    let mut open = Vec::new();
+    for n in 0..10 {
+        let stream = app.get("/api/v1/invoices/events", Some(&token)).await;
+        assert_eq!(stream.status(), 200, "stream {n}");
+        open.push(stream);
+    }
+    let refused = app.get("/api/v1/invoices/events", Some(&token)).await;
+    assert_error(refused, 503, "service_unavailable").await;
+    let other = app.signup("other-streams@example.com").await;
+    assert_eq!(app.get("/api/v1/invoices/events", Some(&other)).await.status(), 200);
+    drop(open);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ipv6_clients_share_the_limit_of_their_64() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.client_ip_source = shipshape::config::ClientIpSource::XForwardedFor;
+        c.rate_limits.login = shipshape::config::parse_rate("2/m").unwrap();
+    })
+    .await;
+    let login = |ip: &'static str| {
+        let request = app
+            .client
+            .post(app.url("/api/v1/auth/login"))
+            .header("x-forwarded-for", ip)
+            .json(&json!({"email": "nobody@example.com", "password": PASSWORD}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(login("2001:db8:1:2::1").await, 401);
+    assert_eq!(login("2001:db8:1:2::2").await, 401);
+    assert_eq!(login("2001:db8:1:2:ffff::3").await, 429, "same /64");
+    assert_eq!(login("2001:db8:1:3::1").await, 401, "another /64");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_what_is_served() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let doc: Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    assert!(
+        doc["paths"].get("/api/v1/webhooks/payments").is_none(),
+        "not mounted without WEBHOOK_SECRET, so not listed"
+    );
+    let cursor = doc["paths"]["/api/v1/invoices"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "cursor")
+        .unwrap()
+        .clone();
+    let pattern = cursor["schema"]["pattern"]
+        .as_str()
+        .expect("the cursor has a documented format");
+    assert!(pattern.starts_with('^') && pattern.ends_with('$'), "{pattern}");
+    // The smallest strings the pattern allows are accepted, not refused as invalid.
+    let token = app.signup("cursor@example.com").await;
+    let schema_valid = "0_00000000-0000-0000-0000-000000000000";
+    let page = app
+        .get(&format!("/api/v1/invoices?cursor={schema_valid}"), Some(&token))
+        .await;
+    assert_eq!(page.status(), 200);
+    // A cursor the server issued still works, and a malformed one is still invalid_cursor.
+    for _ in 0..3 {
+        app.create_invoice(&token, 100).await;
+    }
+    let first: Value = app
+        .get("/api/v1/invoices?limit=2", Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let next = first["next_cursor"].as_str().unwrap().to_owned();
+    let second: Value = app
+        .get(&format!("/api/v1/invoices?limit=2&cursor={next}"), Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    let bad = app.get("/api/v1/invoices?cursor=garbage!", Some(&token)).await;
+    assert_error(bad, 400, "invalid_cursor").await;
+    app.stop().await;
+}
+
+/// Reads until the server closes the connection: `false` if it is still open after `guard`,
+/// which only keeps a broken server from hanging the test.
+fn closed_by_server(stream: &mut std::net::TcpStream, guard: Duration) -> bool {
+    stream.set_read_timeout(Some(guard)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty SETTINGS frame.
+const H2_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+/// A HEADERS frame on stream 1 without END_HEADERS: the head never completes.
+const H2_OPEN_HEADERS: &[u8] = &[0, 0, 1, 1, 0, 0, 0, 0, 1, 0x82];
+
+fn connect_and_send(addr: std::net::SocketAddr, parts: &[&[u8]]) -> std::net::TcpStream {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    for part in parts {
+        stream.write_all(part).unwrap();
+    }
+    stream
+}
+
+// Blocking std I/O below: the server needs a worker thread of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_complete_head_are_closed_after_the_header_timeout() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.header_read_timeout = Duration::from_secs(1)).await;
+    let cases: [(&str, &[&[u8]]); 5] = [
+        ("silent", &[]),
+        ("part of the HTTP/2 preface", &[b"PRI * HTTP/2.0\r\n"]),
+        ("the HTTP/2 preface", &[H2_PREFACE, H2_SETTINGS]),
+        (
+            "HTTP/2 HEADERS without END_HEADERS",
+            &[H2_PREFACE, H2_SETTINGS, H2_OPEN_HEADERS],
+        ),
+        ("part of an HTTP/1 head", &[b"GET /healthz HTTP/1.1\r\nHost: local"]),
+    ];
+    let addr = app.addr;
+    let results = tokio::task::spawn_blocking(move || {
+        let mut streams: Vec<_> = cases
+            .iter()
+            .map(|(name, parts)| (*name, connect_and_send(addr, parts)))
+            .collect();
+        streams
+            .iter_mut()
+            .map(|(name, stream)| (*name, closed_by_server(stream, Duration::from_secs(20))))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (name, closed) in results {
+        assert!(closed, "{name}: still open");
+    }
+    app.stop().await;
+}
+
+/// Sends `GET /healthz` on an open connection and returns the status line.
+fn healthz_on(stream: &mut std::net::TcpStream) -> String {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !received.ends_with(b"}") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&received)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+// The keep-alive race behind the lost request: hyper's header timer also ran while a
+// keep-alive connection sat idle between requests, so the server closed it just as a client
+// reused it. Idle connections now last far longer than the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_idle_past_the_header_timeout_still_serves() {
+    let header_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn_with(Backend::Sqlite, move |c| c.header_read_timeout = header_timeout).await;
+    let addr = app.addr;
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        let first = healthz_on(&mut stream);
+        std::thread::sleep(header_timeout * 3);
+        (first, healthz_on(&mut stream))
+    })
+    .await
+    .unwrap();
+    assert_eq!(first, "HTTP/1.1 200 OK");
+    assert_eq!(second, "HTTP/1.1 200 OK", "the second request on the idle connection");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_closes_idle_and_half_open_connections_at_once() {
+    // Neither timeout would end these connections during the test: only the drain can.
+    let mut app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.header_read_timeout = Duration::from_secs(300);
+        c.shutdown_timeout = Duration::from_secs(300);
+    })
+    .await;
+    let addr = app.addr;
+    let mut held = tokio::task::spawn_blocking(move || {
+        let mut idle_http1 = std::net::TcpStream::connect(addr).unwrap();
+        assert_eq!(healthz_on(&mut idle_http1), "HTTP/1.1 200 OK");
+        vec![
+            idle_http1,
+            connect_and_send(addr, &[H2_PREFACE, H2_SETTINGS]),
+            connect_and_send(addr, &[H2_PREFACE, H2_SETTINGS, H2_OPEN_HEADERS]),
+            connect_and_send(addr, &[b"GET /healthz HTTP/1.1\r\nHost: local"]),
+            connect_and_send(addr, &[]),
+        ]
+    })
+    .await
+    .unwrap();
+    // Let the server see every connection before it stops accepting.
+    assert_eq!(app.get("/healthz", None).await.status(), 200);
+    let server = app.begin_shutdown();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the drain is not held by idle or half-open connections")
+        .unwrap();
+    let closed = tokio::task::spawn_blocking(move || {
+        held.iter_mut()
+            .map(|stream| closed_by_server(stream, Duration::from_secs(20)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(closed.iter().all(|c| *c), "{closed:?}");
+}
+
+/// A long run of keep-alive clients creating, sending and paying invoices: not one request
+/// may be lost (the drill for the keep-alive race above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_soak_loses_no_request() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.webhook_secret = Some(shipshape::config::Secret::new(WEBHOOK_SECRET))
+    })
+    .await;
+    let app = std::sync::Arc::new(app);
+    let mut workers = Vec::new();
+    for worker in 0..8 {
+        let app = app.clone();
+        workers.push(tokio::spawn(async move {
+            let token = app.signup(&format!("soak{worker}@example.com")).await;
+            let mut failures = Vec::new();
+            for n in 0..60 {
+                let created = app.create_invoice(&token, 100 + n).await;
+                let id = created["id"].as_str().unwrap().to_owned();
+                let sent = post_raw(&app, &format!("/api/v1/invoices/{id}/send"), "", Some(&token)).await;
+                if sent.status() != 200 {
+                    failures.push(format!("send {}", sent.status()));
+                }
+                let event = json!({"event_id": format!("soak-{worker}-{n}"), "type": "payment.succeeded",
+                    "invoice_id": id, "amount_cents": 100 + n});
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let paid = deliver_webhook(&app, &event, now, WEBHOOK_SECRET).await;
+                if paid.status() != 200 {
+                    failures.push(format!("webhook {}", paid.status()));
+                }
+            }
+            failures
+        }));
+    }
+    for worker in workers {
+        let failures = worker.await.expect("no request lost: every one was answered");
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+    if let Ok(app) = std::sync::Arc::try_unwrap(app) {
+        app.stop().await;
+    }
+}
