@@ -51,7 +51,8 @@ import json, sys
 lines = [json.loads(l) for l in sys.stdin if l.strip()]
 for l in lines:
     print("  %s %s %s" % (l["status"], l["method"], l["route"]))
-bad = [l for l in lines if l["status"] >= 400]
+# But the 401 docs-try-it-out.py asks for on purpose, to see an error shown.
+bad = [l for l in lines if l["status"] >= 400 and (l["route"], l["status"]) != ("/api/v1/me", 401)]
 assert lines, "the page made no requests"
 assert not bad, f"failed requests: {bad}"
 assert any(l["route"].startswith("/static") for l in lines), "the stylesheet was loaded"

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Drives /docs in a running headless Chromium the way a person would: "Try it out" on signup,
-the token pasted once into Authorize, then an invoice created and listed, each answered by the
-server. Talks to Chromium's DevTools protocol over a minimal WebSocket client (stdlib only).
+a protected route refused without a token, the token pasted once into Authorize, then an
+invoice created and listed, each answered by the server. Talks to Chromium's DevTools
+protocol over a minimal WebSocket client (stdlib only).
 
 Usage: docs-try-it-out.py DEVTOOLS_PORT   (Chromium already open on /docs)
 """
@@ -130,14 +131,17 @@ def main():
     else:
         sys.exit("docs-try-it-out: Chromium's DevTools did not answer")
     devtools = DevTools(page["webSocketDebuggerUrl"])
-    # The page may still be loading: it has no context to evaluate in until it is.
-    for _ in range(100):
+    # The page may still be loading (no context to evaluate in yet, or the blank page before
+    # it): wait until the reference has drawn its operations.
+    for _ in range(200):
         try:
-            if devtools.evaluate("document.readyState") == "complete":
+            if devtools.evaluate('document.querySelector(".opblock") !== null'):
                 break
         except AssertionError:
             pass
         time.sleep(0.1)
+    else:
+        sys.exit("docs-try-it-out: /docs drew no operation within 20 s")
 
     signup = run(devtools, """
       return await tryItOut("POST", "/api/v1/auth/signup",
@@ -145,6 +149,12 @@ def main():
     assert signup["status"] == "201", signup
     token = json.loads(signup["body"])["token"]
     print("  /docs: signup through Try it out: 201")
+
+    # Without a token a protected route answers its error, shown in the page as sent.
+    anonymous = run(devtools, 'return await tryItOut("GET", "/api/v1/me");')
+    assert anonymous["status"] == "401", anonymous
+    assert json.loads(anonymous["body"])["error"]["code"] == "unauthorized", anonymous
+    print("  /docs: /me without a token: 401 unauthorized, in the error shape")
 
     # Pasted once into Authorize; every later request carries it.
     run(devtools, """
