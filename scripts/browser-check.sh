@@ -19,23 +19,22 @@ OUT=$(realpath "$OUT")
 # JSON logs: every request the page makes is one line we can check.
 start_scratch_server "$BIN" LOG_FORMAT=json STATIC_DIR="$ROOT/static" API_DOCS=true
 
-# Headless Chromium, one profile for every page so the later runs reuse its cache.
-browse() {
-    "$CHROMIUM" --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
-        --disable-component-update --disable-sync --user-data-dir="$WORK/profile" \
-        --enable-logging=stderr --v=0 --window-size=1280,900 "$@"
-}
-browse --screenshot="$OUT/landing.png" "http://127.0.0.1:$PORT/" > "$WORK/chromium.log" 2>&1 || true
+# One profile for every page, so the later runs reuse its cache. An array, not a function: a
+# function run in the background is a subshell, and $! would not be Chromium's own PID.
+browse=("$CHROMIUM" --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking
+    --disable-component-update --disable-sync --user-data-dir="$WORK/profile"
+    --enable-logging=stderr --v=0 --window-size=1280,900)
+"${browse[@]}" --screenshot="$OUT/landing.png" "http://127.0.0.1:$PORT/" > "$WORK/chromium.log" 2>&1 || true
 # The reference draws itself after fetching /openapi.json: virtual time lets it finish first.
-browse --virtual-time-budget=10000 --screenshot="$OUT/api-docs.png" "http://127.0.0.1:$PORT/docs" \
+"${browse[@]}" --virtual-time-budget=10000 --screenshot="$OUT/api-docs.png" "http://127.0.0.1:$PORT/docs" \
     >> "$WORK/chromium.log" 2>&1 || true
-browse --virtual-time-budget=10000 --dump-dom "http://127.0.0.1:$PORT/docs" \
+"${browse[@]}" --virtual-time-budget=10000 --dump-dom "http://127.0.0.1:$PORT/docs" \
     > "$WORK/docs.html" 2>> "$WORK/chromium.log" || true
 # "Try it out" as a person uses it: signup, the token pasted once into Authorize, an invoice
 # created and listed (scripts/lib/docs-try-it-out.py drives the page over DevTools).
 failed=0
 devtools_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-browse --remote-debugging-port="$devtools_port" "http://127.0.0.1:$PORT/docs" >> "$WORK/chromium.log" 2>&1 &
+"${browse[@]}" --remote-debugging-port="$devtools_port" "http://127.0.0.1:$PORT/docs" >> "$WORK/chromium.log" 2>&1 &
 chromium_pid=$!
 timeout 120 python3 "$ROOT/scripts/lib/docs-try-it-out.py" "$devtools_port" || failed=1
 kill "$chromium_pid" 2>/dev/null && wait "$chromium_pid" 2>/dev/null || true
