@@ -171,9 +171,15 @@ pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     }
 }
 
-/// Routes that are not part of the API: static files and the landing page.
+/// Routes that are not part of the API: static files, the landing page and the API reference.
 fn site_routes(state: &AppState) -> Router<AppState> {
-    static_files::router(&state.config)
+    let files = static_files::router(&state.config);
+    // The API reference at /docs only when API_DOCS is on; off, its assets are 404 as well.
+    if state.config.api_docs {
+        files.merge(routes::docs::router(&state.config))
+    } else {
+        files.layer(middleware::from_fn(routes::docs::hide_assets))
+    }
 }
 
 /// Every route: `extra` (tests mount theirs here), the API, `/openapi.json` describing it,

@@ -148,6 +148,9 @@ pub struct Settings {
     /// Port of the Prometheus `/metrics` listener, or `off` [default: development off, production 9091]
     #[arg(long, env = "METRICS_PORT", global = true)]
     pub metrics_port: Option<String>,
+    /// Serve the interactive API reference at /docs [default: development true, production false]
+    #[arg(long, env = "API_DOCS", global = true)]
+    pub api_docs: Option<String>,
     /// Folder served at /static/ [default: static]
     #[arg(long, env = "STATIC_DIR", global = true)]
     pub static_dir: Option<String>,
@@ -369,6 +372,8 @@ pub struct Config {
     pub log_filter: String,
     pub sentry: SentryConfig,
     pub metrics_port: Option<u16>,
+    /// `API_DOCS`: whether `/docs` and its assets are served.
+    pub api_docs: bool,
     pub static_dir: PathBuf,
     pub static_max_age_secs: u64,
     pub webhook_secret: Option<Secret>,
@@ -766,6 +771,7 @@ impl Config {
                 traces_sample_rate,
             },
             metrics_port,
+            api_docs: parse_bool("API_DOCS", &s.api_docs, !prod)?,
             static_dir: PathBuf::from(raw(&s.static_dir).unwrap_or("static")),
             static_max_age_secs: parse_num(
                 "STATIC_MAX_AGE_SECS",

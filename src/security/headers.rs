@@ -55,7 +55,12 @@ impl SecurityHeaders {
         // Room for these and the request id at once, instead of regrowing the map several times.
         response_headers.reserve(self.always.len() + 2);
         for (name, value) in &self.always {
-            response_headers.insert(name.clone(), value.clone());
+            if name == header::CONTENT_SECURITY_POLICY {
+                // A route may send a policy of its own (`/docs` allows `data:` images); it is kept.
+                response_headers.entry(name).or_insert_with(|| value.clone());
+            } else {
+                response_headers.insert(name.clone(), value.clone());
+            }
         }
         if let (Some(hsts), true) = (&self.hsts, request_was_https) {
             response_headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());

@@ -7,6 +7,7 @@ mod accounts;
 mod cli;
 mod core;
 mod deploy;
+mod docs;
 mod drills;
 mod events;
 mod hardening;
