@@ -220,19 +220,25 @@ async fn migrate(config: Config) -> ExitCode {
             Err(error) => Err(error.into()),
         },
     };
+    print_migrations(result, "applied", "no pending migrations", "migration failed")
+}
+
+/// One line per migration (`applied 20261122000001 initial`), or `nothing` when there was
+/// none; an error is one line on stderr and exit 1.
+fn print_migrations(result: anyhow::Result<Vec<(i64, String)>>, verb: &str, nothing: &str, failed: &str) -> ExitCode {
     match result {
-        Ok(applied) if applied.is_empty() => {
-            println!("no pending migrations");
+        Ok(migrations) if migrations.is_empty() => {
+            println!("{nothing}");
             ExitCode::SUCCESS
         }
-        Ok(applied) => {
-            for (version, description) in applied {
-                println!("applied {version} {description}");
+        Ok(migrations) => {
+            for (version, description) in migrations {
+                println!("{verb} {version} {description}");
             }
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("migration failed: {error:#}");
+            eprintln!("{failed}: {error:#}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
@@ -309,22 +315,7 @@ async fn migrate_revert(config: Config, to: Option<i64>, yes: bool) -> ExitCode 
         )),
         Err(reason) => Err(anyhow::anyhow!(reason)),
     };
-    match result {
-        Ok(reverted) if reverted.is_empty() => {
-            println!("nothing to revert");
-            ExitCode::SUCCESS
-        }
-        Ok(reverted) => {
-            for (version, description) in reverted {
-                println!("reverted {version} {description}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("revert failed: {error:#}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-    }
+    print_migrations(result, "reverted", "nothing to revert", "revert failed")
 }
 
 /// How `migrate` reaches the database. Through a transaction pooler its lock would land on

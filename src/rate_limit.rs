@@ -30,6 +30,7 @@ use crate::error::ApiError;
 use crate::middleware::{BoxResponseFuture, Middleware, MiddlewareLayer};
 use crate::security::client_ip::ClientIp;
 use crate::security::is_health_path;
+use crate::telemetry::throttle::Throttle;
 
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -231,8 +232,8 @@ pub struct SharedStore {
     started: Instant,
     /// Milliseconds since `started` before which Redis is not tried again.
     skip_until_ms: AtomicU64,
-    /// Milliseconds since `started` of the last fault log line (0: never).
-    last_fault_log_ms: AtomicU64,
+    /// The fault is logged once a minute, not on every request that falls back.
+    fault_log: Throttle,
 }
 
 impl SharedStore {
@@ -242,7 +243,7 @@ impl SharedStore {
             script: redis::Script::new(GCRA_SCRIPT),
             started: Instant::now(),
             skip_until_ms: AtomicU64::new(0),
-            last_fault_log_ms: AtomicU64::new(0),
+            fault_log: Throttle::new(FAULT_LOG_INTERVAL),
         }
     }
 
@@ -288,16 +289,10 @@ impl SharedStore {
         let now = self.now_ms();
         self.skip_until_ms
             .store(now + REDIS_RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
-        let last = self.last_fault_log_ms.load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= FAULT_LOG_INTERVAL.as_millis() as u64;
-        if due
-            && self
-                .last_fault_log_ms
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if let Some(held_back) = self.fault_log.due() {
             tracing::warn!(
                 reason,
+                since_last = held_back,
                 "Redis unreachable: rate limits fall back to this instance (logged once a minute)"
             );
         }

@@ -89,6 +89,11 @@ async fn fail() -> Result<&'static str, ApiError> {
     Err(ApiError::Internal(anyhow::anyhow!("the ledger is out of balance")))
 }
 
+/// What a handler sees while the database is away.
+async fn database_down() -> Result<&'static str, ApiError> {
+    Err(sqlx::Error::PoolTimedOut.into())
+}
+
 async fn wait_for(mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !done() && Instant::now() < deadline {
@@ -104,7 +109,10 @@ async fn sentry_gets_one_event_per_panic_and_500_and_none_for_4xx() {
     config.sentry.dsn = Some(shipshape::config::SecretUrl::new(format!("http://publickey@{addr}/1")));
     let guard = shipshape::telemetry::sentry::init(&config).expect("sentry starts");
 
-    let routes = Router::new().route("/boom", get(explode)).route("/fail", get(fail));
+    let routes = Router::new()
+        .route("/boom", get(explode))
+        .route("/fail", get(fail))
+        .route("/database-down", get(database_down));
     let app = TestApp::start(
         Options {
             backend: Backend::Sqlite,
@@ -155,6 +163,17 @@ async fn sentry_gets_one_event_per_panic_and_500_and_none_for_4xx() {
                 .is_some_and(|r| r.contains(env!("CARGO_PKG_VERSION")))
         );
     }
+    // A database outage: every request a 503, one grouped event for the outage, not one each.
+    let before = ingest.events().len();
+    for _ in 0..20 {
+        assert_eq!(app.get("/database-down", None).await.status(), 503);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let outage: Vec<Value> = ingest.events().into_iter().skip(before).collect();
+    assert_eq!(outage.len(), 1, "one event per outage: {outage:?}");
+    assert!(outage[0].to_string().contains("database unavailable"), "{outage:?}");
+    assert!(!outage[0].to_string().contains("internal_error"));
+
     let raw = ingest.raw();
     for forbidden in ["QUERYTOKEN123", "AUTHSECRET456", "COOKIESECRET789", PASSWORD, &token] {
         assert!(!raw.contains(forbidden), "{forbidden} reached Sentry");
