@@ -302,6 +302,27 @@ fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
     Ok((created_at, id.to_owned()))
 }
 
+/// A page after the cursor `($2, $3)`, newest first. The row comparison is what both planners
+/// turn into an index range (PostgreSQL reads `created_at < $2 OR (created_at = $2 AND ...)`
+/// as a filter over every row before the cursor); `tests/api/query_plans.rs` checks the plans.
+macro_rules! page_sql {
+    ($status:literal) => {
+        concat!(
+            "SELECT ",
+            invoice_columns!(),
+            " FROM invoices WHERE user_id = $1",
+            $status,
+            " AND (created_at, id) < ($2, $3) ORDER BY created_at DESC, id DESC LIMIT $4"
+        )
+    };
+}
+
+/// Every status: `invoices_user_created_idx`.
+pub const LIST_SQL: &str = page_sql!("");
+/// One status, as a plain equality so `invoices_user_status_created_idx` bounds it (one text
+/// with `$5 IS NULL OR status = $5` cannot use that index once the plan is generic).
+pub const LIST_BY_STATUS_SQL: &str = page_sql!(" AND status = $5");
+
 /// The caller's invoices, newest first, a page at a time.
 #[utoipa::path(get, path = "/api/v1/invoices", tag = "invoices", params(ListParams),
     security(("bearer" = [])), responses(
@@ -324,21 +345,20 @@ pub async fn list_invoices(
         Some(cursor) => decode_cursor(cursor)?,
         None => (i64::MAX, String::new()),
     };
-    let sql = concat!(
-        "SELECT ",
-        invoice_columns!(),
-        " FROM invoices WHERE user_id = $1 AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
-         AND (created_at < $3 OR (created_at = $3 AND id < $4)) ORDER BY created_at DESC, id DESC LIMIT $5"
-    );
+    let status = params.status.map(InvoiceStatus::as_str);
+    let sql = if status.is_some() { LIST_BY_STATUS_SQL } else { LIST_SQL };
     let mut rows: Vec<InvoiceRow> = with_db!(state.database()?, pool => {
-        sqlx::query_as(sql)
+        let query = sqlx::query_as(sql)
             .bind(user.id.to_string())
-            .bind(params.status.map(InvoiceStatus::as_str))
             .bind(after_created)
             .bind(&after_id)
-            .bind(i64::from(limit) + 1)
-            .fetch_all(pool)
-            .await
+            .bind(i64::from(limit) + 1);
+        match status {
+            Some(status) => query.bind(status),
+            None => query,
+        }
+        .fetch_all(pool)
+        .await
     })?;
     // Rows prove the user exists (foreign key); an empty page must ask.
     if rows.is_empty() {
