@@ -17,7 +17,8 @@ use crate::db::{self, rfc3339};
 use crate::error::{
     ApiError, ApiJson, ApiQuery, ErrorBody, FieldError, JsonBodyErrors, NO_CONTROL_CHARS, has_control_chars,
 };
-use crate::with_db;
+use crate::routes::stats::StatsChange;
+use crate::{record_stats, with_db, with_transaction};
 
 /// Creating is rate limited per user; `app::routes` wraps this router in that limit.
 pub fn create_router() -> OpenApiRouter<AppState> {
@@ -116,13 +117,13 @@ pub struct InvoiceRow {
     customer_name: String,
     customer_phone: Option<String>,
     pub amount_cents: i64,
-    currency: String,
+    pub currency: String,
     due_date: Option<String>,
     description: Option<String>,
     pub status: String,
     created_at: i64,
-    sent_at: Option<i64>,
-    paid_at: Option<i64>,
+    pub sent_at: Option<i64>,
+    pub paid_at: Option<i64>,
 }
 
 impl InvoiceRow {
@@ -232,8 +233,9 @@ pub async fn create_invoice(
          description, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'draft', $9) RETURNING ",
         invoice_columns!()
     );
-    let inserted: Result<InvoiceRow, sqlx::Error> = with_db!(state.database()?, pool => {
-        sqlx::query_as(sql)
+    // The insert and the owner's aggregates commit together.
+    let row = with_transaction!(state.database()?, tx => {
+        let row: InvoiceRow = sqlx::query_as(sql)
             .bind(Uuid::now_v7().to_string())
             .bind(user.id.to_string())
             .bind(&body.customer_name)
@@ -243,15 +245,17 @@ pub async fn create_invoice(
             .bind(&body.due_date)
             .bind(&body.description)
             .bind(db::now_micros())
-            .fetch_one(pool)
+            .fetch_one(&mut *tx)
             .await
+            .map_err(|error| match error {
+                // A valid token of an account that does not exist: the foreign key says so for free.
+                sqlx::Error::Database(e) if e.is_foreign_key_violation() => ApiError::Unauthorized,
+                other => other.into(),
+            })?;
+        record_stats!(tx, StatsChange::created(&row));
+        tx.commit().await?;
+        row
     });
-    let row = match inserted {
-        Ok(row) => row,
-        // A valid token of an account that does not exist: the foreign key says so for free.
-        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => return Err(ApiError::Unauthorized),
-        Err(e) => return Err(e.into()),
-    };
     let invoice = row.into_invoice()?;
     state.events.publish(user.id, "invoice.created", &invoice);
     Ok((StatusCode::CREATED, Json(invoice)))
@@ -447,9 +451,19 @@ pub async fn send_invoice(
          RETURNING ",
         invoice_columns!()
     );
-    let row: Option<InvoiceRow> = with_db!(state.database()?, pool => {
-        sqlx::query_as(sql).bind(db::now_micros()).bind(&existing.id).bind(user.id.to_string()).fetch_optional(pool).await
-    })?;
+    let row = with_transaction!(state.database()?, tx => {
+        let row: Option<InvoiceRow> = sqlx::query_as(sql)
+            .bind(db::now_micros())
+            .bind(&existing.id)
+            .bind(user.id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(sent) = &row {
+            record_stats!(tx, StatsChange::sent(sent));
+        }
+        tx.commit().await?;
+        row
+    });
     let invoice = row
         .ok_or(ApiError::InvalidTransition("only a draft invoice can be sent"))?
         .into_invoice()?;

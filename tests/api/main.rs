@@ -18,4 +18,5 @@ mod observability;
 mod query_plans;
 mod rate_limits;
 mod security;
+mod stats;
 mod webhooks;
