@@ -4,8 +4,9 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -226,7 +227,7 @@ pub async fn create_invoice(
     State(state): State<AppState>,
     user: AuthUser,
     ApiJson(body): ApiJson<NewInvoice>,
-) -> Result<(StatusCode, Json<Invoice>), ApiError> {
+) -> Result<Response, ApiError> {
     validate(&body)?;
     let sql = concat!(
         "INSERT INTO invoices (id, user_id, customer_name, customer_phone, amount_cents, currency, due_date, \
@@ -256,9 +257,21 @@ pub async fn create_invoice(
         tx.commit().await?;
         row
     });
-    let invoice = row.into_invoice()?;
-    state.events.publish(user.id, "invoice.created", &invoice);
-    Ok((StatusCode::CREATED, Json(invoice)))
+    publish_and_answer(&state, user, "invoice.created", StatusCode::CREATED, row)
+}
+
+/// Announces the changed invoice to the owner's event streams and answers it, serialized
+/// once for both.
+fn publish_and_answer(
+    state: &AppState,
+    user: AuthUser,
+    kind: &'static str,
+    status: StatusCode,
+    row: InvoiceRow,
+) -> Result<Response, ApiError> {
+    let json = serde_json::to_string(&row.into_invoice()?).map_err(|e| ApiError::Internal(e.into()))?;
+    state.events.publish_json(user.id, kind, json.clone());
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -439,11 +452,7 @@ pub async fn get_invoice(
     (status = 404, body = ErrorBody, description = "`not_found`"),
     (status = 409, body = ErrorBody, description = "`invalid_transition`: not a draft"),
 ))]
-pub async fn send_invoice(
-    State(state): State<AppState>,
-    user: AuthUser,
-    id: InvoiceId,
-) -> Result<Json<Invoice>, ApiError> {
+pub async fn send_invoice(State(state): State<AppState>, user: AuthUser, id: InvoiceId) -> Result<Response, ApiError> {
     let existing = find_own(&state, user, id).await?;
     // The status condition makes the transition atomic: of two concurrent sends, one wins.
     let sql = concat!(
@@ -464,11 +473,8 @@ pub async fn send_invoice(
         tx.commit().await?;
         row
     });
-    let invoice = row
-        .ok_or(ApiError::InvalidTransition("only a draft invoice can be sent"))?
-        .into_invoice()?;
-    state.events.publish(user.id, "invoice.sent", &invoice);
-    Ok(Json(invoice))
+    let sent = row.ok_or(ApiError::InvalidTransition("only a draft invoice can be sent"))?;
+    publish_and_answer(&state, user, "invoice.sent", StatusCode::OK, sent)
 }
 
 #[cfg(test)]
