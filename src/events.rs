@@ -148,13 +148,15 @@ impl EventHub {
     /// Sends an event to every open stream of `user`, here and (through Redis) on every
     /// other instance. Never waits.
     pub fn publish(&self, user: Uuid, kind: &'static str, payload: &impl Serialize) {
-        let data = match serde_json::to_string(payload) {
-            Ok(data) => data,
-            Err(error) => {
-                tracing::error!(%error, kind, "cannot serialise event");
-                return;
-            }
-        };
+        match serde_json::to_string(payload) {
+            Ok(data) => self.publish_json(user, kind, data),
+            Err(error) => tracing::error!(%error, kind, "cannot serialise event"),
+        }
+    }
+
+    /// [`publish`](Self::publish) for a payload already serialized, e.g. the body of the
+    /// response that announces the same change.
+    pub fn publish_json(&self, user: Uuid, kind: &'static str, data: String) {
         let event = Event {
             kind: kind.to_owned(),
             data,

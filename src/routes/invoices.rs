@@ -4,8 +4,9 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -17,7 +18,8 @@ use crate::db::{self, rfc3339};
 use crate::error::{
     ApiError, ApiJson, ApiQuery, ErrorBody, FieldError, JsonBodyErrors, NO_CONTROL_CHARS, has_control_chars,
 };
-use crate::with_db;
+use crate::routes::stats::StatsChange;
+use crate::{record_stats, with_db, with_transaction};
 
 /// Creating is rate limited per user; `app::routes` wraps this router in that limit.
 pub fn create_router() -> OpenApiRouter<AppState> {
@@ -116,13 +118,13 @@ pub struct InvoiceRow {
     customer_name: String,
     customer_phone: Option<String>,
     pub amount_cents: i64,
-    currency: String,
+    pub currency: String,
     due_date: Option<String>,
     description: Option<String>,
     pub status: String,
     created_at: i64,
-    sent_at: Option<i64>,
-    paid_at: Option<i64>,
+    pub sent_at: Option<i64>,
+    pub paid_at: Option<i64>,
 }
 
 impl InvoiceRow {
@@ -225,15 +227,16 @@ pub async fn create_invoice(
     State(state): State<AppState>,
     user: AuthUser,
     ApiJson(body): ApiJson<NewInvoice>,
-) -> Result<(StatusCode, Json<Invoice>), ApiError> {
+) -> Result<Response, ApiError> {
     validate(&body)?;
     let sql = concat!(
         "INSERT INTO invoices (id, user_id, customer_name, customer_phone, amount_cents, currency, due_date, \
          description, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'draft', $9) RETURNING ",
         invoice_columns!()
     );
-    let inserted: Result<InvoiceRow, sqlx::Error> = with_db!(state.database()?, pool => {
-        sqlx::query_as(sql)
+    // The insert and the owner's aggregates commit together.
+    let row = with_transaction!(state.database()?, tx => {
+        let row: InvoiceRow = sqlx::query_as(sql)
             .bind(Uuid::now_v7().to_string())
             .bind(user.id.to_string())
             .bind(&body.customer_name)
@@ -243,18 +246,32 @@ pub async fn create_invoice(
             .bind(&body.due_date)
             .bind(&body.description)
             .bind(db::now_micros())
-            .fetch_one(pool)
+            .fetch_one(&mut *tx)
             .await
+            .map_err(|error| match error {
+                // A valid token of an account that does not exist: the foreign key says so for free.
+                sqlx::Error::Database(e) if e.is_foreign_key_violation() => ApiError::Unauthorized,
+                other => other.into(),
+            })?;
+        record_stats!(tx, StatsChange::created(&row));
+        tx.commit().await?;
+        row
     });
-    let row = match inserted {
-        Ok(row) => row,
-        // A valid token of an account that does not exist: the foreign key says so for free.
-        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => return Err(ApiError::Unauthorized),
-        Err(e) => return Err(e.into()),
-    };
-    let invoice = row.into_invoice()?;
-    state.events.publish(user.id, "invoice.created", &invoice);
-    Ok((StatusCode::CREATED, Json(invoice)))
+    publish_and_answer(&state, user, "invoice.created", StatusCode::CREATED, row)
+}
+
+/// Announces the changed invoice to the owner's event streams and answers it, serialized
+/// once for both.
+fn publish_and_answer(
+    state: &AppState,
+    user: AuthUser,
+    kind: &'static str,
+    status: StatusCode,
+    row: InvoiceRow,
+) -> Result<Response, ApiError> {
+    let json = serde_json::to_string(&row.into_invoice()?).map_err(|e| ApiError::Internal(e.into()))?;
+    state.events.publish_json(user.id, kind, json.clone());
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -302,6 +319,27 @@ fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
     Ok((created_at, id.to_owned()))
 }
 
+/// A page after the cursor `($2, $3)`, newest first. The row comparison is what both planners
+/// turn into an index range (PostgreSQL reads `created_at < $2 OR (created_at = $2 AND ...)`
+/// as a filter over every row before the cursor); `tests/api/query_plans.rs` checks the plans.
+macro_rules! page_sql {
+    ($status:literal) => {
+        concat!(
+            "SELECT ",
+            invoice_columns!(),
+            " FROM invoices WHERE user_id = $1",
+            $status,
+            " AND (created_at, id) < ($2, $3) ORDER BY created_at DESC, id DESC LIMIT $4"
+        )
+    };
+}
+
+/// Every status: `invoices_user_created_idx`.
+pub const LIST_SQL: &str = page_sql!("");
+/// One status, as a plain equality so `invoices_user_status_created_idx` bounds it (one text
+/// with `$5 IS NULL OR status = $5` cannot use that index once the plan is generic).
+pub const LIST_BY_STATUS_SQL: &str = page_sql!(" AND status = $5");
+
 /// The caller's invoices, newest first, a page at a time.
 #[utoipa::path(get, path = "/api/v1/invoices", tag = "invoices", params(ListParams),
     security(("bearer" = [])), responses(
@@ -324,21 +362,20 @@ pub async fn list_invoices(
         Some(cursor) => decode_cursor(cursor)?,
         None => (i64::MAX, String::new()),
     };
-    let sql = concat!(
-        "SELECT ",
-        invoice_columns!(),
-        " FROM invoices WHERE user_id = $1 AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
-         AND (created_at < $3 OR (created_at = $3 AND id < $4)) ORDER BY created_at DESC, id DESC LIMIT $5"
-    );
+    let status = params.status.map(InvoiceStatus::as_str);
+    let sql = if status.is_some() { LIST_BY_STATUS_SQL } else { LIST_SQL };
     let mut rows: Vec<InvoiceRow> = with_db!(state.database()?, pool => {
-        sqlx::query_as(sql)
+        let query = sqlx::query_as(sql)
             .bind(user.id.to_string())
-            .bind(params.status.map(InvoiceStatus::as_str))
             .bind(after_created)
             .bind(&after_id)
-            .bind(i64::from(limit) + 1)
-            .fetch_all(pool)
-            .await
+            .bind(i64::from(limit) + 1);
+        match status {
+            Some(status) => query.bind(status),
+            None => query,
+        }
+        .fetch_all(pool)
+        .await
     })?;
     // Rows prove the user exists (foreign key); an empty page must ask.
     if rows.is_empty() {
@@ -415,11 +452,7 @@ pub async fn get_invoice(
     (status = 404, body = ErrorBody, description = "`not_found`"),
     (status = 409, body = ErrorBody, description = "`invalid_transition`: not a draft"),
 ))]
-pub async fn send_invoice(
-    State(state): State<AppState>,
-    user: AuthUser,
-    id: InvoiceId,
-) -> Result<Json<Invoice>, ApiError> {
+pub async fn send_invoice(State(state): State<AppState>, user: AuthUser, id: InvoiceId) -> Result<Response, ApiError> {
     let existing = find_own(&state, user, id).await?;
     // The status condition makes the transition atomic: of two concurrent sends, one wins.
     let sql = concat!(
@@ -427,14 +460,21 @@ pub async fn send_invoice(
          RETURNING ",
         invoice_columns!()
     );
-    let row: Option<InvoiceRow> = with_db!(state.database()?, pool => {
-        sqlx::query_as(sql).bind(db::now_micros()).bind(&existing.id).bind(user.id.to_string()).fetch_optional(pool).await
-    })?;
-    let invoice = row
-        .ok_or(ApiError::InvalidTransition("only a draft invoice can be sent"))?
-        .into_invoice()?;
-    state.events.publish(user.id, "invoice.sent", &invoice);
-    Ok(Json(invoice))
+    let row = with_transaction!(state.database()?, tx => {
+        let row: Option<InvoiceRow> = sqlx::query_as(sql)
+            .bind(db::now_micros())
+            .bind(&existing.id)
+            .bind(user.id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(sent) = &row {
+            record_stats!(tx, StatsChange::sent(sent));
+        }
+        tx.commit().await?;
+        row
+    });
+    let sent = row.ok_or(ApiError::InvalidTransition("only a draft invoice can be sent"))?;
+    publish_and_answer(&state, user, "invoice.sent", StatusCode::OK, sent)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Business numbers for the caller, computed in SQL.
+//! Business numbers for the caller, read from per-user aggregates kept with the invoices.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +11,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
+use crate::routes::invoices::InvoiceRow;
 use crate::with_db;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -37,15 +38,16 @@ pub struct Summary {
     total_paid_cents: BTreeMap<String, i64>,
 }
 
+/// One row per paid currency (one with none when nothing is paid): the user's aggregates
+/// beside each paid total.
 #[derive(sqlx::FromRow)]
-struct CountsRow {
+struct SummaryRow {
     draft: i64,
     sent: i64,
     paid: i64,
-    total: i64,
     avg_payment_micros: Option<f64>,
-    /// 0 for a valid token of an account that does not exist: asked in the same round trip.
-    user_exists: i64,
+    currency: Option<String>,
+    total_cents: Option<i64>,
 }
 
 /// Counts by status, conversion, time to payment and paid totals for the caller's invoices.
@@ -54,36 +56,149 @@ struct CountsRow {
     (status = 401, body = ErrorBody, description = "`unauthorized`"),
 ))]
 pub async fn summary(State(state): State<AppState>, user: AuthUser) -> Result<Json<Summary>, ApiError> {
-    // Portable SQL: CASTs pin the result types that SQLite and Postgres would otherwise disagree on.
-    let counts_sql = "SELECT \
-        CAST(COALESCE(SUM(CASE WHEN status = 'draft' THEN 1 ELSE 0 END), 0) AS BIGINT) AS draft, \
-        CAST(COALESCE(SUM(CASE WHEN status = 'sent' THEN 1 ELSE 0 END), 0) AS BIGINT) AS sent, \
-        CAST(COALESCE(SUM(CASE WHEN status = 'paid' THEN 1 ELSE 0 END), 0) AS BIGINT) AS paid, \
-        CAST(COUNT(*) AS BIGINT) AS total, \
-        CAST(AVG(CASE WHEN status = 'paid' AND sent_at IS NOT NULL THEN paid_at - sent_at END) AS DOUBLE PRECISION) \
-            AS avg_payment_micros, \
-        CAST((SELECT COUNT(*) FROM users WHERE id = $1) AS BIGINT) AS user_exists \
-        FROM invoices WHERE user_id = $1";
-    let totals_sql = "SELECT currency, CAST(SUM(amount_cents) AS BIGINT) FROM invoices \
-        WHERE user_id = $1 AND status = 'paid' GROUP BY currency";
-    let user_id = user.id.to_string();
-    let counts: CountsRow =
-        with_db!(state.database()?, pool => sqlx::query_as(counts_sql).bind(&user_id).fetch_one(pool).await)?;
-    if counts.user_exists == 0 {
+    // Starting from `users` answers "does this account exist" in the same round trip: no row
+    // for a valid token of a deleted account. The mean is divided as AVG did over the
+    // invoices (NUMERIC on PostgreSQL, a double on SQLite), so the numbers stay the same;
+    // `* 1.0` keeps SQLite from dividing integers.
+    let sql = "SELECT \
+        COALESCE(s.draft, 0) AS draft, COALESCE(s.sent, 0) AS sent, COALESCE(s.paid, 0) AS paid, \
+        CASE WHEN s.paid_after_send > 0 THEN CAST((CAST(s.paid_after_send_seconds AS NUMERIC) * 1000000 \
+            + s.paid_after_send_micros) * 1.0 / s.paid_after_send AS DOUBLE PRECISION) END AS avg_payment_micros, \
+        t.currency, t.total_cents \
+        FROM users u LEFT JOIN user_stats s ON s.user_id = u.id LEFT JOIN user_paid_totals t ON t.user_id = u.id \
+        WHERE u.id = $1";
+    let rows: Vec<SummaryRow> = with_db!(state.database()?, pool => {
+        sqlx::query_as(sql).bind(user.id.to_string()).fetch_all(pool).await
+    })?;
+    let Some(first) = rows.first() else {
         return Err(ApiError::Unauthorized);
-    }
-    let totals: Vec<(String, i64)> =
-        with_db!(state.database()?, pool => sqlx::query_as(totals_sql).bind(&user_id).fetch_all(pool).await)?;
-    let settled = counts.sent + counts.paid;
+    };
+    let settled = first.sent + first.paid;
     Ok(Json(Summary {
-        conversion_rate: (settled > 0).then(|| counts.paid as f64 / settled as f64),
-        average_payment_seconds: counts.avg_payment_micros.map(|micros| micros / 1_000_000.0),
+        conversion_rate: (settled > 0).then(|| first.paid as f64 / settled as f64),
+        average_payment_seconds: first.avg_payment_micros.map(|micros| micros / 1_000_000.0),
         invoices: Counts {
-            draft: counts.draft,
-            sent: counts.sent,
-            paid: counts.paid,
-            total: counts.total,
+            draft: first.draft,
+            sent: first.sent,
+            paid: first.paid,
+            total: first.draft + settled,
         },
-        total_paid_cents: totals.into_iter().collect(),
+        total_paid_cents: rows
+            .iter()
+            .filter_map(|row| Some((row.currency.clone()?, row.total_cents?)))
+            .collect(),
     }))
+}
+
+/// How one change of an invoice moves its owner's aggregates. Applied with [`record_stats!`]
+/// in the transaction of the change itself, so the aggregates never disagree with the invoices.
+pub struct StatsChange<'a> {
+    pub user_id: &'a str,
+    pub draft: i64,
+    pub sent: i64,
+    pub paid: i64,
+    pub paid_after_send: i64,
+    pub paid_after_send_seconds: i64,
+    pub paid_after_send_micros: i64,
+    /// The currency and amount added to the paid totals.
+    pub paid_total: Option<(&'a str, i64)>,
+}
+
+impl<'a> StatsChange<'a> {
+    fn of(invoice: &'a InvoiceRow) -> StatsChange<'a> {
+        StatsChange {
+            user_id: &invoice.user_id,
+            draft: 0,
+            sent: 0,
+            paid: 0,
+            paid_after_send: 0,
+            paid_after_send_seconds: 0,
+            paid_after_send_micros: 0,
+            paid_total: None,
+        }
+    }
+
+    /// A new draft.
+    pub fn created(invoice: &'a InvoiceRow) -> StatsChange<'a> {
+        StatsChange {
+            draft: 1,
+            ..StatsChange::of(invoice)
+        }
+    }
+
+    /// A draft sent.
+    pub fn sent(invoice: &'a InvoiceRow) -> StatsChange<'a> {
+        StatsChange {
+            draft: -1,
+            sent: 1,
+            ..StatsChange::of(invoice)
+        }
+    }
+
+    /// `invoice` as it is once paid. Only a sent invoice has `sent_at`, so it tells whether
+    /// the payment came after a send (drafts can be paid too).
+    pub fn paid(invoice: &'a InvoiceRow) -> StatsChange<'a> {
+        let paid = StatsChange {
+            paid: 1,
+            paid_total: Some((&invoice.currency, invoice.amount_cents)),
+            ..StatsChange::of(invoice)
+        };
+        match (invoice.sent_at, invoice.paid_at) {
+            (Some(sent_at), Some(paid_at)) => {
+                let waited = paid_at - sent_at;
+                StatsChange {
+                    sent: -1,
+                    paid_after_send: 1,
+                    // Truncating, as the backfill's SQL does: seconds * 1000000 + micros = waited.
+                    paid_after_send_seconds: waited / 1_000_000,
+                    paid_after_send_micros: waited % 1_000_000,
+                    ..paid
+                }
+            }
+            (Some(_), None) => StatsChange { sent: -1, ..paid },
+            (None, _) => StatsChange { draft: -1, ..paid },
+        }
+    }
+}
+
+/// Adds one row's worth of counts; the first change of a user creates the row.
+pub const UPSERT_STATS: &str = "INSERT INTO user_stats (user_id, draft, sent, paid, paid_after_send, \
+    paid_after_send_seconds, paid_after_send_micros) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+    ON CONFLICT (user_id) DO UPDATE SET draft = user_stats.draft + excluded.draft, \
+    sent = user_stats.sent + excluded.sent, paid = user_stats.paid + excluded.paid, \
+    paid_after_send = user_stats.paid_after_send + excluded.paid_after_send, \
+    paid_after_send_seconds = user_stats.paid_after_send_seconds + excluded.paid_after_send_seconds, \
+    paid_after_send_micros = user_stats.paid_after_send_micros + excluded.paid_after_send_micros";
+
+pub const UPSERT_PAID_TOTAL: &str = "INSERT INTO user_paid_totals (user_id, currency, total_cents) \
+    VALUES ($1, $2, $3) ON CONFLICT (user_id, currency) \
+    DO UPDATE SET total_cents = user_paid_totals.total_cents + excluded.total_cents";
+
+/// Applies a [`StatsChange`] on `$tx`, an open transaction (a macro, as the transaction's
+/// type differs per database), returning the error from the enclosing function. Always after
+/// the invoice's own statement: every writer locks the invoice, then the aggregates, so
+/// concurrent changes of one user queue on the aggregates row and never deadlock.
+#[macro_export]
+macro_rules! record_stats {
+    ($tx:ident, $change:expr) => {{
+        let change: $crate::routes::stats::StatsChange = $change;
+        sqlx::query($crate::routes::stats::UPSERT_STATS)
+            .bind(change.user_id)
+            .bind(change.draft)
+            .bind(change.sent)
+            .bind(change.paid)
+            .bind(change.paid_after_send)
+            .bind(change.paid_after_send_seconds)
+            .bind(change.paid_after_send_micros)
+            .execute(&mut *$tx)
+            .await?;
+        if let Some((currency, cents)) = change.paid_total {
+            sqlx::query($crate::routes::stats::UPSERT_PAID_TOTAL)
+                .bind(change.user_id)
+                .bind(currency)
+                .bind(cents)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
 }

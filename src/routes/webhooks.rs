@@ -15,7 +15,8 @@ use crate::app::AppState;
 use crate::db::{self, Db};
 use crate::error::{self, ApiError, ErrorBody, JsonBodyErrors, NO_CONTROL_CHARS, has_control_chars};
 use crate::routes::invoices::InvoiceRow;
-use crate::{invoice_columns, with_transaction};
+use crate::routes::stats::StatsChange;
+use crate::{invoice_columns, record_stats, with_transaction};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(payment_webhook))
@@ -120,7 +121,7 @@ pub async fn payment_webhook(
     }
 }
 
-/// Records the event and marks the invoice paid, in one transaction. `None` for an event
+/// Records the event, marks the invoice paid and counts it in the owner's stats, in one transaction. `None` for an event
 /// already recorded. Any failure rolls back both.
 async fn record_payment(db: &Db, event: &PaymentEvent, invoice_id: Uuid) -> Result<Option<InvoiceRow>, ApiError> {
     let select_invoice = concat!("SELECT ", invoice_columns!(), " FROM invoices WHERE id = $1");
@@ -170,6 +171,7 @@ async fn record_payment(db: &Db, event: &PaymentEvent, invoice_id: Uuid) -> Resu
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(ApiError::InvalidTransition("the invoice is already paid"))?;
+        record_stats!(tx, StatsChange::paid(&paid));
         tx.commit().await?;
         Ok(Some(paid))
     })

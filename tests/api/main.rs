@@ -15,6 +15,8 @@ mod invoices;
 mod managed;
 mod migrations;
 mod observability;
+mod query_plans;
 mod rate_limits;
 mod security;
+mod stats;
 mod webhooks;
