@@ -28,7 +28,8 @@ pub static MIGRATOR: Migrator = Migrator {
 /// How long `migrate` waits for another process's migration lock before giving up.
 pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 const LOCK_POLL: Duration = Duration::from_millis(250);
-/// The advisory lock key migrations hold ("shipshap" in ASCII).
+/// The advisory lock key migrations hold: any fixed 64-bit value (these are 8 ASCII bytes);
+/// keep it once deployed, as every release must take the same lock.
 const LOCK_KEY: i64 = 0x7368_6970_7368_6170;
 
 #[derive(Debug, thiserror::Error)]
