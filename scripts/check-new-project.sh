@@ -3,7 +3,7 @@
 # suffix of shipshape), full and --bare, into temporary folders, and in each
 #   - finds no "shipshape" in any case (file names and text) but the README's credit line,
 #   - runs cargo fmt --check, cargo clippy --all-targets -- -D warnings and cargo test,
-#   - starts the binary on SQLite and gets 200 from /healthz and /readyz,
+#   - starts the binary on SQLite and gets 200 from /healthz and /readyz, runs check --deploy,
 #   - and, in the bare copy, finds only the account, health and docs routes in /openapi.json.
 #
 #   bash scripts/check-new-project.sh [VARIANT ...]      variants: full bare   [both]
@@ -12,6 +12,7 @@
 #   CARGO_TARGET_DIR    one target folder for both copies, so dependencies compile once
 #                                                           [target/new-project of this checkout]
 #   KEEP_NEW_PROJECT    1 keeps the generated copies (their paths are printed)     [0]
+#   NEW_PROJECT_CARGO_LOCK  a lock file each cargo command holds (flock), on a shared machine
 #   TEST_DATABASE_URL, TEST_REDIS_URL   passed on to the copies' tests, as in .ci/run
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,6 +38,14 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
+
+cargo_() {
+    if [ -n "${NEW_PROJECT_CARGO_LOCK:-}" ]; then
+        flock "$NEW_PROJECT_CARGO_LOCK" cargo "$@"
+    else
+        cargo "$@"
+    fi
+}
 
 say() { printf '\n--- new-project %s: %s\n' "$variant" "$*"; }
 fail() {
@@ -70,12 +79,12 @@ spec = json.load(open(path))
 paths = sorted(spec["paths"])
 print("OpenAPI paths:", " ".join(paths))
 if variant == "bare":
-    allowed = {"/api/v1/auth/signup", "/api/v1/auth/login", "/api/v1/auth/me",
+    allowed = {"/api/v1/auth/signup", "/api/v1/auth/login", "/api/v1/me",
                "/healthz", "/readyz", "/openapi.json"}
     extra = [p for p in paths if p not in allowed]
     if extra:
         sys.exit("the bare API has routes beyond accounts and health: %s" % extra)
-    for p in ("/api/v1/auth/signup", "/api/v1/auth/login", "/api/v1/auth/me"):
+    for p in ("/api/v1/auth/signup", "/api/v1/auth/login", "/api/v1/me"):
         if p not in paths:
             sys.exit("the bare API lacks %s" % p)
 else:
@@ -84,6 +93,18 @@ else:
 EOF
     kill "$APP_PID" && wait "$APP_PID" 2>/dev/null || true
     APP_PID=
+
+    # check --deploy judges an empty production configuration: errors, exit 1, each named.
+    local code=0
+    (cd "$work" && env -i PATH="$PATH" "$bin" check --deploy >"$work/check.txt" 2>&1) || code=$?
+    if [ "$code" != 1 ] || ! grep -q 'E001' "$work/check.txt"; then
+        cat "$work/check.txt" >&2
+        fail "$NAME check --deploy: exit $code, expected 1 with E001"
+    fi
+    echo "$NAME check --deploy: $(grep -c '^[[:space:]]*[EW][0-9][0-9][0-9]' "$work/check.txt" || true) findings, exit 1"
+    if [ "$variant" = bare ] && grep -q 'W008' "$work/check.txt"; then
+        fail "check --deploy of the bare copy reports W008 (WEBHOOK_SECRET)"
+    fi
 }
 
 for variant in "${variants[@]}"; do
@@ -105,11 +126,11 @@ for variant in "${variants[@]}"; do
     [ "$(grep -ci shipshape "$dir/README.md")" = 1 ] || fail "README.md: not exactly one credit line"
 
     say "cargo fmt --check"
-    (cd "$dir" && cargo fmt --check)
+    (cd "$dir" && cargo_ fmt --check)
     say "cargo clippy --all-targets -- -D warnings"
-    (cd "$dir" && cargo clippy --all-targets -- -D warnings)
+    (cd "$dir" && cargo_ clippy --all-targets -- -D warnings)
     say "cargo test"
-    (cd "$dir" && cargo test)
+    (cd "$dir" && cargo_ test)
     say "serve: /healthz, /readyz, /openapi.json"
     serve_and_probe "$dir"
     say "ok ($(($(date +%s) - start)) s)"

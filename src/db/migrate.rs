@@ -447,6 +447,7 @@ impl Db {
 mod tests {
     use super::*;
 
+    // example-domain:begin
     /// Splitting the first migration into `.up.sql`/`.down.sql` kept its content, so databases
     /// that applied the single file see it applied, not changed (sqlx checksums are SHA-384).
     #[test]
@@ -460,6 +461,7 @@ mod tests {
             "0f602c3dcd3498bfc09dd39e8050070b0888ad7aa3b779e2913519db728a69f14c84597acdb41a4ac6457e3eb6bcd011"
         );
     }
+    // example-domain:end
 
     #[test]
     fn every_migration_can_be_undone() {
