@@ -2,7 +2,8 @@
 # Proves scripts/new-project: generates acme-billing (a name that is neither a prefix nor a
 # suffix of shipshape), full and --bare, into temporary folders, and in each
 #   - finds no "shipshape" in any case (file names and text) but the README's credit line,
-#   - runs cargo fmt --check, cargo clippy --all-targets -- -D warnings and cargo test,
+#   - runs cargo fmt --check, cargo clippy --all-targets -- -D warnings,
+#     scripts/ci-github-checks.sh (actionlint, zizmor, schemas, cargo-deny) and cargo test,
 #   - starts the binary on SQLite and gets 200 from /healthz and /readyz, runs check --deploy,
 #   - and, in the bare copy, finds only the account, health and docs routes in /openapi.json.
 #
@@ -129,6 +130,8 @@ for variant in "${variants[@]}"; do
     (cd "$dir" && cargo_ fmt --check)
     say "cargo clippy --all-targets -- -D warnings"
     (cd "$dir" && cargo_ clippy --all-targets -- -D warnings)
+    say "scripts/ci-github-checks.sh (the renamed workflows)"
+    (cd "$dir" && bash scripts/ci-github-checks.sh </dev/null)
     say "cargo test"
     (cd "$dir" && cargo_ test)
     say "serve: /healthz, /readyz, /openapi.json"
