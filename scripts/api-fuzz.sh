@@ -30,6 +30,8 @@ fuzz() {
     APP_PID=
 }
 
+# example-domain:begin
 # The webhook is mounted, and documented, only with its secret: both documents must hold.
 fuzz "with WEBHOOK_SECRET" WEBHOOK_SECRET=whsec_api_fuzz_0123456789abcdef0123
+# example-domain:end
 fuzz "without WEBHOOK_SECRET"

@@ -27,7 +27,9 @@ use crate::auth::Auth;
 use crate::config::{AppEnv, Config};
 use crate::db::{Db, PoolerGate, Schema};
 use crate::error::ApiError;
+// example-domain:begin
 use crate::events::{self, EventHub};
+// example-domain:end
 use crate::lifecycle::Lifecycle;
 use crate::rate_limit::{self, Limit, RateLimiters, SharedStore};
 use crate::security::headers::SecurityHeaders;
@@ -54,7 +56,9 @@ pub struct AppStateInner {
     pub redis: Option<ConnectionManager>,
     pub auth: Auth,
     pub rate_limiters: Arc<RateLimiters>,
+    // example-domain:begin
     pub events: Arc<EventHub>,
+    // example-domain:end
     pub lifecycle: Lifecycle,
     pub allowed_hosts: AllowedHosts,
     pub security_headers: SecurityHeaders,
@@ -95,6 +99,7 @@ impl AppState {
         let rate_limiters = Arc::new(RateLimiters::new(&config.rate_limits, shared_limits));
         rate_limit::spawn_pruner(Arc::downgrade(&rate_limiters));
         let lifecycle = Lifecycle::default();
+        // example-domain:begin
         let events = Arc::new(EventHub::new(
             config.max_sse_streams,
             config.max_sse_streams_per_user,
@@ -103,9 +108,12 @@ impl AppState {
         if let Some(client) = client {
             events::spawn_redis_subscriber(Arc::downgrade(&events), client, lifecycle.draining());
         }
+        // example-domain:end
         Ok(AppState(Arc::new(AppStateInner {
             auth: Auth::from_config(&config)?,
+            // example-domain:begin
             events,
+            // example-domain:end
             allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
             security_headers: SecurityHeaders::from_config(&config),
             error_pages: ErrorPages::load(&config.static_dir),
@@ -146,29 +154,35 @@ impl AppState {
 /// descriptions collected as they are added.
 pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     let per_ip = |limit| rate_limit::PerIp::layer(state, limit);
+    // example-domain:begin
     let per_user = |limit| middleware::from_fn_with_state((state.clone(), limit), rate_limit::per_user);
+    // example-domain:end
     // Responses that carry a user's data or a token (RFC 6749 §5.1) must not be stored by
     // browsers or proxies.
     let user_data = OpenApiRouter::new()
         .merge(routes::auth::signup_router().route_layer(per_ip(Limit::Signup)))
         .merge(routes::auth::login_router().route_layer(per_ip(Limit::Login)))
         .merge(routes::auth::me_router())
+        // example-domain:begin
         .merge(routes::invoices::create_router().route_layer(per_user(Limit::InvoiceCreate)))
         .merge(routes::invoices::router())
         .merge(routes::events::router())
         .merge(routes::stats::router())
+        // example-domain:end
         .route_layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ));
-    let api = OpenApiRouter::with_openapi(routes::openapi::base_document())
+    OpenApiRouter::with_openapi(routes::openapi::base_document())
         .merge(routes::health::router())
-        .merge(user_data);
-    // Mounted (and so documented) only when it can work: without its secret it is a 404.
-    match state.config.webhook_secret {
-        Some(_) => api.merge(routes::webhooks::router()),
-        None => api,
-    }
+        .merge(user_data)
+        // example-domain:begin
+        // Mounted (and so documented) only when it can work: without its secret it is a 404.
+        .merge(match state.config.webhook_secret {
+            Some(_) => routes::webhooks::router(),
+            None => OpenApiRouter::new(),
+        })
+    // example-domain:end
 }
 
 /// Routes that are not part of the API: static files, the landing page and the API reference.

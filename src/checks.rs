@@ -211,6 +211,7 @@ pub fn check_config(config: &Config) -> Vec<Finding> {
             "set REDIS_URL so every instance shares one limit",
         ));
     }
+    // example-domain:begin
     match &config.webhook_secret {
         None => findings.push(warning(
             "W008",
@@ -224,6 +225,7 @@ pub fn check_config(config: &Config) -> Vec<Finding> {
         )),
         Some(_) => {}
     }
+    // example-domain:end
     if config.client_ip_source == ClientIpSource::Connect {
         findings.push(warning(
             "W009",
@@ -241,7 +243,9 @@ pub fn check_config(config: &Config) -> Vec<Finding> {
     findings
 }
 
+// example-domain:begin
 const WEBHOOK_FIX: &str = "set WEBHOOK_SECRET to the 32+ character secret your payment provider gives you";
+// example-domain:end
 
 /// The host of a `postgres://` URL that is public and reached without `sslmode=require` or
 /// stricter, read as the driver reads the URL (the last `sslmode` wins, in any case).

@@ -106,9 +106,11 @@ pub struct Settings {
     /// Signups per client IP [default: 3/h]
     #[arg(long, env = "RATE_LIMIT_SIGNUP", global = true)]
     pub rate_limit_signup: Option<String>,
+    // example-domain:begin
     /// Invoices created per user [default: 10/h]
     #[arg(long, env = "RATE_LIMIT_INVOICE_CREATE", global = true)]
     pub rate_limit_invoice_create: Option<String>,
+    // example-domain:end
     /// Largest request body [default: 1048576]
     #[arg(long, env = "MAX_BODY_BYTES", global = true)]
     pub max_body_bytes: Option<String>,
@@ -157,6 +159,7 @@ pub struct Settings {
     /// Cache lifetime of static files without a content hash in their name [default: 3600]
     #[arg(long, env = "STATIC_MAX_AGE_SECS", global = true)]
     pub static_max_age_secs: Option<String>,
+    // example-domain:begin
     /// HMAC key of the payment webhook; the route answers 404 while unset [default: unset]
     #[arg(long, env = "WEBHOOK_SECRET", global = true, hide_env_values = true)]
     pub webhook_secret: Option<String>,
@@ -166,6 +169,7 @@ pub struct Settings {
     /// Open event streams per user and instance, so one account cannot take them all [default: 10]
     #[arg(long, env = "MAX_SSE_STREAMS_PER_USER", global = true)]
     pub max_sse_streams_per_user: Option<String>,
+    // example-domain:end
 }
 
 pub const DEFAULT_CSP: &str =
@@ -321,7 +325,9 @@ pub struct RateLimits {
     pub global: Option<Rate>,
     pub login: Option<Rate>,
     pub signup: Option<Rate>,
+    // example-domain:begin
     pub invoice_create: Option<Rate>,
+    // example-domain:end
 }
 
 #[derive(Clone, Debug)]
@@ -376,9 +382,11 @@ pub struct Config {
     pub api_docs: bool,
     pub static_dir: PathBuf,
     pub static_max_age_secs: u64,
+    // example-domain:begin
     pub webhook_secret: Option<Secret>,
     pub max_sse_streams: usize,
     pub max_sse_streams_per_user: usize,
+    // example-domain:end
 }
 
 /// A setting that could not be used. Its `Display` is the one line printed before exit 2.
@@ -755,7 +763,9 @@ impl Config {
                 global: rate("RATE_LIMIT_GLOBAL", &s.rate_limit_global, "600/m")?,
                 login: rate("RATE_LIMIT_LOGIN", &s.rate_limit_login, "5/m")?,
                 signup: rate("RATE_LIMIT_SIGNUP", &s.rate_limit_signup, "3/h")?,
+                // example-domain:begin
                 invoice_create: rate("RATE_LIMIT_INVOICE_CREATE", &s.rate_limit_invoice_create, "10/h")?,
+                // example-domain:end
             },
             max_body_bytes,
             request_timeout,
@@ -780,6 +790,7 @@ impl Config {
                 0..=ONE_YEAR,
                 "a whole number of seconds",
             )?,
+            // example-domain:begin
             webhook_secret: raw(&s.webhook_secret).map(Secret::new),
             max_sse_streams: parse_num(
                 "MAX_SSE_STREAMS",
@@ -795,6 +806,7 @@ impl Config {
                 1..=1000,
                 "a whole number",
             )?,
+            // example-domain:end
         })
     }
 

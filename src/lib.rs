@@ -7,7 +7,9 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+// example-domain:begin
 pub mod events;
+// example-domain:end
 pub mod lifecycle;
 pub mod middleware;
 pub mod rate_limit;

@@ -305,7 +305,9 @@ pub enum Limit {
     Global,
     Login,
     Signup,
+    // example-domain:begin
     InvoiceCreate,
+    // example-domain:end
 }
 
 /// The four limits of §2; `None` where set to `off`.
@@ -313,7 +315,9 @@ pub struct RateLimiters {
     pub global: Option<Arc<Limiter>>,
     pub login: Option<Arc<Limiter>>,
     pub signup: Option<Arc<Limiter>>,
+    // example-domain:begin
     pub invoice_create: Option<Arc<Limiter>>,
+    // example-domain:end
 }
 
 impl RateLimiters {
@@ -323,7 +327,9 @@ impl RateLimiters {
             global: make("global", limits.global),
             login: make("login", limits.login),
             signup: make("signup", limits.signup),
+            // example-domain:begin
             invoice_create: make("invoice_create", limits.invoice_create),
+            // example-domain:end
         }
     }
 
@@ -332,15 +338,24 @@ impl RateLimiters {
             Limit::Global => self.global.as_ref(),
             Limit::Login => self.login.as_ref(),
             Limit::Signup => self.signup.as_ref(),
+            // example-domain:begin
             Limit::InvoiceCreate => self.invoice_create.as_ref(),
+            // example-domain:end
         }
     }
 
     fn all(&self) -> impl Iterator<Item = &Limiter> {
-        [&self.global, &self.login, &self.signup, &self.invoice_create]
-            .into_iter()
-            .flatten()
-            .map(Arc::as_ref)
+        [
+            &self.global,
+            &self.login,
+            &self.signup,
+            // example-domain:begin
+            &self.invoice_create,
+            // example-domain:end
+        ]
+        .into_iter()
+        .flatten()
+        .map(Arc::as_ref)
     }
 }
 

@@ -138,11 +138,13 @@ async fn sentry_gets_one_event_per_panic_and_500_and_none_for_4xx() {
     let failure_id = failure.headers()["x-request-id"].to_str().unwrap().to_owned();
     let not_found = app.get("/api/v1/nope", None).await;
     let not_found_id = not_found.headers()["x-request-id"].to_str().unwrap().to_owned();
+    // example-domain:begin
     let invalid = app
         .post_json("/api/v1/invoices", &json!({"amount_cents": "x"}), Some(&token))
         .await;
     assert_eq!(invalid.status(), 422);
     let invalid_id = invalid.headers()["x-request-id"].to_str().unwrap().to_owned();
+    // example-domain:end
 
     wait_for(|| !ingest.events_for(&panic_id).is_empty() && !ingest.events_for(&failure_id).is_empty()).await;
     // Give a second event (a double report) time to arrive before counting.
@@ -154,7 +156,9 @@ async fn sentry_gets_one_event_per_panic_and_500_and_none_for_4xx() {
     assert_eq!(failure_events.len(), 1, "one event per 500");
     assert!(failure_events[0].to_string().contains("ledger is out of balance"));
     assert!(ingest.events_for(&not_found_id).is_empty(), "a 404 is not reported");
+    // example-domain:begin
     assert!(ingest.events_for(&invalid_id).is_empty(), "a 422 is not reported");
+    // example-domain:end
     for event in [&panic_events[0], &failure_events[0]] {
         assert_eq!(event["environment"], "development");
         assert!(
@@ -191,7 +195,9 @@ async fn sentry_gets_one_event_per_panic_and_500_and_none_for_4xx() {
 /// through signup, login, a bad token, a webhook, a 500 and shutdown: no secret in any line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_any_log_line() {
+    // example-domain:begin
     const WEBHOOK: &str = "whsec_Distinctive_Webhook_Secret_9f8e7d6c5b4a";
+    // example-domain:end
     const REDIS_PASSWORD: &str = "RedisPassw0rd_Distinctive_77";
     const SENTRY_KEY: &str = "sentrykeydistinctive0123456789ab";
     const FALLBACK: &str = "old-key-Distinctive-Fallback-abcdef0123456789";
@@ -209,7 +215,9 @@ async fn no_secret_reaches_any_log_line() {
             ("LOG_FORMAT", "json".to_owned()),
             ("SECRET_KEY", TEST_SECRET.to_owned()),
             ("SECRET_KEY_FALLBACKS", FALLBACK.to_owned()),
+            // example-domain:begin
             ("WEBHOOK_SECRET", WEBHOOK.to_owned()),
+            // example-domain:end
             ("DATABASE_URL", format!("sqlite://{}", db_path.display())),
             (
                 "REDIS_URL",
@@ -253,6 +261,7 @@ async fn no_secret_reaches_any_log_line() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 401);
+    // example-domain:begin
     let invoice: Value = client
         .post(format!("{base}/api/v1/invoices"))
         .bearer_auth(&token)
@@ -295,6 +304,7 @@ async fn no_secret_reaches_any_log_line() {
         .await
         .unwrap();
     assert_eq!(bad_sig.status(), 401);
+    // example-domain:end
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -312,16 +322,22 @@ async fn no_secret_reaches_any_log_line() {
     assert!(output.0.success());
     let logs = output.1;
     assert!(logs.lines().count() > 20, "debug logging was on");
+    // example-domain:begin
     assert!(logs.contains("\"status\":500"), "the 500 was logged");
+    // example-domain:end
     for secret in [
         TEST_SECRET,
         FALLBACK,
+        // example-domain:begin
         WEBHOOK,
+        // example-domain:end
         REDIS_PASSWORD,
         SENTRY_KEY,
         USER_PASSWORD,
         &token,
+        // example-domain:begin
         &signature,
+        // example-domain:end
         "BadTokenDistinctive",
     ] {
         assert!(!logs.contains(secret), "{secret} appeared in the logs");

@@ -165,6 +165,12 @@ def main():
       (await waitFor(() => document.querySelector(".modal-ux .btn-done"), "Close")).click();""" % json.dumps(token))
     print("  /docs: token pasted into Authorize")
 
+    me = run(devtools, 'return await tryItOut("GET", "/api/v1/me");')
+    assert me["status"] == "200", me
+    assert "Authorization: Bearer" in me["curl"], me["curl"]
+    print("  /docs: /me with the pasted token: 200")
+
+    # example-domain:begin
     created = run(devtools, """
       return await tryItOut("POST", "/api/v1/invoices",
         JSON.stringify({customer_name: "Docs Ltd", amount_cents: 4200, currency: "EUR"}));""")
@@ -180,6 +186,7 @@ def main():
     stats = run(devtools, 'return await tryItOut("GET", "/api/v1/stats/summary");')
     assert stats["status"] == "200", stats
     print("  /docs: stats with the same token: 200")
+    # example-domain:end
 
 
 if __name__ == "__main__":

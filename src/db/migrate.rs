@@ -28,7 +28,8 @@ pub static MIGRATOR: Migrator = Migrator {
 /// How long `migrate` waits for another process's migration lock before giving up.
 pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 const LOCK_POLL: Duration = Duration::from_millis(250);
-/// The advisory lock key migrations hold ("shipshap" in ASCII).
+/// The advisory lock key migrations hold: any fixed 64-bit value (these are 8 ASCII bytes);
+/// keep it once deployed, as every release must take the same lock.
 const LOCK_KEY: i64 = 0x7368_6970_7368_6170;
 
 #[derive(Debug, thiserror::Error)]
@@ -446,6 +447,7 @@ impl Db {
 mod tests {
     use super::*;
 
+    // example-domain:begin
     /// Splitting the first migration into `.up.sql`/`.down.sql` kept its content, so databases
     /// that applied the single file see it applied, not changed (sqlx checksums are SHA-384).
     #[test]
@@ -459,6 +461,7 @@ mod tests {
             "0f602c3dcd3498bfc09dd39e8050070b0888ad7aa3b779e2913519db728a69f14c84597acdb41a4ac6457e3eb6bcd011"
         );
     }
+    // example-domain:end
 
     #[test]
     fn every_migration_can_be_undone() {

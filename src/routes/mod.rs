@@ -2,9 +2,15 @@
 
 pub mod auth;
 pub mod docs;
+// example-domain:begin
 pub mod events;
+// example-domain:end
 pub mod health;
+// example-domain:begin
 pub mod invoices;
+// example-domain:end
 pub mod openapi;
+// example-domain:begin
 pub mod stats;
 pub mod webhooks;
+// example-domain:end

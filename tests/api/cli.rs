@@ -41,7 +41,9 @@ const SETTINGS: &[&str] = &[
     "RATE_LIMIT_GLOBAL",
     "RATE_LIMIT_LOGIN",
     "RATE_LIMIT_SIGNUP",
+    // example-domain:begin
     "RATE_LIMIT_INVOICE_CREATE",
+    // example-domain:end
     "MAX_BODY_BYTES",
     "REQUEST_TIMEOUT_SECS",
     "HEADER_READ_TIMEOUT_SECS",
@@ -57,9 +59,11 @@ const SETTINGS: &[&str] = &[
     "API_DOCS",
     "STATIC_DIR",
     "STATIC_MAX_AGE_SECS",
+    // example-domain:begin
     "WEBHOOK_SECRET",
     "MAX_SSE_STREAMS",
     "MAX_SSE_STREAMS_PER_USER",
+    // example-domain:end
 ];
 
 /// The binary in a scratch directory with a clean environment (no `.env`, no inherited settings).
@@ -390,6 +394,7 @@ fn check_deploy_is_clean_for_a_good_configuration() {
     assert_eq!(code, Some(0));
 }
 
+// example-domain:begin
 #[test]
 fn check_deploy_reports_every_finding_and_clears_it() {
     for (var, value, id, is_error) in [
@@ -433,6 +438,7 @@ fn check_deploy_reports_every_finding_and_clears_it() {
         assert!(!report.to_string().contains("pw@"), "no credentials in the report");
     }
 }
+// example-domain:end
 
 #[test]
 fn check_deploy_connect_reports_unreachable_database_and_redis() {
@@ -451,6 +457,7 @@ fn check_deploy_connect_reports_unreachable_database_and_redis() {
     );
 }
 
+// example-domain:begin
 #[test]
 fn check_deploy_judges_production_rules_whatever_app_env_says_and_prints_text() {
     let output = run(&["check", "--deploy"], &[("APP_ENV", "development")]);
@@ -468,6 +475,7 @@ fn check_deploy_judges_production_rules_whatever_app_env_says_and_prints_text() 
         "production defaults apply: {text}"
     );
 }
+// example-domain:end
 
 #[test]
 fn production_refuses_to_start_on_each_error_finding() {

@@ -102,6 +102,7 @@ async fn pool_exhausted_is_a_quick_503(backend: Backend) {
     app.stop().await;
 }
 
+// example-domain:begin
 #[tokio::test]
 async fn openapi_documents_every_api_route() {
     // With WEBHOOK_SECRET, so that the webhook is mounted and documented too.
@@ -135,6 +136,7 @@ async fn openapi_documents_every_api_route() {
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     app.stop().await;
 }
+// example-domain:end
 
 #[tokio::test]
 async fn request_id_is_kept_when_sane_and_replaced_when_not() {

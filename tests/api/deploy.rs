@@ -241,11 +241,13 @@ fn systemd_unit_and_nginx_config_match_the_code() {
         nginx.contains(&format!("server 127.0.0.1:{port};")),
         "nginx proxies to the unit's port"
     );
+    // example-domain:begin
     assert!(
         nginx.contains("location /api/v1/invoices/events"),
         "the event stream has its own unbuffered location"
     );
     assert!(nginx.contains("proxy_buffering off;"));
+    // example-domain:end
     assert!(nginx.contains("X-Forwarded-Proto $scheme"));
 }
 
@@ -425,16 +427,17 @@ async fn behind_real_nginx_https_works_client_ip_is_seen_and_http_redirects() {
             "/dev/null",
             "-w",
             "%{http_code} %{redirect_url}",
-            &format!("{http}/api/v1/invoices?x=1"),
+            &format!("{http}/api/v1/auth/me?x=1"),
         ])
     })
     .await
     .unwrap();
     assert_eq!(
-        redirect, "301 https://localhost/api/v1/invoices?x=1",
+        redirect, "301 https://localhost/api/v1/auth/me?x=1",
         "plain HTTP is sent to HTTPS"
     );
 
+    // example-domain:begin
     // The event stream through nginx: an event arrives while the stream is still open, so
     // nothing buffers it (curl -N prints as bytes arrive; --max-time ends the stream).
     let token = app.signup("stream@example.com").await;
@@ -455,6 +458,7 @@ async fn behind_real_nginx_https_works_client_ip_is_seen_and_http_redirects() {
         "the event came through nginx: {received:?}"
     );
     assert!(received.contains(created["id"].as_str().unwrap()));
+    // example-domain:end
     drop(nginx);
     app.stop().await;
 }

@@ -71,7 +71,13 @@ async fn docs_page_loads_openapi_json_under_the_default_csp() {
     );
     let document: Value = app.get("/openapi.json", None).await.json().await.unwrap();
     assert_eq!(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
-    for path in ["/api/v1/auth/signup", "/api/v1/invoices"] {
+    for path in [
+        "/api/v1/auth/signup",
+        "/api/v1/me",
+        // example-domain:begin
+        "/api/v1/invoices",
+        // example-domain:end
+    ] {
         assert!(document["paths"][path].is_object(), "{path} is documented");
     }
 

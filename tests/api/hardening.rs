@@ -3,9 +3,14 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
+// example-domain:begin
+use serde_json::Value;
+// example-domain:end
 
-use crate::helpers::{Backend, PASSWORD, TestApp, assert_error, deliver_webhook};
+use crate::helpers::{Backend, PASSWORD, TestApp, assert_error};
+// example-domain:begin
+use crate::helpers::deliver_webhook;
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -14,7 +19,9 @@ on_both_databases!(
 );
 
 const WEBHOOK_SECRET: &str = "whsec_test_7d9f2a4c6e8b0d1f3a5c7e9b1d3f5a7c";
+// example-domain:end
 
+// example-domain:begin
 /// Posts `body` as raw JSON text.
 async fn post_raw(app: &TestApp, path: &str, body: &str, token: Option<&str>) -> reqwest::Response {
     let mut request = app
@@ -27,7 +34,9 @@ async fn post_raw(app: &TestApp, path: &str, body: &str, token: Option<&str>) ->
     }
     request.send().await.expect("request sent")
 }
+// example-domain:end
 
+// example-domain:begin
 /// The field named by the first detail of a 422.
 async fn refused_field(response: reqwest::Response) -> String {
     let body = assert_error(response, 422, "validation_failed").await;
@@ -36,6 +45,7 @@ async fn refused_field(response: reqwest::Response) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+// example-domain:end
 
 // RFC 6749 §5.1: token responses must not be cached.
 #[tokio::test]
@@ -51,6 +61,7 @@ async fn signup_and_login_responses_are_not_stored() {
     app.stop().await;
 }
 
+// example-domain:begin
 #[tokio::test]
 async fn json_arrays_are_not_objects() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
@@ -76,7 +87,9 @@ async fn json_arrays_are_not_objects() {
     assert_eq!(refused_field(webhook.await).await, "body");
     app.stop().await;
 }
+// example-domain:end
 
+// example-domain:begin
 #[tokio::test]
 async fn due_date_is_exactly_yyyy_mm_dd_with_a_year_from_1_to_9999() {
     let app = TestApp::spawn(Backend::Sqlite).await;
@@ -102,7 +115,9 @@ async fn due_date_is_exactly_yyyy_mm_dd_with_a_year_from_1_to_9999() {
     }
     app.stop().await;
 }
+// example-domain:end
 
+// example-domain:begin
 #[tokio::test]
 async fn unclosed_json_is_400_and_an_undecodable_id_is_404() {
     let app = TestApp::spawn(Backend::Sqlite).await;
@@ -116,7 +131,9 @@ async fn unclosed_json_is_400_and_an_undecodable_id_is_404() {
     assert_error(send, 404, "not_found").await;
     app.stop().await;
 }
+// example-domain:end
 
+// example-domain:begin
 async fn control_characters_are_refused_naming_the_field(backend: Backend) {
     let app = TestApp::spawn_with(backend, |c| {
         c.webhook_secret = Some(shipshape::config::Secret::new(WEBHOOK_SECRET))
@@ -160,7 +177,9 @@ async fn control_characters_are_refused_naming_the_field(backend: Backend) {
     assert_eq!(refused_field(webhook).await, "event_id");
     app.stop().await;
 }
+// example-domain:end
 
+// example-domain:begin
 async fn a_token_of_a_user_that_does_not_exist_is_401_everywhere(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let ghost = app.state.auth.issue_token(uuid::Uuid::now_v7()).expect("token");
@@ -196,6 +215,7 @@ async fn a_token_of_a_user_that_does_not_exist_is_401_everywhere(backend: Backen
     assert_error(missing, 404, "not_found").await;
     app.stop().await;
 }
+// example-domain:end
 
 /// A static folder with one stylesheet (and its precompressed siblings) for the static tests.
 fn static_folder() -> tempfile::TempDir {
@@ -303,6 +323,7 @@ async fn symlinks_out_of_the_static_folder_are_neither_served_nor_compressed() {
     app.stop().await;
 }
 
+// example-domain:begin
 #[test]
 fn every_numeric_setting_has_a_range_and_out_of_it_exits_2_naming_it() {
     for (var, value) in [
@@ -334,7 +355,9 @@ fn every_numeric_setting_has_a_range_and_out_of_it_exits_2_naming_it() {
         );
     }
 }
+// example-domain:end
 
+// example-domain:begin
 #[tokio::test]
 async fn one_user_cannot_hold_more_than_ten_event_streams() {
     let app = TestApp::spawn(Backend::Sqlite).await;
@@ -352,6 +375,7 @@ async fn one_user_cannot_hold_more_than_ten_event_streams() {
     drop(open);
     app.stop().await;
 }
+// example-domain:end
 
 #[tokio::test]
 async fn ipv6_clients_share_the_limit_of_their_64() {
@@ -375,6 +399,7 @@ async fn ipv6_clients_share_the_limit_of_their_64() {
     app.stop().await;
 }
 
+// example-domain:begin
 #[tokio::test]
 async fn the_openapi_document_describes_what_is_served() {
     let app = TestApp::spawn(Backend::Sqlite).await;
@@ -423,6 +448,7 @@ async fn the_openapi_document_describes_what_is_served() {
     assert_error(bad, 400, "invalid_cursor").await;
     app.stop().await;
 }
+// example-domain:end
 
 /// Reads until the server closes the connection: `false` if it is still open after `guard`,
 /// which only keeps a broken server from hanging the test.
@@ -569,6 +595,7 @@ async fn draining_closes_idle_and_half_open_connections_at_once() {
     assert!(closed.iter().all(|c| *c), "{closed:?}");
 }
 
+// example-domain:begin
 /// A long run of keep-alive clients creating, sending and paying invoices: not one request
 /// may be lost (the drill for the keep-alive race above).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,3 +637,4 @@ async fn keep_alive_soak_loses_no_request() {
         app.stop().await;
     }
 }
+// example-domain:end

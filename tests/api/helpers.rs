@@ -91,7 +91,9 @@ pub async fn test_config(backend: &Backend, dir: &tempfile::TempDir) -> Config {
         global: None,
         login: None,
         signup: None,
+        // example-domain:begin
         invoice_create: None,
+        // example-domain:end
     };
     config.static_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("static");
     config.database.url = match backend {
@@ -215,6 +217,7 @@ impl TestApp {
         body["token"].as_str().expect("token").to_owned()
     }
 
+    // example-domain:begin
     /// Creates an invoice and returns its JSON.
     pub async fn create_invoice(&self, token: &str, amount_cents: i64) -> Value {
         let body = json!({"customer_name": "Acme Ltd", "amount_cents": amount_cents, "currency": "USD"});
@@ -224,6 +227,7 @@ impl TestApp {
         assert_eq!(status, 201, "{body}");
         body
     }
+    // example-domain:end
 
     /// Triggers graceful shutdown and waits for the server to finish draining.
     pub async fn stop(mut self) {
@@ -453,6 +457,7 @@ impl Drop for RedisProcess {
     }
 }
 
+// example-domain:begin
 /// The `X-Webhook-Signature` of SPEC §7: `v1=` hex HMAC-SHA256 of `"{timestamp}.{body}"`.
 pub fn webhook_signature(secret: &str, timestamp: i64, body: &str) -> String {
     use hmac::Mac;
@@ -460,7 +465,9 @@ pub fn webhook_signature(secret: &str, timestamp: i64, body: &str) -> String {
     mac.update(format!("{timestamp}.{body}").as_bytes());
     format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
+// example-domain:end
 
+// example-domain:begin
 /// Posts a payment event signed with `secret` at `timestamp` (unix seconds).
 pub async fn deliver_webhook(app: &TestApp, event: &Value, timestamp: i64, secret: &str) -> reqwest::Response {
     let body = event.to_string();
@@ -474,3 +481,4 @@ pub async fn deliver_webhook(app: &TestApp, event: &Value, timestamp: i64, secre
         .await
         .expect("request sent")
 }
+// example-domain:end

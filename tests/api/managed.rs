@@ -6,17 +6,28 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use shipshape::config::{Secret, SecretUrl};
-use sqlx::{Connection, Executor};
+// example-domain:begin
+use shipshape::config::Secret;
+use sqlx::Executor;
+// example-domain:end
+use shipshape::config::SecretUrl;
+use sqlx::Connection;
 
 use crate::cli::{check_deploy, ids, run};
+// example-domain:begin
+use crate::helpers::deliver_webhook;
+// example-domain:end
 use crate::helpers::{
-    Backend, Options, PASSWORD, TcpProxy, TestApp, assert_error, deliver_webhook, fresh_postgres_database, redis_url,
-    test_config,
+    Backend, Options, PASSWORD, TestApp, assert_error, fresh_postgres_database, redis_url, test_config,
 };
+// example-domain:begin
+use crate::helpers::TcpProxy;
+// example-domain:end
 use crate::infra::{Ca, PgBouncer, PoolMode, TlsPostgres, TlsRedis};
 
+// example-domain:begin
 const WEBHOOK_SECRET: &str = "whsec_managed_0123456789abcdef0123456789";
+// example-domain:end
 
 /// `TEST_DATABASE_URL`, or `None` (the harness prints why the test is skipped).
 fn admin() -> Option<String> {
@@ -41,7 +52,9 @@ async fn app_on(admin: Option<&str>, url: &str, configure: impl FnOnce(&mut ship
     let mut config = test_config(&Backend::Sqlite, &dir).await;
     config.database.url = SecretUrl::new(url);
     config.run_migrations_on_start = false;
+    // example-domain:begin
     config.webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
+    // example-domain:end
     configure(&mut config);
     let backend = match admin {
         Some(admin) => Backend::Postgres(admin.to_owned()),
@@ -54,9 +67,11 @@ async fn app_on(admin: Option<&str>, url: &str, configure: impl FnOnce(&mut ship
     TestApp::start_with_config(options, config, dir).await
 }
 
+// example-domain:begin
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
+// example-domain:end
 
 /// Every route of the API, each answering its success status.
 async fn exercise_every_route(app: &TestApp) {
@@ -71,6 +86,7 @@ async fn exercise_every_route(app: &TestApp) {
         .await;
     assert_eq!(login.status(), 200);
     assert_eq!(app.get("/api/v1/me", Some(&token)).await.status(), 200);
+    // example-domain:begin
     let invoice = app.create_invoice(&token, 4200).await;
     let id = invoice["id"].as_str().unwrap();
     for path in [
@@ -95,6 +111,7 @@ async fn exercise_every_route(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(stats["invoices"]["paid"], 1, "{stats}");
+    // example-domain:end
     assert_eq!(app.get("/readyz", None).await.status(), 200);
 }
 
@@ -182,6 +199,7 @@ async fn a_transaction_pooler_works_or_is_refused_clearly_never_wrong() {
     app.stop().await;
 }
 
+// example-domain:begin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_behind_the_pooler_under_load_answers_only_503_and_recovers() {
     let Some(admin) = admin() else { return };
@@ -235,6 +253,7 @@ async fn postgres_stopped_behind_the_pooler_under_load_answers_only_503_and_reco
     pooler.stop();
     app.stop().await;
 }
+// example-domain:end
 
 /// Tries one connection with the service's own reading of `url`.
 async fn connects(url: &str) -> Result<(), String> {
@@ -292,6 +311,7 @@ async fn tls_is_verified_as_libpq_verifies_it() {
     assert!(e004["message"].as_str().unwrap().contains("TLS"), "{report}");
 }
 
+// example-domain:begin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_tls_unknown_roles_and_statement_timeouts_answer_503_not_500() {
     let Some(admin) = admin() else { return };
@@ -338,6 +358,7 @@ async fn refused_tls_unknown_roles_and_statement_timeouts_answer_503_not_500() {
     assert_error(response, 503, "timeout").await;
     app.stop().await;
 }
+// example-domain:end
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_pool_stays_ready_and_the_budget_includes_readiness() {

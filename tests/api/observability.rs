@@ -22,21 +22,28 @@ async fn metrics_list_every_series_on_their_own_port_with_route_labels() {
     .await;
     let metrics_url = format!("http://{}/metrics", app.metrics_addr.expect("metrics listener"));
     let token = app.signup("metrics@example.com").await;
+    // example-domain:begin
     let invoice = app.create_invoice(&token, 10).await;
     app.get(
         &format!("/api/v1/invoices/{}", invoice["id"].as_str().unwrap()),
         Some(&token),
     )
     .await;
+    // example-domain:end
     let login = json!({"email": "metrics@example.com", "password": PASSWORD});
     app.post_json("/api/v1/auth/login", &login, None).await;
     app.post_json("/api/v1/auth/login", &login, None).await; // 429
 
+    app.get("/api/v1/me", Some(&token)).await;
+
     let text = app.client.get(&metrics_url).send().await.unwrap().text().await.unwrap();
     for expected in [
+        r#"http_requests_total{method="GET",route="/api/v1/me",status="200"}"#,
+        // example-domain:begin
         r#"http_requests_total{method="POST",route="/api/v1/invoices",status="201"}"#,
         r#"http_requests_total{method="GET",route="/api/v1/invoices/{id}",status="200"}"#,
         r#"http_request_duration_seconds_bucket{method="GET",route="/api/v1/invoices/{id}",le="0.005"}"#,
+        // example-domain:end
         r#"db_pool_connections{state="idle"}"#,
         r#"db_pool_connections{state="active"}"#,
         r#"rate_limited_total{limit="login"}"#,
@@ -44,7 +51,9 @@ async fn metrics_list_every_series_on_their_own_port_with_route_labels() {
     ] {
         assert!(text.contains(expected), "{expected} in\n{text}");
     }
+    // example-domain:begin
     assert!(!text.contains("/api/v1/invoices/0"), "no raw paths in labels");
+    // example-domain:end
 
     let before = series(&text, "http_requests_total");
     for n in 0..1000 {

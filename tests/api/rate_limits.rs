@@ -36,6 +36,7 @@ async fn the_sixth_login_in_a_minute_waits_twelve_seconds() {
     app.stop().await;
 }
 
+// example-domain:begin
 #[tokio::test]
 async fn signup_global_and_per_user_limits() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
@@ -91,6 +92,7 @@ async fn signup_global_and_per_user_limits() {
     assert_eq!(app.get("/healthz", None).await.status(), 200, "health is exempt");
     app.stop().await;
 }
+// example-domain:end
 
 /// Two instances with their own processes' worth of state, sharing one Redis.
 async fn instance(redis: &str, login_rate: &str) -> TestApp {

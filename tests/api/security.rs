@@ -163,6 +163,7 @@ async fn allowed_hosts_match_names_domains_and_ipv6_and_spare_health_checks() {
     app.stop().await;
 }
 
+// example-domain:begin
 #[tokio::test]
 async fn https_redirect_only_when_the_proxy_says_http() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| c.secure_ssl_redirect = true).await;
@@ -199,6 +200,7 @@ async fn https_redirect_only_when_the_proxy_says_http() {
     assert_eq!(probe.status(), 200, "health probes are never redirected");
     app.stop().await;
 }
+// example-domain:end
 
 async fn login_statuses(app: &TestApp, forwarded_for: &[&str]) -> Vec<u16> {
     let body = json!({"email": "nobody@example.com", "password": PASSWORD});
@@ -247,6 +249,7 @@ async fn x_forwarded_for_source_uses_the_rightmost_entry() {
     app.stop().await;
 }
 
+// example-domain:begin
 #[tokio::test]
 async fn cors_answers_preflight_for_listed_origins_only() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
@@ -292,6 +295,7 @@ async fn cors_answers_preflight_for_listed_origins_only() {
     );
     no_cors.stop().await;
 }
+// example-domain:end
 
 // Blocking std I/O below: the server needs a worker thread of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Proves scripts/new-project: generates acme-billing (a name that is neither a prefix nor a
+# suffix of shipshape), full and --bare, into temporary folders, and in each
+#   - finds no "shipshape" in any case (file names and text) but the README's credit line,
+#   - runs cargo fmt --check, cargo clippy --all-targets -- -D warnings,
+#     scripts/ci-github-checks.sh (actionlint, zizmor, schemas, cargo-deny) and cargo test,
+#   - starts the binary on SQLite and gets 200 from /healthz and /readyz, runs check --deploy,
+#   - and, in the bare copy, finds only the account, health and docs routes in /openapi.json.
+#
+#   bash scripts/check-new-project.sh [VARIANT ...]      variants: full bare   [both]
+#
+# Environment (all optional):
+#   CARGO_TARGET_DIR    one target folder for both copies, so dependencies compile once
+#                                                           [target/new-project of this checkout]
+#   KEEP_NEW_PROJECT    1 keeps the generated copies (their paths are printed)     [0]
+#   NEW_PROJECT_CARGO_LOCK  a lock file each cargo command holds (flock), on a shared machine
+#   TEST_DATABASE_URL, TEST_REDIS_URL   passed on to the copies' tests, as in .ci/run
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+NAME=acme-billing
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/new-project}
+case $CARGO_TARGET_DIR in /*) ;; *) CARGO_TARGET_DIR=$ROOT/$CARGO_TARGET_DIR ;; esac
+export CARGO_TERM_COLOR=never
+
+variants=("$@")
+[ "${#variants[@]}" -gt 0 ] || variants=(full bare)
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/new-project-check.XXXXXX")
+APP_PID=
+cleanup() {
+    if [ -n "$APP_PID" ]; then
+        kill "$APP_PID" 2>/dev/null || true
+        wait "$APP_PID" 2>/dev/null || true
+    fi
+    if [ "${KEEP_NEW_PROJECT:-0}" = 1 ]; then
+        echo "kept: $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+}
+trap cleanup EXIT
+
+cargo_() {
+    if [ -n "${NEW_PROJECT_CARGO_LOCK:-}" ]; then
+        flock "$NEW_PROJECT_CARGO_LOCK" cargo "$@"
+    else
+        cargo "$@"
+    fi
+}
+
+say() { printf '\n--- new-project %s: %s\n' "$variant" "$*"; }
+fail() {
+    printf 'check-new-project: %s: %s\n' "$variant" "$*" >&2
+    exit 1
+}
+
+serve_and_probe() { # dir: starts the binary on SQLite, probes the health routes (and OpenAPI)
+    local dir=$1 bin=$CARGO_TARGET_DIR/debug/$NAME port work path
+    work=$TMP/run-$variant
+    mkdir -p "$work"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    (cd "$dir" && exec env -i PATH="$PATH" PORT="$port" DATABASE_URL="sqlite://$work/app.db" \
+        "$bin" serve >"$work/server.log" 2>&1) &
+    APP_PID=$!
+    for _ in $(seq 150); do
+        curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    for path in /healthz /readyz; do
+        curl -fsS "http://127.0.0.1:$port$path" >/dev/null ||
+            { cat "$work/server.log" >&2; fail "GET $path did not answer 200"; }
+        echo "GET $path: 200"
+    done
+    curl -fsS "http://127.0.0.1:$port/openapi.json" >"$work/openapi.json" ||
+        fail "GET /openapi.json did not answer 200"
+    python3 - "$variant" "$work/openapi.json" <<'EOF'
+import json, sys
+variant, path = sys.argv[1], sys.argv[2]
+spec = json.load(open(path))
+paths = sorted(spec["paths"])
+print("OpenAPI paths:", " ".join(paths))
+if variant == "bare":
+    allowed = {"/api/v1/auth/signup", "/api/v1/auth/login", "/api/v1/me",
+               "/healthz", "/readyz", "/openapi.json"}
+    extra = [p for p in paths if p not in allowed]
+    if extra:
+        sys.exit("the bare API has routes beyond accounts and health: %s" % extra)
+    for p in ("/api/v1/auth/signup", "/api/v1/auth/login", "/api/v1/me"):
+        if p not in paths:
+            sys.exit("the bare API lacks %s" % p)
+else:
+    if not any("invoices" in p for p in paths):
+        sys.exit("the full API lacks the invoices")
+EOF
+    kill "$APP_PID" && wait "$APP_PID" 2>/dev/null || true
+    APP_PID=
+
+    # check --deploy judges an empty production configuration: errors, exit 1, each named.
+    local code=0
+    (cd "$work" && env -i PATH="$PATH" "$bin" check --deploy >"$work/check.txt" 2>&1) || code=$?
+    if [ "$code" != 1 ] || ! grep -q 'E001' "$work/check.txt"; then
+        cat "$work/check.txt" >&2
+        fail "$NAME check --deploy: exit $code, expected 1 with E001"
+    fi
+    echo "$NAME check --deploy: $(grep -c '^[[:space:]]*[EW][0-9][0-9][0-9]' "$work/check.txt" || true) findings, exit 1"
+    if [ "$variant" = bare ] && grep -q 'W008' "$work/check.txt"; then
+        fail "check --deploy of the bare copy reports W008 (WEBHOOK_SECRET)"
+    fi
+}
+
+for variant in "${variants[@]}"; do
+    case $variant in
+        full) flags=() ;;
+        bare) flags=(--bare) ;;
+        *) echo "check-new-project: unknown variant $variant (full, bare)" >&2; exit 2 ;;
+    esac
+    dir=$TMP/$variant/$NAME
+    start=$(date +%s)
+    say "generate into $dir"
+    "$ROOT/scripts/new-project" "$NAME" "${flags[@]}" --out "$dir"
+
+    say "no shipshape left"
+    left=$(cd "$dir" && { grep -rniI shipshape . || true; } | grep -v '^\./README\.md:[0-9]*:Started from \[shipshape\]' || true)
+    [ -z "$left" ] || fail "shipshape is left in: $left"
+    names=$(cd "$dir" && find . -iname '*shipshape*')
+    [ -z "$names" ] || fail "file names with shipshape: $names"
+    [ "$(grep -ci shipshape "$dir/README.md")" = 1 ] || fail "README.md: not exactly one credit line"
+
+    say "cargo fmt --check"
+    (cd "$dir" && cargo_ fmt --check)
+    say "cargo clippy --all-targets -- -D warnings"
+    (cd "$dir" && cargo_ clippy --all-targets -- -D warnings)
+    say "scripts/ci-github-checks.sh (the renamed workflows)"
+    (cd "$dir" && bash scripts/ci-github-checks.sh </dev/null)
+    say "cargo test"
+    (cd "$dir" && cargo_ test)
+    say "serve: /healthz, /readyz, /openapi.json"
+    serve_and_probe "$dir"
+    say "ok ($(($(date +%s) - start)) s)"
+done
