@@ -139,6 +139,12 @@ impl AppState {
         Ok(&self.db)
     }
 
+    /// The pool for health checks: the connection kept aside for them, or the request pool
+    /// when the budget is one connection.
+    pub fn health_db(&self) -> &Db {
+        self.readiness_db.as_ref().unwrap_or(&self.db)
+    }
+
     /// The last schema state read (see [`Schema`]).
     pub fn schema(&self) -> Schema {
         self.schema.read().map(|s| s.clone()).unwrap_or(Schema::Error)

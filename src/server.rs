@@ -69,12 +69,10 @@ const SCHEMA_RECHECK_READY: Duration = Duration::from_secs(60);
 /// then keeps it fresh in the background, so `/readyz` answers without a query. A read that
 /// fails later keeps the last state known: the database check reports the outage itself.
 async fn spawn_schema_watch(state: AppState) {
-    let db = || state.readiness_db.clone().unwrap_or_else(|| state.db.clone());
-    let first = db().schema(SCHEMA_READ_LIMIT).await;
+    let first = state.health_db().schema(SCHEMA_READ_LIMIT).await;
     if let Ok(mut schema) = state.schema.write() {
         *schema = first;
     }
-    let state = state.clone();
     tokio::spawn(async move {
         while !state.lifecycle.is_draining() {
             let wait = if state.schema().is_ready() {
@@ -83,8 +81,7 @@ async fn spawn_schema_watch(state: AppState) {
                 SCHEMA_RECHECK_NOT_READY
             };
             tokio::time::sleep(wait).await;
-            let db = state.readiness_db.clone().unwrap_or_else(|| state.db.clone());
-            let read = db.schema(SCHEMA_READ_LIMIT).await;
+            let read = state.health_db().schema(SCHEMA_READ_LIMIT).await;
             if let Ok(mut schema) = state.schema.write()
                 && (read != Schema::Error || *schema == Schema::Error)
             {

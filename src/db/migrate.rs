@@ -148,11 +148,7 @@ impl Db {
                     Err(e) => Err(e.into()),
                 };
                 if lock {
-                    // Closing the session would release it too; unlock so the connection is clean.
-                    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-                        .bind(LOCK_KEY)
-                        .execute(&mut *conn)
-                        .await;
+                    release_lock(&mut conn).await;
                 }
                 result?
             }
@@ -207,10 +203,7 @@ impl Db {
                 let mut conn = pool.acquire().await?;
                 take_lock(&mut conn).await?;
                 let result = MIGRATOR.undo(&mut *conn, target).await.map_err(fail);
-                let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-                    .bind(LOCK_KEY)
-                    .execute(&mut *conn)
-                    .await;
+                release_lock(&mut conn).await;
                 result?;
             }
         }
@@ -331,6 +324,14 @@ async fn take_lock(conn: &mut PgConnection) -> Result<(), MigrationError> {
         }
         tokio::time::sleep(LOCK_POLL).await;
     }
+}
+
+/// Closing the session would release the lock too; releasing it leaves the pooled connection clean.
+async fn release_lock(conn: &mut PgConnection) {
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK_KEY)
+        .execute(conn)
+        .await;
 }
 
 /// Who holds the lock, for the error message: ` (pid 123, application "pgbouncer")`.

@@ -122,8 +122,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
             latency_ms: None,
         }
     } else {
-        let db = state.readiness_db.as_ref().unwrap_or(&state.db);
-        match db.ping(READINESS_DB_TIMEOUT).await {
+        match state.health_db().ping(READINESS_DB_TIMEOUT).await {
             Ok(latency) => DatabaseCheck {
                 status: "ok",
                 latency_ms: Some(latency.as_micros() as f64 / 1000.0),
