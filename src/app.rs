@@ -1,11 +1,5 @@
-//! App assembly: the shared state, and the one function that builds the router with its
-//! whole middleware stack.
-
-use std::ops::Deref;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
-
-use anyhow::Context;
+//! App assembly: the one function that builds the router with its whole middleware stack,
+//! outermost layer first.
 
 use axum::Router;
 use axum::body::Body;
@@ -13,7 +7,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::middleware;
 use axum::response::Response;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
@@ -23,203 +16,31 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::auth::Auth;
-use crate::config::{AppEnv, Config};
-use crate::db::{Db, PoolerGate, Schema};
-use crate::error::ApiError;
-// example-domain:begin
-use crate::events::{self, EventHub};
-// example-domain:end
-use crate::lifecycle::Lifecycle;
-use crate::rate_limit::{self, Limit, RateLimiters, SharedStore};
-use crate::security::headers::SecurityHeaders;
-use crate::security::hosts::AllowedHosts;
-use crate::static_files::{self, ErrorPages};
-use crate::{error, redis_store, routes, security, telemetry};
+use crate::state::AppState;
+use crate::{error, rate_limit, routes, security, static_files, telemetry};
 
-/// Everything a handler or middleware may need, behind one `Arc` so cloning it per request is cheap.
-#[derive(Clone)]
-pub struct AppState(Arc<AppStateInner>);
-
-pub struct AppStateInner {
-    pub config: Arc<Config>,
-    pub db: Db,
-    /// Closed while the database is behind a pooler that would mix up prepared statements.
-    pub pooler_gate: PoolerGate,
-    /// Where the schema stands for this binary, read before listening and refreshed by
-    /// `server::spawn_schema_watch`: `/readyz` reads it without a query.
-    pub schema: Arc<RwLock<Schema>>,
-    /// The connection `/readyz` uses, kept apart from the request pool (see `Db::connect_serving`);
-    /// `None` when the budget is one connection and readiness shares it.
-    pub readiness_db: Option<Db>,
-    /// Present when `REDIS_URL` is set; reconnects by itself.
-    pub redis: Option<ConnectionManager>,
-    pub auth: Auth,
-    pub rate_limiters: Arc<RateLimiters>,
-    // example-domain:begin
-    pub events: Arc<EventHub>,
-    // example-domain:end
-    pub lifecycle: Lifecycle,
-    pub allowed_hosts: AllowedHosts,
-    pub security_headers: SecurityHeaders,
-    pub error_pages: ErrorPages,
-    /// Whether a Sentry client is running (set up by `serve` before the state is built).
-    pub sentry_enabled: bool,
-    /// Whether the Prometheus recorder is installed (`METRICS_PORT` set).
-    pub metrics_enabled: bool,
+/// The application: every route inside the whole middleware stack.
+pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
 }
 
-impl Deref for AppState {
-    type Target = AppStateInner;
-    fn deref(&self) -> &AppStateInner {
-        &self.0
-    }
-}
-
-/// Redis must never stall a request: short timeouts, and the callers fall back.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
-
-impl AppState {
-    /// Builds the shared state. Must run inside the Tokio runtime (it starts background tasks).
-    pub fn new(config: Arc<Config>, db: Db, readiness_db: Option<Db>) -> anyhow::Result<AppState> {
-        let client = redis_store::client(&config)
-            .map_err(anyhow::Error::msg)
-            .context("REDIS_URL is not usable")?;
-        let redis = match &client {
-            Some(client) => {
-                let settings = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(REDIS_TIMEOUT))
-                    .set_response_timeout(Some(REDIS_TIMEOUT))
-                    .set_number_of_retries(1);
-                Some(ConnectionManager::new_lazy_with_config(client.clone(), settings).context("cannot set up Redis")?)
-            }
-            None => None,
-        };
-        let shared_limits = redis.clone().map(|connection| Arc::new(SharedStore::new(connection)));
-        let rate_limiters = Arc::new(RateLimiters::new(&config.rate_limits, shared_limits));
-        rate_limit::spawn_pruner(Arc::downgrade(&rate_limiters));
-        let lifecycle = Lifecycle::default();
-        // example-domain:begin
-        let events = Arc::new(EventHub::new(
-            config.max_sse_streams,
-            config.max_sse_streams_per_user,
-            redis.clone(),
-        ));
-        if let Some(client) = client {
-            events::spawn_redis_subscriber(Arc::downgrade(&events), client, lifecycle.draining());
-        }
-        // example-domain:end
-        Ok(AppState(Arc::new(AppStateInner {
-            auth: Auth::from_config(&config)?,
-            // example-domain:begin
-            events,
-            // example-domain:end
-            allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
-            security_headers: SecurityHeaders::from_config(&config),
-            error_pages: ErrorPages::load(&config.static_dir),
-            sentry_enabled: telemetry::sentry::enabled(),
-            metrics_enabled: config.metrics_port.is_some(),
-            lifecycle,
-            rate_limiters,
-            redis,
-            db,
-            readiness_db,
-            pooler_gate: PoolerGate::default(),
-            schema: Arc::new(RwLock::new(Schema::Error)),
-            config,
-        })))
-    }
-
-    /// The database for a handler's queries, or 503 while the pooler in front of it would mix
-    /// up prepared statements (see [`PoolerGate`]).
-    pub fn database(&self) -> Result<&Db, ApiError> {
-        if self.pooler_gate.is_closed() {
-            return Err(ApiError::DatabaseUnavailable);
-        }
-        Ok(&self.db)
-    }
-
-    /// The pool for health checks: the connection kept aside for them, or the request pool
-    /// when the budget is one connection.
-    pub fn health_db(&self) -> &Db {
-        self.readiness_db.as_ref().unwrap_or(&self.db)
-    }
-
-    /// The last schema state read (see [`Schema`]).
-    pub fn schema(&self) -> Schema {
-        self.schema.read().map(|s| s.clone()).unwrap_or(Schema::Error)
-    }
-
-    /// `DEBUG=true` shows internal error detail, but never in production.
-    pub fn expose_internal_errors(&self) -> bool {
-        self.config.debug && self.config.app_env == AppEnv::Development
-    }
-}
-
-/// All routes, each behind its own rate limit where it has one, with their OpenAPI
-/// descriptions collected as they are added.
-pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
-    let per_ip = |limit| rate_limit::PerIp::layer(state, limit);
-    // example-domain:begin
-    let per_user = |limit| middleware::from_fn_with_state((state.clone(), limit), rate_limit::per_user);
-    // example-domain:end
-    // Responses that carry a user's data or a token (RFC 6749 §5.1) must not be stored by
-    // browsers or proxies.
-    let user_data = OpenApiRouter::new()
-        .merge(routes::auth::signup_router().route_layer(per_ip(Limit::Signup)))
-        .merge(routes::auth::login_router().route_layer(per_ip(Limit::Login)))
-        .merge(routes::auth::me_router())
-        // example-domain:begin
-        .merge(routes::invoices::create_router().route_layer(per_user(Limit::InvoiceCreate)))
-        .merge(routes::invoices::router())
-        .merge(routes::events::router())
-        .merge(routes::stats::router())
-        // example-domain:end
-        .route_layer(SetResponseHeaderLayer::if_not_present(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        ));
-    OpenApiRouter::with_openapi(routes::openapi::base_document())
-        .merge(routes::health::router())
-        .merge(user_data)
-        // example-domain:begin
-        // Mounted (and so documented) only when it can work: without its secret it is a 404.
-        .merge(match state.config.webhook_secret {
-            Some(_) => routes::webhooks::router(),
-            None => OpenApiRouter::new(),
-        })
-    // example-domain:end
-}
-
-/// Routes that are not part of the API: static files, the landing page and the API reference.
-fn site_routes(state: &AppState) -> Router<AppState> {
-    let files = static_files::router(&state.config);
-    // The API reference at /docs only when API_DOCS is on; off, its assets are 404 as well.
-    if state.config.api_docs {
-        files.merge(routes::docs::router(&state.config))
-    } else {
-        files.layer(middleware::from_fn(routes::docs::hide_assets))
-    }
-}
-
-/// Every route: `extra` (tests mount theirs here), the API, `/openapi.json` describing it,
-/// and the site (static files).
-pub fn all_routes(state: &AppState, extra: Router<AppState>) -> Router<AppState> {
-    let (api, openapi) = routes(state).split_for_parts();
-    extra
+/// [`router`] with `extra` routes beside the others, inside the same stack (tests mount
+/// routes of their own here).
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
+    let config = &state.config;
+    let (api, openapi) = api(&state).split_for_parts();
+    // Static files and the landing page, and the API reference at /docs only when API_DOCS is
+    // on: off, its assets are 404 as well.
+    let site = match config.api_docs {
+        true => static_files::router(config).merge(routes::docs::router(config)),
+        false => static_files::router(config).layer(middleware::from_fn(routes::docs::hide_assets)),
+    };
+    let routes = extra
         .merge(api)
         .merge(routes::openapi::router(openapi))
-        .merge(site_routes(state))
-}
+        .merge(site)
+        .fallback(error::not_found);
 
-/// Builds the application: every route inside the whole middleware stack.
-pub fn build_router(state: AppState) -> Router {
-    with_middleware(all_routes(&state, Router::new()), state)
-}
-
-/// Wraps routes in the 404 fallback and the whole middleware stack, outermost layer first.
-pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
-    let config = &state.config;
     let stack = ServiceBuilder::new()
         // Request id, client IP, Sentry hub, metrics, one log line; renders every error as §4 JSON.
         .layer(telemetry::Observe::layer(state.clone()))
@@ -229,13 +50,13 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
                 .then(|| sentry::integrations::tower::SentryHttpLayer::new().enable_transaction()),
         )
         // Host check, HTTPS redirect, and the security headers on every response below.
-        .layer(security::Guard::layer(state.clone()))
+        .layer(security::Guard::layer(&state))
         // A panicking handler becomes a 500 of the usual shape; the server keeps serving.
         .layer(CatchPanicLayer::custom(error::panic_response))
         // CORS for the configured origins only (absent when none are).
         .option_layer(security::cors::layer(&config.cors_allowed_origins))
         // RATE_LIMIT_GLOBAL per client IP, health probes exempt.
-        .layer(rate_limit::PerIp::layer(&state, Limit::Global))
+        .layer(rate_limit::GLOBAL.layer(&state))
         // Whole-request deadline; its 408 is rendered as 503 `timeout`.
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -258,8 +79,35 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
                     .and(NotForContentType::GRPC),
             ),
         );
+    routes.layer(stack).with_state(state)
+}
 
-    router.fallback(error::not_found).layer(stack).with_state(state)
+/// The API: each route module's routes (with the rate limits they declare), collecting their
+/// OpenAPI descriptions. Add a module's router here.
+fn api(state: &AppState) -> OpenApiRouter<AppState> {
+    // Responses that carry a user's data or a token (RFC 6749 §5.1) must not be stored by
+    // browsers or proxies.
+    let user_data = OpenApiRouter::new()
+        .merge(routes::auth::router(state))
+        // example-domain:begin
+        .merge(routes::invoices::router(state))
+        .merge(routes::events::router())
+        .merge(routes::stats::router())
+        // example-domain:end
+        .route_layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
+    OpenApiRouter::with_openapi(routes::openapi::base_document())
+        .merge(routes::health::router())
+        .merge(user_data)
+        // example-domain:begin
+        // Mounted (and so documented) only when it can work: without its secret it is a 404.
+        .merge(match state.config.webhook_secret {
+            Some(_) => routes::webhooks::router(),
+            None => OpenApiRouter::new(),
+        })
+    // example-domain:end
 }
 
 /// Drops `identity;q=0` and `*;q=0` from `Accept-Encoding`. Faced with them, the compression

@@ -8,18 +8,16 @@ use std::time::Duration;
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderMap, header, request::Parts};
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::config::Config;
-use crate::db::Db;
 use crate::error::ApiError;
-use crate::with_db;
+use crate::state::AppState;
 
 /// OWASP's Argon2id recommendation: 19 MiB, 2 iterations, 1 lane.
 const ARGON2_MEMORY_KIB: u32 = 19_456;
@@ -158,15 +156,20 @@ pub struct AuthUser {
     pub id: Uuid,
 }
 
-impl AuthUser {
-    /// 401 for a valid token of an account that does not exist (deleted, a restored database,
-    /// a key shared between environments). For the routes whose own query cannot tell: it
-    /// costs a round trip, so they ask only when their answer would otherwise be empty.
-    pub async fn ensure_exists(self, db: &Db) -> Result<(), ApiError> {
-        let sql = "SELECT id FROM users WHERE id = $1";
-        let found: Option<String> =
-            with_db!(db, pool => sqlx::query_scalar(sql).bind(self.id.to_string()).fetch_optional(pool).await)?;
-        found.map(|_| ()).ok_or(ApiError::Unauthorized)
+/// A request's bearer token, verified once and remembered on the request: a per-user rate
+/// limit and the handler's [`AuthUser`] both ask, and the HMAC runs once.
+#[derive(Clone, Copy)]
+struct Resolved(Option<Uuid>);
+
+impl Auth {
+    /// The user of the request's bearer token, if it is valid (for a middleware).
+    pub fn resolve(&self, req: &mut Request) -> Option<Uuid> {
+        if let Some(Resolved(user)) = req.extensions().get() {
+            return *user;
+        }
+        let user = self.user_from_headers(req.headers());
+        req.extensions_mut().insert(Resolved(user));
+        user
     }
 }
 
@@ -174,15 +177,11 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // Already verified by a middleware on this route (the per-user rate limit)?
-        if let Some(user) = parts.extensions.get::<AuthUser>() {
-            return Ok(*user);
-        }
-        state
-            .auth
-            .user_from_headers(&parts.headers)
-            .map(|id| AuthUser { id })
-            .ok_or(ApiError::Unauthorized)
+        let user = match parts.extensions.get() {
+            Some(Resolved(user)) => *user,
+            None => state.auth.user_from_headers(&parts.headers),
+        };
+        user.map(|id| AuthUser { id }).ok_or(ApiError::Unauthorized)
     }
 }
 

@@ -288,7 +288,7 @@ pub fn is_private_host(host: &str) -> bool {
 /// what is wrong in words an operator can act on.
 pub async fn check_connections(config: &Config) -> Vec<Finding> {
     let mut findings = database_findings(config).await;
-    if let Err(reason) = crate::redis_store::ping(config, CONNECT_LIMIT).await {
+    if let Err(reason) = crate::redis_store::connect_and_ping(config, CONNECT_LIMIT).await {
         findings.push(warning(
             "W011",
             format!("Redis is unreachable: {reason}"),

@@ -2,11 +2,9 @@
 //! sends, including axum's rejections and bare errors from middleware, leaves as the JSON of
 //! SPEC §4 (or, for a browser on a non-API path, as the HTML error page).
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{HeaderValue, StatusCode, header, request::Parts};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::db::{self, faults::Fault};
@@ -26,17 +24,6 @@ impl FieldError {
             message: message.into(),
         }
     }
-}
-
-/// The message for a text field holding a control character (see [`has_control_chars`]).
-pub const NO_CONTROL_CHARS: &str = "must not contain control characters";
-
-/// Whether `text` holds a control character (NUL, escapes, DEL, C1) that has no place in a
-/// text field; `multiline` allows tabs and line breaks. PostgreSQL refuses NUL outright, and
-/// the others would reach logs and screens as terminal escapes.
-pub fn has_control_chars(text: &str, multiline: bool) -> bool {
-    text.chars()
-        .any(|c| c.is_control() && !(multiline && matches!(c, '\t' | '\n' | '\r')))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -287,113 +274,4 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".to_owned());
     ApiError::Panic(detail).into_response()
-}
-
-/// JSON body extractor whose every failure is an [`ApiError`]: wrong content type → 415,
-/// oversize → 413, broken JSON → 400 `invalid_json`, wrong shape → 422 naming the field.
-pub struct ApiJson<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        if !has_json_content_type(req.headers()) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::InvalidJson("the body could not be read".to_owned())
-            }
-        })?;
-        parse_json(&bytes).map(ApiJson)
-    }
-}
-
-pub fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-/// Deserialises a JSON object body, telling syntax errors (400) from shape errors (422, with
-/// the field path).
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    // Syntax first, over the whole body (trailing bytes and depth included): `[[[[` is broken
-    // JSON, though reading it as a struct would stop at its first element with a shape error.
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
-        .map_err(|e| ApiError::InvalidJson(strip_position(&e.to_string())))?;
-    // serde also reads a struct from an array of its fields in order; bodies are objects only.
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::validation("body", "must be a JSON object"));
-    }
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let message = strip_position(&error.inner().to_string());
-        // serde names a missing or unknown field only in its message: "missing field `email`".
-        let field = if path == "." {
-            backticked(&message).unwrap_or("body").to_owned()
-        } else {
-            path
-        };
-        ApiError::Validation(vec![FieldError::new(field, message)])
-    })
-}
-
-/// An integer field that also accepts `12.0`: JSON Schema counts a number with no fractional
-/// part as an integer, so clients that send one are within the documented contract.
-pub fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
-    match serde_json::Number::deserialize(deserializer)? {
-        n if n.is_i64() => n
-            .as_i64()
-            .ok_or_else(|| serde::de::Error::custom("expected an integer")),
-        n => match n.as_f64() {
-            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
-            _ => Err(serde::de::Error::custom(format!(
-                "invalid type: {n}, expected an integer"
-            ))),
-        },
-    }
-}
-
-fn backticked(message: &str) -> Option<&str> {
-    let start = message.find('`')? + 1;
-    let len = message[start..].find('`')?;
-    Some(&message[start..start + len])
-}
-
-/// serde_json appends " at line 1 column 42", which means nothing to an API client.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
-    }
-}
-
-/// Query-string extractor whose failures are 422 `validation_failed`.
-pub struct ApiQuery<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let query = parts.uri.query().unwrap_or_default();
-        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(deserializer)
-            .map(ApiQuery)
-            .map_err(|error| {
-                let message = error.inner().to_string();
-                let path = error.path().to_string();
-                let field = if path == "." {
-                    backticked(&message).unwrap_or("query").to_owned()
-                } else {
-                    path
-                };
-                ApiError::Validation(vec![FieldError::new(field, message)])
-            })
-    }
 }

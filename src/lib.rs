@@ -7,8 +7,10 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod extract;
+pub mod input;
 // example-domain:begin
-pub mod events;
+pub mod invoices;
 // example-domain:end
 pub mod lifecycle;
 pub mod middleware;
@@ -17,8 +19,10 @@ pub mod redis_store;
 pub mod routes;
 pub mod security;
 pub mod server;
+pub mod state;
 pub mod static_files;
 pub mod telemetry;
+pub mod users;
 
 /// Installs rustls' ring crypto provider for the whole process. Must run before any TLS
 /// client (Sentry, reqwest, Postgres with TLS) is built; later calls do nothing.

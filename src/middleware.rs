@@ -1,5 +1,5 @@
 //! The plumbing shared by the middlewares that run on every request (`telemetry::Observe`,
-//! `security::Guard`, `rate_limit::PerIp`). They are tower services rather than
+//! `security::Guard`, `rate_limit::Enforce`). They are tower services rather than
 //! `axum::middleware::from_fn`, which clones the whole stack below it, boxes the request's
 //! future twice and the response body once per call (see bench/RESULTS.md). A middleware
 //! implements [`Middleware`]; [`MiddlewareLayer`] makes it a layer.

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Mutex;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -23,20 +24,21 @@ use redis::aio::ConnectionManager;
 use tower::Service;
 use uuid::Uuid;
 
-use crate::app::AppState;
-use crate::auth::AuthUser;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+
+use crate::auth::Auth;
 use crate::config::{Rate, RateLimits};
 use crate::error::ApiError;
 use crate::middleware::{BoxResponseFuture, Middleware, MiddlewareLayer};
+use crate::redis_store;
 use crate::security::client_ip::ClientIp;
 use crate::security::is_health_path;
+use crate::state::AppState;
 use crate::telemetry::throttle::Throttle;
 
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
-/// A Redis call slower than this counts as Redis being away: limits must never stall requests.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// After a Redis fault, use the in-process limiter this long before trying Redis again.
 const REDIS_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Redis faults are logged at most this often.
@@ -146,9 +148,8 @@ impl Decision {
 
 type LocalLimiter = RateLimiter<LimitKey, BoundedStore, DefaultClock, StateInformationMiddleware>;
 
-/// One named limit.
+/// The limiter of one [`Limit`]: in-process, or in Redis when it is shared.
 pub struct Limiter {
-    /// `global`, `login`, `signup` or `invoice_create`: the metric label and Redis key part.
     pub name: &'static str,
     rate: Rate,
     local: LocalLimiter,
@@ -226,7 +227,7 @@ return {1, math.floor((now - allowed_at) / interval), 0}
 ";
 
 /// Redis connection for the limiters, with the fault bookkeeping for the fallback.
-pub struct SharedStore {
+struct SharedStore {
     connection: ConnectionManager,
     script: redis::Script,
     started: Instant,
@@ -237,7 +238,7 @@ pub struct SharedStore {
 }
 
 impl SharedStore {
-    pub fn new(connection: ConnectionManager) -> SharedStore {
+    fn new(connection: ConnectionManager) -> SharedStore {
         SharedStore {
             connection,
             script: redis::Script::new(GCRA_SCRIPT),
@@ -266,10 +267,10 @@ impl SharedStore {
                 .invoke_async::<(u8, u32, u64)>(&mut connection)
                 .await
         };
-        let result = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+        let result = match tokio::time::timeout(redis_store::TIMEOUT, call).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!("no answer within {} ms", REDIS_TIMEOUT.as_millis())),
+            Err(_) => Err(format!("no answer within {} ms", redis_store::TIMEOUT.as_millis())),
         };
         match result {
             Ok((allowed, remaining, retry_after_ms)) => Some(Decision {
@@ -299,68 +300,99 @@ impl SharedStore {
     }
 }
 
-/// Which limit a route is under.
-#[derive(Clone, Copy, Debug)]
-pub enum Limit {
-    Global,
-    Login,
-    Signup,
-    // example-domain:begin
-    InvoiceCreate,
-    // example-domain:end
+/// A named rate limit: what it counts by, and which setting gives its rate. Declared as a
+/// `const` next to the routes it guards (the global one below), enforced by [`Limit::on`] or
+/// [`Limit::layer`]; its setting lives in `config::RateLimits`.
+#[derive(Clone, Copy)]
+pub struct Limit {
+    /// The metric label (`rate_limited_total{limit}`) and the Redis key part.
+    pub name: &'static str,
+    per: Per,
+    /// Its rate in the configuration; `None` when set to `off`.
+    rate: fn(&RateLimits) -> Option<Rate>,
 }
 
-/// The four limits of §2; `None` where set to `off`.
+/// Whose budget a request spends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Per {
+    /// The client address (see [`LimitKey::client`]).
+    Ip,
+    /// The bearer token's user; requests without a valid token pass, and the handler answers 401.
+    User,
+}
+
+/// `RATE_LIMIT_GLOBAL` per client IP, around every route (health probes exempt).
+pub const GLOBAL: Limit = Limit::per_ip("global", |limits| limits.global);
+
+impl Limit {
+    pub const fn per_ip(name: &'static str, rate: fn(&RateLimits) -> Option<Rate>) -> Limit {
+        Limit {
+            name,
+            per: Per::Ip,
+            rate,
+        }
+    }
+
+    pub const fn per_user(name: &'static str, rate: fn(&RateLimits) -> Option<Rate>) -> Limit {
+        Limit {
+            name,
+            per: Per::User,
+            rate,
+        }
+    }
+
+    /// The middleware that enforces this limit (it passes everything when the limit is off).
+    pub fn layer(&self, state: &AppState) -> MiddlewareLayer<Enforce> {
+        MiddlewareLayer(Enforce {
+            limiter: state.rate_limiters.get(self),
+            per: self.per,
+            auth: state.auth.clone(),
+        })
+    }
+
+    /// `routes` under this limit, to merge into a route module's router.
+    pub fn on(&self, state: &AppState, routes: UtoipaMethodRouter<AppState>) -> OpenApiRouter<AppState> {
+        OpenApiRouter::new().routes(routes).route_layer(self.layer(state))
+    }
+}
+
+/// Every limit's limiter, made when a router first asks for it, and pruned every minute.
 pub struct RateLimiters {
-    pub global: Option<Arc<Limiter>>,
-    pub login: Option<Arc<Limiter>>,
-    pub signup: Option<Arc<Limiter>>,
-    // example-domain:begin
-    pub invoice_create: Option<Arc<Limiter>>,
-    // example-domain:end
+    rates: RateLimits,
+    shared: Option<Arc<SharedStore>>,
+    made: Mutex<HashMap<&'static str, Arc<Limiter>>>,
 }
 
 impl RateLimiters {
-    pub fn new(limits: &RateLimits, shared: Option<Arc<SharedStore>>) -> RateLimiters {
-        let make = |name, rate: Option<Rate>| rate.map(|r| Arc::new(Limiter::new(name, r, shared.clone(), MAX_KEYS)));
-        RateLimiters {
-            global: make("global", limits.global),
-            login: make("login", limits.login),
-            signup: make("signup", limits.signup),
-            // example-domain:begin
-            invoice_create: make("invoice_create", limits.invoice_create),
-            // example-domain:end
-        }
+    /// Shared through Redis when there is a connection; starts the pruner.
+    pub fn new(rates: &RateLimits, redis: Option<ConnectionManager>) -> Arc<RateLimiters> {
+        let limiters = Arc::new(RateLimiters {
+            rates: rates.clone(),
+            shared: redis.map(|connection| Arc::new(SharedStore::new(connection))),
+            made: Mutex::default(),
+        });
+        spawn_pruner(Arc::downgrade(&limiters));
+        limiters
     }
 
-    fn get(&self, which: Limit) -> Option<&Arc<Limiter>> {
-        match which {
-            Limit::Global => self.global.as_ref(),
-            Limit::Login => self.login.as_ref(),
-            Limit::Signup => self.signup.as_ref(),
-            // example-domain:begin
-            Limit::InvoiceCreate => self.invoice_create.as_ref(),
-            // example-domain:end
-        }
+    /// The limiter of `limit`, one per name however many routes use it; `None` when it is off.
+    pub fn get(&self, limit: &Limit) -> Option<Arc<Limiter>> {
+        let rate = (limit.rate)(&self.rates)?;
+        let mut made = self.made.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let limiter = made
+            .entry(limit.name)
+            .or_insert_with(|| Arc::new(Limiter::new(limit.name, rate, self.shared.clone(), MAX_KEYS)));
+        Some(limiter.clone())
     }
 
-    fn all(&self) -> impl Iterator<Item = &Limiter> {
-        [
-            &self.global,
-            &self.login,
-            &self.signup,
-            // example-domain:begin
-            &self.invoice_create,
-            // example-domain:end
-        ]
-        .into_iter()
-        .flatten()
-        .map(Arc::as_ref)
+    fn all(&self) -> Vec<Arc<Limiter>> {
+        let made = self.made.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        made.values().cloned().collect()
     }
 }
 
 /// Drops idle in-process keys every minute; stops once the limiters are gone.
-pub fn spawn_pruner(limiters: Weak<RateLimiters>) {
+fn spawn_pruner(limiters: Weak<RateLimiters>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PRUNE_INTERVAL);
         tick.tick().await;
@@ -369,47 +401,49 @@ pub fn spawn_pruner(limiters: Weak<RateLimiters>) {
             let Some(limiters) = limiters.upgrade() else {
                 break;
             };
-            limiters.all().for_each(Limiter::prune);
+            limiters.all().iter().for_each(|limiter| limiter.prune());
         }
     });
 }
 
-/// Limits by client IP (`Limit::Global` exempts the health probes); nothing when the limit is off.
+/// Enforces one [`Limit`]. Health probes are never limited: a platform polls them from one
+/// address, and a 429 there would take the instance out of rotation.
 #[derive(Clone)]
-pub struct PerIp {
+pub struct Enforce {
     limiter: Option<Arc<Limiter>>,
-    exempt_health: bool,
+    per: Per,
+    auth: Arc<Auth>,
 }
 
-impl PerIp {
-    pub fn layer(state: &AppState, which: Limit) -> MiddlewareLayer<PerIp> {
-        MiddlewareLayer(PerIp {
-            limiter: state.rate_limiters.get(which).cloned(),
-            exempt_health: matches!(which, Limit::Global),
-        })
-    }
-}
-
-impl Middleware for PerIp {
-    fn handle<S>(&self, inner: &mut S, req: Request) -> BoxResponseFuture
+impl Middleware for Enforce {
+    fn handle<S>(&self, inner: &mut S, mut req: Request) -> BoxResponseFuture
     where
         S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
         S::Future: Send + 'static,
     {
-        let exempt = self.exempt_health && is_health_path(req.uri().path());
-        let Some(limiter) = self.limiter.as_ref().filter(|_| !exempt).cloned() else {
+        let key = match &self.limiter {
+            Some(_) if is_health_path(req.uri().path()) => None,
+            Some(_) => match self.per {
+                Per::Ip => {
+                    let ip = req
+                        .extensions()
+                        .get::<ClientIp>()
+                        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
+                    Some(LimitKey::client(ip))
+                }
+                Per::User => self.auth.resolve(&mut req).map(LimitKey::User),
+            },
+            None => None,
+        };
+        let (Some(limiter), Some(key)) = (self.limiter.clone(), key) else {
             return Box::pin(inner.call(req));
         };
-        let ip = req
-            .extensions()
-            .get::<ClientIp>()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
         // The check may wait for Redis, so the inner service is called later: take the one that
         // is ready and leave a clone in its place (the usual tower pattern).
         let clone = inner.clone();
         let mut inner = std::mem::replace(inner, clone);
         Box::pin(async move {
-            let decision = limiter.check(LimitKey::client(ip)).await;
+            let decision = limiter.check(key).await;
             if !decision.allowed {
                 return Ok(refuse(&limiter, decision));
             }
@@ -418,26 +452,6 @@ impl Middleware for PerIp {
             Ok(response)
         })
     }
-}
-
-/// Middleware: limits by authenticated user; requests without a valid token pass through
-/// to the handler, which answers 401.
-pub async fn per_user(State((state, which)): State<(AppState, Limit)>, mut req: Request, next: Next) -> Response {
-    let Some(limiter) = state.rate_limiters.get(which) else {
-        return next.run(req).await;
-    };
-    let Some(user) = state.auth.user_from_headers(req.headers()) else {
-        return next.run(req).await;
-    };
-    // The handler's `AuthUser` extractor takes it from here instead of verifying the token again.
-    req.extensions_mut().insert(AuthUser { id: user });
-    let decision = limiter.check(LimitKey::User(user)).await;
-    if !decision.allowed {
-        return refuse(limiter, decision);
-    }
-    let mut response = next.run(req).await;
-    annotate(decision, &mut response);
-    response
 }
 
 /// The 429 for a request over its limit, counted.

@@ -1,17 +1,48 @@
-//! Redis, when `REDIS_URL` is set: shared state for every instance. `rediss://` (TLS, as
-//! Upstash, Redis Cloud and most managed Redis require) verifies the server against the
-//! operating system's roots, plus the private CA of `REDIS_CA_CERT` when given.
+//! Redis, when `REDIS_URL` is set: shared state for every instance (rate limits, invoice
+//! events). `rediss://` (TLS, as Upstash, Redis Cloud and most managed Redis require) verifies
+//! the server against the operating system's roots, plus the private CA of `REDIS_CA_CERT`.
 
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::Context;
 use base64::Engine;
 use redis::TlsCertificates;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::Config;
 
+/// A Redis call slower than this counts as Redis being away: callers fall back rather than
+/// stall a request.
+pub const TIMEOUT: Duration = Duration::from_millis(250);
+
 /// The client for `REDIS_URL` (no connection is made yet), or `None` when it is unset.
-pub fn client(config: &Config) -> Result<Option<redis::Client>, String> {
+pub fn client(config: &Config) -> anyhow::Result<Option<redis::Client>> {
+    build_client(config)
+        .map_err(anyhow::Error::msg)
+        .context("REDIS_URL is not usable")
+}
+
+/// The shared connection the requests use: made on first use, reconnecting by itself, every
+/// call bounded by [`TIMEOUT`].
+pub fn connection_manager(client: &redis::Client) -> anyhow::Result<ConnectionManager> {
+    let settings = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT))
+        .set_number_of_retries(1);
+    ConnectionManager::new_lazy_with_config(client.clone(), settings).context("cannot set up Redis")
+}
+
+/// `PING` on a connection that exists, within `limit`.
+pub async fn ping(connection: &mut impl redis::aio::ConnectionLike, limit: Duration) -> Result<(), String> {
+    let command = redis::cmd("PING");
+    match tokio::time::timeout(limit, command.query_async::<String>(connection)).await {
+        Ok(result) => result.map(drop).map_err(describe),
+        Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
+    }
+}
+
+fn build_client(config: &Config) -> Result<Option<redis::Client>, String> {
     let Some(url) = &config.redis_url else {
         return Ok(None);
     };
@@ -48,23 +79,18 @@ fn roots_with(ca: &Path) -> Result<Vec<u8>, String> {
     Ok(pem)
 }
 
-/// Connects and sends `PING`, all within `limit`.
-pub async fn ping(config: &Config, limit: Duration) -> Result<(), String> {
+/// Connects and sends `PING`, all within `limit` (for `check --deploy --connect`).
+pub async fn connect_and_ping(config: &Config, limit: Duration) -> Result<(), String> {
     let attempt = async {
-        let Some(client) = client(config)? else {
+        let Some(client) = build_client(config)? else {
             return Ok(());
         };
         let mut connection = client.get_multiplexed_async_connection().await.map_err(describe)?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-            .map(drop)
-            .map_err(describe)
+        ping(&mut connection, limit).await
     };
-    match tokio::time::timeout(limit, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("no answer within {} s", limit.as_secs())),
-    }
+    tokio::time::timeout(limit, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", limit.as_secs())))
 }
 
 /// The driver's error with its cause: a TLS failure names the certificate problem.

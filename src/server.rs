@@ -24,10 +24,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
-use crate::app::{self, AppState};
+use crate::app;
 use crate::checks;
 use crate::config::Config;
 use crate::db::{Db, Schema};
+use crate::state::AppState;
 use crate::telemetry;
 
 /// How often a closed [`crate::db::PoolerGate`] is rechecked.
@@ -119,7 +120,7 @@ impl Application {
         let state = AppState::new(config.clone(), db, readiness_db)?;
         spawn_database_watch(state.clone());
         spawn_schema_watch(state.clone()).await;
-        let router = app::build_router(state.clone());
+        let router = app::router(state.clone());
         let listener = TcpListener::bind((config.host, config.port))
             .await
             .with_context(|| format!("could not listen on {}:{}", config.host, config.port))?;

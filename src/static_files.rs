@@ -6,16 +6,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::services::{ServeDir, ServeFile};
 
-use crate::app::AppState;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// `/` (the landing page) and `/static/*` from `STATIC_DIR`, with precompressed `.br`/`.gz`
 /// siblings, ETag/Last-Modified and 304s (all from tower-http), and our cache policy.
@@ -120,8 +120,9 @@ fn has_content_hash(file_name: &str) -> bool {
 
 /// `404.html` and `500.html` from `STATIC_DIR`, read once at start (built-in pages when missing).
 pub struct ErrorPages {
-    not_found: &'static str,
-    server_error: &'static str,
+    // `Bytes`, so each response shares the page instead of copying it.
+    not_found: Bytes,
+    server_error: Bytes,
 }
 
 const BUILTIN_404: &str = "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>Not found</title>\
@@ -131,9 +132,8 @@ const BUILTIN_500: &str = "<!doctype html><html lang=\"en\"><meta charset=\"utf-
 
 impl ErrorPages {
     pub fn load(static_dir: &Path) -> ErrorPages {
-        // Leaked once at start: the pages live as long as the process and are never copied.
-        let read = |name: &str, builtin: &'static str| -> &'static str {
-            std::fs::read_to_string(static_dir.join(name)).map_or(builtin, |page| Box::leak(page.into_boxed_str()))
+        let read = |name: &str, builtin: &'static str| {
+            std::fs::read(static_dir.join(name)).map_or(Bytes::from_static(builtin.as_bytes()), Bytes::from)
         };
         ErrorPages {
             not_found: read("404.html", BUILTIN_404),
@@ -145,8 +145,8 @@ impl ErrorPages {
     /// statuses without a page of their own stay JSON.
     pub fn render(&self, response: Response) -> Response {
         let page = match response.status() {
-            StatusCode::NOT_FOUND => self.not_found,
-            status if status.is_server_error() => self.server_error,
+            StatusCode::NOT_FOUND => self.not_found.clone(),
+            status if status.is_server_error() => self.server_error.clone(),
             _ => return response,
         };
         let (mut parts, _) = response.into_parts();

@@ -16,6 +16,7 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 
 use crate::config::DatabaseConfig;
+use crate::error::ApiError;
 
 pub use faults::PoolerGate;
 pub use migrate::{MIGRATOR, MigrationError, MigrationStatus, Schema, State, never_migrated};
@@ -140,27 +141,107 @@ pub fn rfc3339(micros: i64) -> String {
         .unwrap_or_default()
 }
 
-/// True when an error is a unique-constraint violation (e.g. an email already registered).
-pub fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
+/// An open transaction on whichever database is live. Dropping it without [`Tx::commit`]
+/// (an early return, an error) rolls it back.
+pub enum Tx {
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
 }
 
-/// Runs `$body` with `$tx` bound to a new transaction on whichever pool is live; the body
-/// commits, and any early return or error rolls back. SQLite starts with `BEGIN IMMEDIATE`:
-/// taking the write lock up front avoids "database is locked" when two deferred
-/// transactions both try to upgrade to writing.
+/// Runs the same expression on a transaction's connection, whichever database it is on:
+/// `with_tx!(tx, conn => query.execute(&mut **conn).await)`.
 #[macro_export]
-macro_rules! with_transaction {
-    ($db:expr, $tx:ident => $body:expr) => {
-        match $db {
-            $crate::db::Db::Postgres(pool) => {
-                let mut $tx = pool.begin().await?;
-                $body
-            }
-            $crate::db::Db::Sqlite(pool) => {
-                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                $body
-            }
+macro_rules! with_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            $crate::db::Tx::Postgres($conn) => $body,
+            $crate::db::Tx::Sqlite($conn) => $body,
         }
     };
+}
+
+impl Db {
+    /// Starts a transaction. SQLite's is `BEGIN IMMEDIATE`: taking the write lock up front
+    /// avoids "database is locked" when two deferred transactions both try to upgrade.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        with_tx!(self, tx => tx.commit().await)
+    }
+}
+
+/// A named constraint of the schema, so the statement that can break it says what that
+/// means for the client (`.on_constraint(EMAIL_TAKEN, ...)`) and every other violation stays
+/// a 500. PostgreSQL reports the name; SQLite reports a unique violation by its columns and
+/// a foreign-key violation by nothing at all.
+#[derive(Clone, Copy, Debug)]
+pub struct Constraint {
+    /// The name in the migration (PostgreSQL's default for `REFERENCES` is `{table}_{column}_fkey`).
+    pub name: &'static str,
+    kind: ConstraintKind,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ConstraintKind {
+    /// With SQLite's `table.column[, table.column]` list.
+    Unique(&'static str),
+    /// SQLite names none: any foreign-key violation of the statement matches.
+    ForeignKey,
+}
+
+impl Constraint {
+    pub const fn unique(name: &'static str, sqlite_columns: &'static str) -> Constraint {
+        Constraint {
+            name,
+            kind: ConstraintKind::Unique(sqlite_columns),
+        }
+    }
+
+    pub const fn foreign_key(name: &'static str) -> Constraint {
+        Constraint {
+            name,
+            kind: ConstraintKind::ForeignKey,
+        }
+    }
+
+    fn is_violated_by(&self, error: &sqlx::Error) -> bool {
+        let sqlx::Error::Database(error) = error else {
+            return false;
+        };
+        let kind_matches = match self.kind {
+            ConstraintKind::Unique(_) => error.is_unique_violation(),
+            ConstraintKind::ForeignKey => error.is_foreign_key_violation(),
+        };
+        kind_matches
+            && match (error.constraint(), self.kind) {
+                (Some(name), _) => name == self.name,
+                (None, ConstraintKind::Unique(columns)) => error.message().ends_with(columns),
+                (None, ConstraintKind::ForeignKey) => true,
+            }
+    }
+}
+
+/// `.on_constraint(c, || error)` on a query's result: a violation of `c` becomes `error`, and
+/// any other database error converts as usual (see `From<sqlx::Error> for ApiError`).
+pub trait OnConstraint<T> {
+    fn on_constraint(self, constraint: Constraint, error: impl FnOnce() -> ApiError) -> Result<T, ApiError>;
+}
+
+impl<T> OnConstraint<T> for Result<T, sqlx::Error> {
+    fn on_constraint(self, constraint: Constraint, error: impl FnOnce() -> ApiError) -> Result<T, ApiError> {
+        self.map_err(|e| {
+            if constraint.is_violated_by(&e) {
+                error()
+            } else {
+                e.into()
+            }
+        })
+    }
 }

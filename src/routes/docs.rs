@@ -10,9 +10,9 @@ use axum::routing::get;
 use tower_http::services::ServeFile;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::app::AppState;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// The page at `/docs`; its assets are ordinary static files under `/static/docs/`.
 pub fn router(config: &Config) -> Router<AppState> {

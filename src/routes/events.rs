@@ -10,10 +10,11 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
-use crate::events::Subscription;
+use crate::invoices::events::Subscription;
+use crate::state::AppState;
+use crate::users;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -30,7 +31,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 ))]
 pub async fn invoice_events(State(state): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
     // Nothing else on a stream would notice a token of an account that does not exist.
-    user.ensure_exists(state.database()?).await?;
+    if !users::exists(state.database()?, user.id).await? {
+        return Err(ApiError::Unauthorized);
+    }
     let subscription = state.events.subscribe(user.id).ok_or(ApiError::ServiceUnavailable)?;
     let stream = futures_util::stream::unfold((subscription, 0u64, false), next_event)
         // At shutdown every stream ends at once, so the drain never waits on one.

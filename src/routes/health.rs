@@ -9,8 +9,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::app::AppState;
 use crate::db::Schema;
+use crate::redis_store;
+use crate::state::AppState;
 
 /// The database check of `/readyz` never takes longer than this.
 const READINESS_DB_TIMEOUT: Duration = Duration::from_secs(2);
@@ -98,12 +99,9 @@ async fn redis_status(state: &AppState) -> &'static str {
     let Some(redis) = &state.redis else {
         return "disabled";
     };
-    let mut connection = redis.clone();
-    let command = redis::cmd("PING");
-    let ping = command.query_async::<String>(&mut connection);
-    match tokio::time::timeout(READINESS_REDIS_TIMEOUT, ping).await {
-        Ok(Ok(_)) => "ok",
-        _ => "error",
+    match redis_store::ping(&mut redis.clone(), READINESS_REDIS_TIMEOUT).await {
+        Ok(()) => "ok",
+        Err(_) => "error",
     }
 }
 

@@ -7,8 +7,8 @@ use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::app::AppState;
 use crate::error::{ErrorBody, ErrorDetail, FieldError};
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(

@@ -5,18 +5,20 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::Sha256;
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use crate::app::AppState;
-use crate::db::{self, Db};
-use crate::error::{self, ApiError, ErrorBody, JsonBodyErrors, NO_CONTROL_CHARS, has_control_chars};
-use crate::routes::invoices::InvoiceRow;
-use crate::routes::stats::StatsChange;
-use crate::{invoice_columns, record_stats, with_transaction};
+use crate::error::{ApiError, ErrorBody, JsonBodyErrors};
+use crate::extract;
+use crate::input::{Fields, FromJson, Text};
+use crate::input_field;
+use crate::invoices::input::AmountCents;
+use crate::invoices::store::{self, Payment, Recorded};
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(payment_webhook))
@@ -25,18 +27,58 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// A timestamp further than this from our clock is refused, so a captured request cannot be replayed later.
 const MAX_CLOCK_SKEW_SECS: u64 = 300;
 
-#[derive(Deserialize, ToSchema)]
+/// The provider's event: the body of the webhook.
+#[derive(ToSchema)]
 pub struct PaymentEvent {
     /// The provider's unique id for this event; a repeat is answered `duplicate`.
-    #[schema(min_length = 1, max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
-    event_id: String,
+    #[schema(inline)]
+    event_id: EventId,
     /// Only `payment.succeeded`.
-    #[serde(rename = "type")]
-    kind: String,
+    #[schema(rename = "type", inline)]
+    kind: EventType,
     invoice_id: String,
-    #[serde(deserialize_with = "crate::error::integral")]
-    amount_cents: i64,
+    #[schema(inline)]
+    amount_cents: AmountCents,
 }
+
+impl FromJson for PaymentEvent {
+    fn from_json(fields: &mut Fields) -> Option<PaymentEvent> {
+        let event_id = fields.required("event_id");
+        let kind = fields.required("type");
+        let invoice_id = fields.required("invoice_id");
+        let amount_cents = fields.required("amount_cents");
+        fields.ignore_others();
+        Some(PaymentEvent {
+            event_id: event_id?,
+            kind: kind?,
+            invoice_id: invoice_id?,
+            amount_cents: amount_cents?,
+        })
+    }
+}
+
+const EVENT_ID: Text = Text {
+    min: 1,
+    max: 255,
+    not_blank: false,
+    multiline: false,
+};
+
+input_field!(EventId(String), |value| EVENT_ID.parse(value), EVENT_ID.schema());
+
+input_field!(
+    EventType(String),
+    |value| match String::parse(value)? {
+        kind if kind == PAYMENT_SUCCEEDED => Ok(kind),
+        _ => Err(format!("must be {PAYMENT_SUCCEEDED}")),
+    },
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([PAYMENT_SUCCEEDED]))
+);
+
+/// The one event type this webhook handles.
+const PAYMENT_SUCCEEDED: &str = "payment.succeeded";
 
 #[derive(Serialize, ToSchema)]
 pub struct WebhookOutcome {
@@ -96,85 +138,25 @@ pub async fn payment_webhook(
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     verify_signature(secret.expose().as_bytes(), &headers, &body, now)?;
-    if !error::has_json_content_type(&headers) {
+    if !extract::has_json_content_type(&headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let event: PaymentEvent = error::parse_json(&body)?;
-    if event.event_id.is_empty() || event.event_id.chars().count() > 255 {
-        return Err(ApiError::validation("event_id", "must be 1 to 255 characters"));
-    }
-    if has_control_chars(&event.event_id, false) {
-        return Err(ApiError::validation("event_id", NO_CONTROL_CHARS));
-    }
-    if event.kind != "payment.succeeded" {
-        return Err(ApiError::validation("type", "must be payment.succeeded"));
-    }
+    let event: PaymentEvent = extract::read_json(&body)?;
     let invoice_id = Uuid::parse_str(&event.invoice_id).map_err(|_| ApiError::NotFound)?;
-    match record_payment(state.database()?, &event, invoice_id).await? {
-        Some(paid) => {
-            let owner = Uuid::parse_str(&paid.user_id).map_err(|e| ApiError::Internal(e.into()))?;
-            let invoice = paid.into_invoice()?;
-            state.events.publish(owner, "invoice.paid", &invoice);
+    let payment = Payment {
+        event_id: &event.event_id.0,
+        event_type: &event.kind.0,
+        invoice_id,
+        amount_cents: event.amount_cents.0,
+    };
+    match store::record_payment(state.database()?, &payment).await? {
+        Recorded::Paid(paid) => {
+            let owner = paid.owner()?;
+            state.events.publish(owner, "invoice.paid", &paid.into_invoice()?);
             Ok(Json(WebhookOutcome { status: "processed" }))
         }
-        None => Ok(Json(WebhookOutcome { status: "duplicate" })),
+        Recorded::Duplicate => Ok(Json(WebhookOutcome { status: "duplicate" })),
     }
-}
-
-/// Records the event, marks the invoice paid and counts it in the owner's stats, in one transaction. `None` for an event
-/// already recorded. Any failure rolls back both.
-async fn record_payment(db: &Db, event: &PaymentEvent, invoice_id: Uuid) -> Result<Option<InvoiceRow>, ApiError> {
-    let select_invoice = concat!("SELECT ", invoice_columns!(), " FROM invoices WHERE id = $1");
-    let mark_paid = concat!(
-        "UPDATE invoices SET status = 'paid', paid_at = $1 WHERE id = $2 AND status IN ('draft', 'sent') RETURNING ",
-        invoice_columns!()
-    );
-    with_transaction!(db, tx => {
-        let seen: Option<String> = sqlx::query_scalar("SELECT event_id FROM webhook_events WHERE event_id = $1")
-            .bind(&event.event_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if seen.is_some() {
-            return Ok(None);
-        }
-        let invoice: InvoiceRow = sqlx::query_as(select_invoice)
-            .bind(invoice_id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(ApiError::NotFound)?;
-        if invoice.amount_cents != event.amount_cents {
-            return Err(ApiError::validation("amount_cents", "does not match the invoice amount"));
-        }
-        if invoice.status == "paid" {
-            return Err(ApiError::InvalidTransition("the invoice is already paid"));
-        }
-        let now = db::now_micros();
-        // A concurrent delivery of the same event waits here on the primary key, then inserts nothing.
-        let inserted = sqlx::query(
-            "INSERT INTO webhook_events (event_id, event_type, invoice_id, amount_cents, received_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(&event.event_id)
-        .bind(&event.kind)
-        .bind(invoice_id.to_string())
-        .bind(event.amount_cents)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            return Ok(None);
-        }
-        let paid: InvoiceRow = sqlx::query_as(mark_paid)
-            .bind(now)
-            .bind(invoice_id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(ApiError::InvalidTransition("the invoice is already paid"))?;
-        record_stats!(tx, StatsChange::paid(&paid));
-        tx.commit().await?;
-        Ok(Some(paid))
-    })
 }
 
 #[cfg(test)]

@@ -58,7 +58,8 @@ impl AllowedHosts {
     }
 }
 
-fn strip_port(host: &str) -> &str {
+/// The host of a `Host` value, without its port.
+pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // `[::1]:8080` → `[::1]`
         return match host.find(']') {

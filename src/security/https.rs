@@ -21,10 +21,7 @@ pub fn redirect_location(headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> 
     }
     // The Host was checked against ALLOWED_HOSTS before this runs, so it is safe to echo.
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok())?;
-    let host = host
-        .rsplit_once(':')
-        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(host, |(h, _)| h);
+    let host = super::hosts::strip_port(host);
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     HeaderValue::from_str(&format!("https://{host}{path}")).ok()
 }

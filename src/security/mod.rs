@@ -8,15 +8,18 @@ pub mod hosts;
 pub mod https;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tower::Service;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::middleware::{BoxResponseFuture, Middleware, MiddlewareLayer};
+use crate::state::AppState;
+use headers::SecurityHeaders;
+use hosts::AllowedHosts;
 
 /// Paths a platform probes directly (no proxy headers, any Host): exempt from the host
 /// check and the HTTPS redirect so health checks pass.
@@ -27,12 +30,20 @@ pub fn is_health_path(path: &str) -> bool {
 /// Host check, HTTPS redirect, and the security headers on whatever response comes back.
 #[derive(Clone)]
 pub struct Guard {
-    state: AppState,
+    allowed_hosts: AllowedHosts,
+    /// Shared, so the response future takes a pointer, not a copy of every header.
+    headers: Arc<SecurityHeaders>,
+    /// `SECURE_SSL_REDIRECT`.
+    redirect_to_https: bool,
 }
 
 impl Guard {
-    pub fn layer(state: AppState) -> MiddlewareLayer<Guard> {
-        MiddlewareLayer(Guard { state })
+    pub fn layer(state: &AppState) -> MiddlewareLayer<Guard> {
+        MiddlewareLayer(Guard {
+            allowed_hosts: state.allowed_hosts.clone(),
+            headers: Arc::new(state.security_headers.clone()),
+            redirect_to_https: state.config.secure_ssl_redirect,
+        })
     }
 }
 
@@ -44,33 +55,34 @@ impl Middleware for Guard {
     {
         let was_https = https::is_https(req.headers());
         let refusal = (!is_health_path(req.uri().path()))
-            .then(|| refusal(&self.state, &req))
+            .then(|| self.refusal(&req))
             .flatten();
         let pending = match refusal {
             Some(response) => Err(response),
             None => Ok(inner.call(req)),
         };
-        let state = self.state.clone();
+        let headers = self.headers.clone();
         Box::pin(async move {
             let mut response = match pending {
                 Ok(inner) => inner.await?,
                 Err(refusal) => refusal,
             };
-            state.security_headers.apply(response.headers_mut(), was_https);
+            headers.apply(response.headers_mut(), was_https);
             Ok(response)
         })
     }
 }
 
-/// The answer instead of the app's: a host not in ALLOWED_HOSTS, or plain HTTP to redirect.
-fn refusal(state: &AppState, req: &Request) -> Option<Response> {
-    if !state.allowed_hosts.allows_request(req.headers(), req.uri()) {
-        return Some(ApiError::InvalidHost.into_response());
+impl Guard {
+    /// The answer instead of the app's: a host not in ALLOWED_HOSTS, or plain HTTP to redirect.
+    fn refusal(&self, req: &Request) -> Option<Response> {
+        if !self.allowed_hosts.allows_request(req.headers(), req.uri()) {
+            return Some(ApiError::InvalidHost.into_response());
+        }
+        let location = self
+            .redirect_to_https
+            .then(|| https::redirect_location(req.headers(), req.uri()))
+            .flatten()?;
+        Some((StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response())
     }
-    let location = state
-        .config
-        .secure_ssl_redirect
-        .then(|| https::redirect_location(req.headers(), req.uri()))
-        .flatten()?;
-    Some((StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response())
 }

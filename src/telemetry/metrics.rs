@@ -13,7 +13,7 @@ use axum::routing::get;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Latency buckets in seconds: fine below 100 ms where a healthy API lives.
 const LATENCY_BUCKETS: &[f64] = &[

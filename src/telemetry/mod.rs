@@ -19,10 +19,10 @@ use tower::Service;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
-use crate::app::AppState;
 use crate::config::{Config, LogFormat};
 use crate::middleware::{BoxResponseFuture, Middleware, MiddlewareLayer};
 use crate::security::client_ip::{self, ClientIp};
+use crate::state::AppState;
 use crate::{error, static_files};
 
 /// A `HeaderName`, not a `&str`: inserting by string copies the name into a new allocation.

@@ -78,6 +78,16 @@ async fn signup_and_login_errors(backend: Backend) {
         .await;
         assert_eq!(body["error"]["details"][0]["field"], field, "{email} / {password}");
     }
+    // Every bad field at once, the wrongly typed and the unknown included.
+    let mistyped = signup(json!({"email": 5, "password": ["x"], "admin": true})).await;
+    let body = assert_error(mistyped, 422, "validation_failed").await;
+    let fields: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["email", "password", "admin"]);
     let unknown = signup(json!({"email": "x@example.com", "password": PASSWORD, "admin": true})).await;
     assert_eq!(
         assert_error(unknown, 422, "validation_failed").await["error"]["details"][0]["field"],

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use shipshape::app::AppState;
+use shipshape::state::AppState;
 
 use crate::helpers::{Backend, Options, TestApp, assert_error};
 use crate::on_both_databases;

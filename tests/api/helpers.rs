@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use axum::Router;
 use serde_json::{Value, json};
-use shipshape::app::{self, AppState};
+use shipshape::app;
 use shipshape::config::{Config, RateLimits, Secret, SecretUrl};
 use shipshape::server::Application;
+use shipshape::state::AppState;
 use sqlx::{Connection, Executor};
 use tokio::sync::oneshot;
 
@@ -155,8 +156,7 @@ impl TestApp {
         let mut application = Application::build(config).await.expect("application builds");
         let state = application.state().clone();
         if let Some(extra) = options.extra_routes {
-            let routes = app::all_routes(&state, extra);
-            application = application.with_router(app::with_middleware(routes, state.clone()));
+            application = application.with_router(app::router_with(state.clone(), extra));
         }
         let addr = application.local_addr();
         let metrics_addr = application.metrics_addr();

@@ -219,3 +219,48 @@ async fn pagination_is_stable_under_equal_timestamps(backend: Backend) {
     }
     app.stop().await;
 }
+
+/// The names of every field a 422 names, in order.
+async fn refused_fields(response: reqwest::Response) -> Vec<String> {
+    let body = assert_error(response, 422, "validation_failed").await;
+    body["error"]["details"]
+        .as_array()
+        .map(|details| {
+            details
+                .iter()
+                .map(|d| d["field"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// One 422 names every bad field: wrongly typed, missing, out of range and unknown at once.
+#[tokio::test]
+async fn one_422_names_every_bad_field_wrongly_typed_ones_included() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = app.signup("every-field@example.com").await;
+    let bad = json!({
+        "customer_name": 5, "customer_phone": ["+14155550100"], "amount_cents": "100",
+        "due_date": 20261231, "description": {"text": "x"}, "colour": "red"
+    });
+    let response = app.post_json("/api/v1/invoices", &bad, Some(&token)).await;
+    assert_eq!(
+        refused_fields(response).await,
+        [
+            "customer_name",
+            "customer_phone",
+            "amount_cents",
+            "currency",
+            "due_date",
+            "description",
+            "colour"
+        ]
+    );
+    let nothing_valid = json!({"customer_name": null, "amount_cents": 1.5, "currency": "usd"});
+    let response = app.post_json("/api/v1/invoices", &nothing_valid, Some(&token)).await;
+    assert_eq!(
+        refused_fields(response).await,
+        ["customer_name", "amount_cents", "currency"]
+    );
+    app.stop().await;
+}

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 use shipshape::db::Db;
-use shipshape::routes::invoices::{LIST_BY_STATUS_SQL, LIST_SQL};
+use shipshape::invoices::store::{LIST_BY_STATUS_SQL, LIST_SQL};
 
 use crate::helpers::{Backend, TestApp};
 use crate::on_both_databases;

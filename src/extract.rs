@@ -1,0 +1,87 @@
+//! Extractors whose every failure is an [`ApiError`]: a JSON body read by its
+//! [`FromJson`](crate::input::FromJson) rules, and a query string.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderMap, StatusCode, header, request::Parts};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{ApiError, FieldError};
+use crate::input::{self, FromJson};
+
+/// JSON body: wrong content type → 415, oversize → 413, broken JSON → 400 `invalid_json`,
+/// anything else wrong → 422 naming every bad field.
+pub struct ApiJson<T>(pub T);
+
+impl<T: FromJson, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !has_json_content_type(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::InvalidJson("the body could not be read".to_owned())
+            }
+        })?;
+        read_json(&bytes).map(ApiJson)
+    }
+}
+
+pub fn has_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// A JSON object body: syntax errors are 400 (over the whole body, trailing bytes and depth
+/// included), the rest 422.
+pub fn read_json<T: FromJson>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(strip_position(&e.to_string())))?;
+    input::read_object(value)
+}
+
+/// serde_json appends " at line 1 column 42", which means nothing to an API client.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Query string: any failure is 422 `validation_failed` naming the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(ApiQuery)
+            .map_err(|error| {
+                let message = error.inner().to_string();
+                let path = error.path().to_string();
+                // serde names a missing or unknown parameter only in its message: "unknown field `x`".
+                let field = if path == "." {
+                    backticked(&message).unwrap_or("query").to_owned()
+                } else {
+                    path
+                };
+                ApiError::Validation(vec![FieldError::new(field, message)])
+            })
+    }
+}
+
+fn backticked(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}

@@ -1,0 +1,307 @@
+//! Input rules. Each rule is one type: it parses a JSON value into a value that is valid by
+//! construction (parse, don't validate), says what is wrong in the 422's message, and describes
+//! itself in the OpenAPI schema, so the three cannot drift apart. A body is read field by field
+//! ([`FromJson`]), so one 422 names every bad field at once: missing, mistyped or out of range.
+
+use serde_json::{Map, Value};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+
+use crate::error::{ApiError, FieldError};
+
+/// One field's type and rule.
+pub trait Field: Sized {
+    /// The value, or what is wrong with it ("must be 1 to 200 characters").
+    fn parse(value: Value) -> Result<Self, String>;
+}
+
+/// Declares a field type: a newtype whose `parse` is the rule and whose schema describes it.
+/// `input_field!(Currency(String), |value| ..., ObjectBuilder::new()...)`.
+#[macro_export]
+macro_rules! input_field {
+    ($name:ident($inner:ty), $parse:expr, $schema:expr) => {
+        pub struct $name(pub $inner);
+
+        impl $crate::input::Field for $name {
+            fn parse(value: ::serde_json::Value) -> Result<$name, String> {
+                let parse: fn(::serde_json::Value) -> Result<$inner, String> = $parse;
+                parse(value).map($name)
+            }
+        }
+
+        impl ::utoipa::PartialSchema for $name {
+            fn schema() -> ::utoipa::openapi::RefOr<::utoipa::openapi::schema::Schema> {
+                let schema: ::utoipa::openapi::schema::ObjectBuilder = $schema;
+                schema.into()
+            }
+        }
+
+        impl ::utoipa::ToSchema for $name {}
+    };
+}
+
+/// A request body that is read field by field: see [`Fields`].
+pub trait FromJson: Sized {
+    /// Reads every field (each problem is recorded in `fields`), then builds the value; `None`
+    /// when a field was bad.
+    fn from_json(fields: &mut Fields) -> Option<Self>;
+}
+
+/// A JSON object being read, with the problems found so far.
+pub struct Fields {
+    object: Map<String, Value>,
+    errors: Vec<FieldError>,
+}
+
+impl Fields {
+    /// A required field; absent or `null` is "is required".
+    pub fn required<T: Field>(&mut self, name: &str) -> Option<T> {
+        match self.object.remove(name) {
+            None | Some(Value::Null) => {
+                self.reject(name, "is required");
+                None
+            }
+            Some(value) => self.parse(name, value),
+        }
+    }
+
+    /// An optional field: absent and `null` are both `Some(None)`; `None` when it is bad.
+    pub fn optional<T: Field>(&mut self, name: &str) -> Option<Option<T>> {
+        match self.object.remove(name) {
+            None | Some(Value::Null) => Some(None),
+            Some(value) => self.parse(name, value).map(Some),
+        }
+    }
+
+    /// Leaves the fields not read yet alone, where a sender may add fields of its own (a
+    /// payment provider's events); elsewhere they are refused, so a typo is never ignored.
+    pub fn ignore_others(&mut self) {
+        self.object.clear();
+    }
+
+    /// Records a problem found by a rule across fields.
+    pub fn reject(&mut self, name: &str, message: impl Into<String>) {
+        self.errors.push(FieldError::new(name, message));
+    }
+
+    fn parse<T: Field>(&mut self, name: &str, value: Value) -> Option<T> {
+        T::parse(value).map_err(|message| self.reject(name, message)).ok()
+    }
+}
+
+/// Reads a JSON object (already checked to be valid JSON) into `T`: 422 naming every bad
+/// field, and every field that `T` does not have.
+pub fn read_object<T: FromJson>(value: Value) -> Result<T, ApiError> {
+    let Value::Object(object) = value else {
+        return Err(ApiError::validation("body", "must be a JSON object"));
+    };
+    let mut fields = Fields {
+        object,
+        errors: Vec::new(),
+    };
+    let parsed = T::from_json(&mut fields);
+    let unknown: Vec<String> = fields.object.keys().cloned().collect();
+    for name in unknown {
+        fields.reject(&name, "is not a known field");
+    }
+    match parsed {
+        Some(parsed) if fields.errors.is_empty() => Ok(parsed),
+        _ if fields.errors.is_empty() => Err(ApiError::Internal(anyhow::anyhow!(
+            "a body was refused without naming a field"
+        ))),
+        _ => Err(ApiError::Validation(fields.errors)),
+    }
+}
+
+/// Any string: for fields whose only rule is their type.
+impl Field for String {
+    fn parse(value: Value) -> Result<String, String> {
+        match value {
+            Value::String(text) => Ok(text),
+            _ => Err("must be a string".to_owned()),
+        }
+    }
+}
+
+/// The message for a text field holding a control character (see [`has_control_chars`]).
+pub const NO_CONTROL_CHARS: &str = "must not contain control characters";
+
+/// Whether `text` holds a control character (NUL, escapes, DEL, C1) that has no place in a
+/// text field; `multiline` allows tabs and line breaks. PostgreSQL refuses NUL outright, and
+/// the others would reach logs and screens as terminal escapes.
+pub fn has_control_chars(text: &str, multiline: bool) -> bool {
+    text.chars()
+        .any(|c| c.is_control() && !(multiline && matches!(c, '\t' | '\n' | '\r')))
+}
+
+/// The rule of a text field: its length in characters, whether it may be only white space,
+/// and whether tabs and line breaks are allowed (no other control character ever is).
+pub struct Text {
+    pub min: usize,
+    pub max: usize,
+    pub not_blank: bool,
+    pub multiline: bool,
+}
+
+impl Text {
+    pub fn parse(&self, value: Value) -> Result<String, String> {
+        let text = String::parse(value)?;
+        let length = text.chars().count();
+        if length < self.min || length > self.max || (self.not_blank && text.trim().is_empty()) {
+            return Err(match self.min {
+                0 => format!("must be at most {} characters", self.max),
+                min => format!("must be {min} to {} characters", self.max),
+            });
+        }
+        if has_control_chars(&text, self.multiline) {
+            return Err(NO_CONTROL_CHARS.to_owned());
+        }
+        Ok(text)
+    }
+
+    /// The same rule as JSON Schema: lengths, and a pattern for the characters.
+    pub fn schema(&self) -> ObjectBuilder {
+        let control = if self.multiline {
+            r"\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F"
+        } else {
+            r"\u0000-\u001F\u007F-\u009F"
+        };
+        let pattern = if self.not_blank {
+            format!(r"^[^{control}]*[^\s{control}][^{control}]*$")
+        } else {
+            format!("^[^{control}]*$")
+        };
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length((self.min > 0).then_some(self.min))
+            .max_length(Some(self.max))
+            .pattern(Some(pattern))
+    }
+}
+
+/// The rule of an integer field. A number with no fractional part (`12.0`) is accepted: JSON
+/// Schema counts it as an integer, so a client sending one is within the documented contract.
+pub struct Integer {
+    pub min: i64,
+    pub max: i64,
+}
+
+impl Integer {
+    pub fn parse(&self, value: Value) -> Result<i64, String> {
+        let message = || format!("must be an integer from {} to {}", self.min, self.max);
+        let Value::Number(number) = value else {
+            return Err(message());
+        };
+        let integer = match number.as_i64() {
+            Some(integer) => Some(integer),
+            None => number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64),
+        };
+        integer
+            .filter(|i| (self.min..=self.max).contains(i))
+            .ok_or_else(message)
+    }
+
+    pub fn schema(&self) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Int64,
+            )))
+            .minimum(Some(self.min))
+            .maximum(Some(self.max))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const NAME: Text = Text {
+        min: 1,
+        max: 5,
+        not_blank: true,
+        multiline: false,
+    };
+
+    #[test]
+    fn text_rules_and_their_messages() {
+        assert_eq!(NAME.parse(json!("Ada")), Ok("Ada".to_owned()));
+        assert_eq!(NAME.parse(json!("")), Err("must be 1 to 5 characters".to_owned()));
+        assert_eq!(NAME.parse(json!("   ")), Err("must be 1 to 5 characters".to_owned()));
+        assert_eq!(
+            NAME.parse(json!("toolong")),
+            Err("must be 1 to 5 characters".to_owned())
+        );
+        assert_eq!(NAME.parse(json!("a\u{1b}b")), Err(NO_CONTROL_CHARS.to_owned()));
+        assert_eq!(NAME.parse(json!(5)), Err("must be a string".to_owned()));
+        let notes = Text {
+            min: 0,
+            max: 5,
+            not_blank: false,
+            multiline: true,
+        };
+        assert_eq!(notes.parse(json!("a\nb")), Ok("a\nb".to_owned()));
+        assert_eq!(
+            notes.parse(json!("123456")),
+            Err("must be at most 5 characters".to_owned())
+        );
+    }
+
+    #[test]
+    fn integers_accept_whole_floats_only() {
+        let rule = Integer { min: 1, max: 10 };
+        assert_eq!(rule.parse(json!(3)), Ok(3));
+        assert_eq!(rule.parse(json!(3.0)), Ok(3));
+        for bad in [json!(3.5), json!("3"), json!(0), json!(11), json!(1e300), json!(null)] {
+            assert_eq!(rule.parse(bad), Err("must be an integer from 1 to 10".to_owned()));
+        }
+    }
+
+    struct Pair {
+        name: String,
+        count: i64,
+    }
+
+    struct Count(i64);
+
+    impl Field for Count {
+        fn parse(value: Value) -> Result<Count, String> {
+            Integer { min: 1, max: 10 }.parse(value).map(Count)
+        }
+    }
+
+    impl FromJson for Pair {
+        fn from_json(fields: &mut Fields) -> Option<Pair> {
+            let name = fields.required("name");
+            let count = fields.required::<Count>("count");
+            Some(Pair {
+                name: name?,
+                count: count?.0,
+            })
+        }
+    }
+
+    #[test]
+    fn a_body_names_every_bad_field() {
+        let bad = read_object::<Pair>(json!({"name": 5, "extra": true}));
+        let Err(ApiError::Validation(details)) = bad else {
+            panic!("a 422 was expected");
+        };
+        let named: Vec<(&str, &str)> = details.iter().map(|d| (d.field.as_str(), d.message.as_str())).collect();
+        assert_eq!(
+            named,
+            [
+                ("name", "must be a string"),
+                ("count", "is required"),
+                ("extra", "is not a known field")
+            ]
+        );
+        let good = read_object::<Pair>(json!({"name": "a", "count": 2.0})).ok();
+        assert_eq!(good.map(|p| (p.name, p.count)), Some(("a".to_owned(), 2)));
+        assert!(read_object::<Pair>(json!([1])).is_err());
+    }
+}

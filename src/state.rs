@@ -1,0 +1,124 @@
+//! `AppState`: what handlers reach through `State(state)`, built once at start.
+
+use std::ops::Deref;
+use std::sync::{Arc, RwLock};
+
+use redis::aio::ConnectionManager;
+
+use crate::auth::Auth;
+use crate::config::{AppEnv, Config};
+use crate::db::{Db, PoolerGate, Schema};
+use crate::error::ApiError;
+// example-domain:begin
+use crate::invoices::events::{self, EventHub};
+// example-domain:end
+use crate::lifecycle::Lifecycle;
+use crate::rate_limit::RateLimiters;
+use crate::security::headers::SecurityHeaders;
+use crate::security::hosts::AllowedHosts;
+use crate::static_files::ErrorPages;
+use crate::{redis_store, telemetry};
+
+/// Everything a handler or middleware may need, behind one `Arc` so cloning it per request is cheap.
+#[derive(Clone)]
+pub struct AppState(Arc<AppStateInner>);
+
+pub struct AppStateInner {
+    pub config: Arc<Config>,
+    pub db: Db,
+    /// Closed while the database is behind a pooler that would mix up prepared statements.
+    pub pooler_gate: PoolerGate,
+    /// Where the schema stands for this binary, read before listening and refreshed by
+    /// `server::spawn_schema_watch`: `/readyz` reads it without a query.
+    pub schema: Arc<RwLock<Schema>>,
+    /// The connection `/readyz` uses, kept apart from the request pool (see `Db::connect_serving`);
+    /// `None` when the budget is one connection and readiness shares it.
+    pub readiness_db: Option<Db>,
+    /// Present when `REDIS_URL` is set; reconnects by itself.
+    pub redis: Option<ConnectionManager>,
+    pub auth: Arc<Auth>,
+    /// Every rate limit, by name; routes take theirs when the router is built.
+    pub rate_limiters: Arc<RateLimiters>,
+    // example-domain:begin
+    pub events: Arc<EventHub>,
+    // example-domain:end
+    pub lifecycle: Lifecycle,
+    pub allowed_hosts: AllowedHosts,
+    pub security_headers: SecurityHeaders,
+    pub error_pages: ErrorPages,
+    /// Whether a Sentry client is running (set up by `serve` before the state is built).
+    pub sentry_enabled: bool,
+    /// Whether the Prometheus recorder is installed (`METRICS_PORT` set).
+    pub metrics_enabled: bool,
+}
+
+impl Deref for AppState {
+    type Target = AppStateInner;
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Builds the shared state. Must run inside the Tokio runtime (it starts background tasks).
+    pub fn new(config: Arc<Config>, db: Db, readiness_db: Option<Db>) -> anyhow::Result<AppState> {
+        let client = redis_store::client(&config)?;
+        let redis = client.as_ref().map(redis_store::connection_manager).transpose()?;
+        let rate_limiters = RateLimiters::new(&config.rate_limits, redis.clone());
+        let lifecycle = Lifecycle::default();
+        // example-domain:begin
+        let events = Arc::new(EventHub::new(
+            config.max_sse_streams,
+            config.max_sse_streams_per_user,
+            redis.clone(),
+        ));
+        if let Some(client) = client {
+            events::spawn_redis_subscriber(Arc::downgrade(&events), client, lifecycle.draining());
+        }
+        // example-domain:end
+        Ok(AppState(Arc::new(AppStateInner {
+            auth: Arc::new(Auth::from_config(&config)?),
+            // example-domain:begin
+            events,
+            // example-domain:end
+            allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
+            security_headers: SecurityHeaders::from_config(&config),
+            error_pages: ErrorPages::load(&config.static_dir),
+            sentry_enabled: telemetry::sentry::enabled(),
+            metrics_enabled: config.metrics_port.is_some(),
+            lifecycle,
+            rate_limiters,
+            redis,
+            db,
+            readiness_db,
+            pooler_gate: PoolerGate::default(),
+            schema: Arc::new(RwLock::new(Schema::Error)),
+            config,
+        })))
+    }
+
+    /// The database for a handler's queries, or 503 while the pooler in front of it would mix
+    /// up prepared statements (see [`PoolerGate`]).
+    pub fn database(&self) -> Result<&Db, ApiError> {
+        if self.pooler_gate.is_closed() {
+            return Err(ApiError::DatabaseUnavailable);
+        }
+        Ok(&self.db)
+    }
+
+    /// The pool for health checks: the connection kept aside for them, or the request pool
+    /// when the budget is one connection.
+    pub fn health_db(&self) -> &Db {
+        self.readiness_db.as_ref().unwrap_or(&self.db)
+    }
+
+    /// The last schema state read (see [`Schema`]).
+    pub fn schema(&self) -> Schema {
+        self.schema.read().map(|s| s.clone()).unwrap_or(Schema::Error)
+    }
+
+    /// `DEBUG=true` shows internal error detail, but never in production.
+    pub fn expose_internal_errors(&self) -> bool {
+        self.config.debug && self.config.app_env == AppEnv::Development
+    }
+}
