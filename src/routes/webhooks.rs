@@ -30,10 +30,9 @@ const MAX_CLOCK_SKEW_SECS: u64 = 300;
 /// The provider's event: the body of the webhook.
 #[derive(ToSchema)]
 pub struct PaymentEvent {
-    /// The provider's unique id for this event; a repeat is answered `duplicate`.
+    // A description here would wrap the inlined schema in an `allOf`; the types carry theirs.
     #[schema(inline)]
     event_id: EventId,
-    /// Only `payment.succeeded`.
     #[schema(rename = "type", inline)]
     kind: EventType,
     invoice_id: String,
@@ -64,7 +63,13 @@ const EVENT_ID: Text = Text {
     multiline: false,
 };
 
-input_field!(EventId(String), |value| EVENT_ID.parse(value), EVENT_ID.schema());
+input_field!(
+    EventId(String),
+    |value| EVENT_ID.parse(value),
+    EVENT_ID.schema().description(Some(
+        "The provider's unique id for this event; a repeat is answered `duplicate`."
+    ))
+);
 
 input_field!(
     EventType(String),

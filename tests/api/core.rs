@@ -134,6 +134,29 @@ async fn openapi_documents_every_api_route() {
     }
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+
+    // The schema states the rules the server applies, from the same constants.
+    let new_invoice = &doc["components"]["schemas"]["NewInvoice"]["properties"];
+    assert_eq!(new_invoice["customer_name"]["maxLength"], 200);
+    assert_eq!(new_invoice["amount_cents"]["maximum"], 100_000_000_000_i64);
+    assert_eq!(new_invoice["amount_cents"]["minimum"], 1);
+    // No property is an `allOf` of a typed schema and another type: no value could match it.
+    for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+        for (field, property) in schema["properties"].as_object().into_iter().flatten() {
+            let types: Vec<&Value> = property["allOf"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| &s["type"])
+                .collect();
+            assert!(
+                types
+                    .windows(2)
+                    .all(|pair| pair[0] == pair[1] || pair[0].is_null() || pair[1].is_null()),
+                "{name}.{field}: {property}"
+            );
+        }
+    }
     app.stop().await;
 }
 // example-domain:end
