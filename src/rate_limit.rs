@@ -475,8 +475,11 @@ fn annotate(decision: Decision, response: &mut Response) {
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+    use tower::{Layer, ServiceExt};
+
     use super::*;
-    use crate::config::parse_rate;
+    use crate::config::{Config, parse_rate};
 
     fn limiter(rate: &str) -> Limiter {
         Limiter::new("test", parse_rate(rate).unwrap().unwrap(), None, MAX_KEYS)
@@ -522,5 +525,40 @@ mod tests {
         );
         assert_eq!(l.local.len(), 4, "the three keys and the shared one");
         assert!(l.check_local(ip(0)).allowed, "a key already held keeps its own budget");
+    }
+
+    // The middleware alone, no application state: a per-user limit counts by the token's user
+    // and leaves requests without a valid token to the handler's 401.
+    #[tokio::test]
+    async fn a_per_user_limit_counts_by_token_and_passes_anonymous_requests() {
+        let auth = Arc::new(Auth::from_config(&Config::development()).expect("auth"));
+        let enforce = Enforce {
+            limiter: Some(Arc::new(limiter("1/m"))),
+            per: Per::User,
+            auth: auth.clone(),
+        };
+        let handler = tower::service_fn(|_: Request| async { Ok::<_, Infallible>(Response::new(Body::empty())) });
+        let service = MiddlewareLayer(enforce).layer(handler);
+        let token = auth.issue_token(Uuid::new_v4()).expect("token");
+        let status = |bearer: Option<String>| {
+            let service = service.clone();
+            async move {
+                let mut request = Request::builder().uri("/api/v1/things");
+                if let Some(token) = bearer {
+                    request = request.header("authorization", format!("Bearer {token}"));
+                }
+                let request = request.body(Body::empty()).expect("request");
+                service
+                    .oneshot(request)
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or_default()
+            }
+        };
+        assert_eq!(status(Some(token.clone())).await, 200);
+        assert_eq!(status(Some(token)).await, 429, "the user's budget of one is spent");
+        assert_eq!(status(None).await, 200, "no token: not limited here");
+        let other = auth.issue_token(Uuid::new_v4()).expect("token");
+        assert_eq!(status(Some(other)).await, 200, "another user has a budget of their own");
     }
 }
