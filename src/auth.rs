@@ -97,7 +97,7 @@ impl Auth {
     }
 
     /// The user id carried by a request's `Authorization: Bearer` header, if valid.
-    pub fn user_from_headers(&self, headers: &HeaderMap) -> Option<Uuid> {
+    fn user_from_headers(&self, headers: &HeaderMap) -> Option<Uuid> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let (scheme, token) = value.split_once(' ')?;
         scheme

@@ -130,16 +130,20 @@ pub struct Login {
 
 impl FromJson for Login {
     fn from_json(fields: &mut Fields) -> Option<Login> {
-        let email = fields
+        let email = match fields
             .required::<String>("email")
-            .map(|email| email.trim().to_lowercase());
-        // No such email can exist, and PostgreSQL would refuse a NUL in the query with a 500.
-        if email.as_deref().is_some_and(|email| has_control_chars(email, false)) {
-            fields.reject("email", NO_CONTROL_CHARS);
-        }
+            .map(|email| email.trim().to_lowercase())
+        {
+            // No such email can exist, and PostgreSQL would refuse a NUL in the query with a 500.
+            Some(email) if has_control_chars(&email, false) => {
+                fields.reject("email", NO_CONTROL_CHARS);
+                None
+            }
+            email => email,
+        };
         let password = fields.required("password");
         Some(Login {
-            email: email.filter(|email| !has_control_chars(email, false))?,
+            email: email?,
             password: password?,
         })
     }
