@@ -202,16 +202,16 @@ impl IntoResponse for ApiError {
             ApiError::Internal(cause) => {
                 // The cause chain goes to the log and Sentry, never to the client unless DEBUG.
                 let cause = format!("{cause:#}");
-                tracing::error!(request_id = %request.id, error = cause, "internal error");
+                tracing::error!(error = cause, "internal error");
                 sentry::report_server_error(code, &cause);
                 if request.expose_internal_errors {
                     message = format!("{message}: {cause}");
                 }
             }
-            ApiError::Panic(detail) => tracing::error!(request_id = %request.id, panic = detail, "handler panicked"),
+            ApiError::Panic(detail) => tracing::error!(panic = detail, "handler panicked"),
             ApiError::DatabaseUnavailable | ApiError::DatabaseTimeout => {}
             _ if status.is_server_error() => {
-                tracing::error!(request_id = %request.id, code, "request failed");
+                tracing::error!(code, "request failed");
                 sentry::report_server_error(code, &message);
             }
             _ => {}

@@ -4,6 +4,7 @@
 
 pub mod json_lines;
 pub mod metrics;
+pub mod pretty;
 pub mod sentry;
 pub mod throttle;
 
@@ -16,8 +17,10 @@ use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::Response;
 use tower::Service;
+use tracing::Dispatch;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{Config, LogFormat};
 use crate::middleware::{BoxResponseFuture, Middleware, MiddlewareLayer};
@@ -42,21 +45,33 @@ pub fn init(config: &Config) -> WorkerGuard {
         .lossy(false)
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .finish(stdout);
-    let filter = EnvFilter::new(&config.log_filter);
     // Colour codes only for a terminal; a log file or collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(ansi);
-    let result = match config.log_format {
-        LogFormat::Json => builder.event_format(json_lines::JsonLines).try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
-    if let Err(e) = result {
+    let subscriber = subscriber(config.log_format, &config.log_filter, writer, ansi);
+    if let Err(e) = tracing_subscriber::util::SubscriberInitExt::try_init(subscriber) {
         eprintln!("logging was already set up: {e}");
     }
     guard
+}
+
+/// The subscriber [`init`] installs, writing to `writer`: public so tests can capture exactly
+/// what production writes.
+pub fn subscriber<W>(format: LogFormat, filter: &str, writer: W, ansi: bool) -> Dispatch
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(writer)
+        .with_ansi(ansi);
+    match format {
+        // Span fields are kept as JSON, so a line copies its spans' fields as they are.
+        LogFormat::Json => builder
+            .fmt_fields(json_lines::JsonFields)
+            .event_format(json_lines::JsonLines)
+            .into(),
+        LogFormat::Pretty => builder.event_format(pretty::WithRequestId::default()).into(),
+    }
 }
 
 /// The id of one request: the caller's `X-Request-Id` when it is sane, else a new UUID.
@@ -109,6 +124,13 @@ tokio::task_local! {
     static CURRENT_REQUEST: RequestContext;
 }
 
+/// The id of the request being served on this task, if any: what log lines written while it
+/// is served carry as `request_id`. A task-local rather than a tracing span: a span per request
+/// cost about 7 % of a logged 404's instructions, this costs nothing until a line is written.
+pub fn with_current_request_id<R>(f: impl FnOnce(&str) -> R) -> Option<R> {
+    CURRENT_REQUEST.try_with(|request| f(request.id.as_str())).ok()
+}
+
 /// The request being served on this task (a placeholder outside of one).
 pub fn current_request() -> RequestContext {
     CURRENT_REQUEST
@@ -159,7 +181,8 @@ impl Middleware for Observe {
             let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
             sentry::request_hub(id.as_str(), method.as_str(), route)
         });
-        // The services below are started inside the request's context and hub, as they then run.
+        // The services below are started inside the request's context and hub, as they then
+        // run. The context is also where every line logged meanwhile gets `request_id` from.
         let inner = CURRENT_REQUEST.sync_scope(context.clone(), || match &hub {
             Some(hub) => ::sentry::Hub::run(hub.clone(), || inner.call(req)),
             None => inner.call(req),

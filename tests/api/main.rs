@@ -16,6 +16,7 @@ mod hardening;
 // example-domain:begin
 mod invoices;
 // example-domain:end
+mod logging;
 mod managed;
 mod migrations;
 mod observability;
