@@ -1,4 +1,5 @@
-//! HTTP routes, one module per group. Each exposes `router()`, merged in [`crate::app::routes`].
+//! HTTP routes, one module per group: request → domain call → response. Each exposes
+//! `router()` (or `router(state)` when it attaches a rate limit), merged in [`crate::app`]`::api`.
 
 pub mod auth;
 pub mod docs;
