@@ -30,8 +30,11 @@ browse=("$CHROMIUM" --headless --no-sandbox --disable-gpu --no-first-run --disab
     >> "$WORK/chromium.log" 2>&1 || true
 "${browse[@]}" --virtual-time-budget=10000 --dump-dom "http://127.0.0.1:$PORT/docs" \
     > "$WORK/docs.html" 2>> "$WORK/chromium.log" || true
-# "Try it out" as a person uses it: signup, the token pasted once into Authorize, an invoice
-# created and listed (scripts/lib/docs-try-it-out.py drives the page over DevTools).
+# "Try it out" as a person uses it: signup, the token pasted once into Authorize, /me with it
+# (scripts/lib/docs-try-it-out.py drives the page over DevTools).
+# example-domain:begin
+# Then, with the same token, an invoice created and listed and the stats read.
+# example-domain:end
 failed=0
 devtools_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "${browse[@]}" --remote-debugging-port="$devtools_port" "http://127.0.0.1:$PORT/docs" >> "$WORK/chromium.log" 2>&1 &

@@ -5,7 +5,11 @@
 #   - runs cargo fmt --check, cargo clippy --all-targets -- -D warnings,
 #     scripts/ci-github-checks.sh (actionlint, zizmor, schemas, cargo-deny) and cargo test,
 #   - starts the binary on SQLite and gets 200 from /healthz and /readyz, runs check --deploy,
-#   - and, in the bare copy, finds only the account, health and docs routes in /openapi.json.
+#   - and, in the bare copy, finds only the account, health and docs routes in /openapi.json,
+#     then runs the copy's own scripts/browser-check.sh (headless Chromium: no CSP violation,
+#     every operation drawn, "Try it out" with a pasted token) and scripts/api-fuzz.sh
+#     (schemathesis, every check), as .ci/run's steps f2 and f3 do for this checkout; they
+#     need chromium and curl, and `st` (installed by api-fuzz.sh with pip when missing).
 #
 #   bash scripts/check-new-project.sh [VARIANT ...]      variants: full bare   [both]
 #
@@ -136,5 +140,12 @@ for variant in "${variants[@]}"; do
     (cd "$dir" && cargo_ test)
     say "serve: /healthz, /readyz, /openapi.json"
     serve_and_probe "$dir"
+    if [ "$variant" = bare ]; then
+        # The copy's own scripts, run as .ci/run runs this checkout's (steps f2 and f3).
+        say "scripts/browser-check.sh (the copy's: /docs, Try it out, no CSP violation)"
+        (cd "$dir" && bash scripts/browser-check.sh "$CARGO_TARGET_DIR/debug/$NAME" "$TMP/browser-check-$variant" </dev/null)
+        say "scripts/api-fuzz.sh (the copy's: schemathesis against its /openapi.json)"
+        (cd "$dir" && bash scripts/api-fuzz.sh "$CARGO_TARGET_DIR/debug/$NAME" </dev/null)
+    fi
     say "ok ($(($(date +%s) - start)) s)"
 done

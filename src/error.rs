@@ -38,8 +38,10 @@ pub enum ApiError {
     Unauthorized,
     #[error("the email or password is wrong")]
     InvalidCredentials,
+    // example-domain:begin
     #[error("the webhook signature or timestamp is not valid")]
     InvalidSignature,
+    // example-domain:end
     #[error("no such resource")]
     NotFound,
     #[error("this method is not allowed here")]
@@ -131,7 +133,9 @@ impl ApiError {
             InvalidCursor => (StatusCode::BAD_REQUEST, "invalid_cursor"),
             Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            // example-domain:begin
             InvalidSignature => (StatusCode::UNAUTHORIZED, "invalid_signature"),
+            // example-domain:end
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Timeout | DatabaseTimeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),

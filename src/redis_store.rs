@@ -1,6 +1,9 @@
-//! Redis, when `REDIS_URL` is set: shared state for every instance (rate limits, invoice
-//! events). `rediss://` (TLS, as Upstash, Redis Cloud and most managed Redis require) verifies
-//! the server against the operating system's roots, plus the private CA of `REDIS_CA_CERT`.
+//! Redis, when `REDIS_URL` is set: shared state for every instance (the rate limits).
+// example-domain:begin
+//! The invoice events are relayed between instances through it too.
+// example-domain:end
+//! `rediss://` (TLS, as Upstash, Redis Cloud and most managed Redis require) verifies the
+//! server against the operating system's roots, plus the private CA of `REDIS_CA_CERT`.
 
 use std::path::Path;
 use std::time::Duration;

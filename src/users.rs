@@ -95,6 +95,9 @@ input_field!(
 
 /// A signup.
 #[derive(ToSchema)]
+// `FromJson` refuses a field it does not know; utoipa reads this serde attribute (there is no
+// serde derive) and documents it: `additionalProperties: false`.
+#[serde(deny_unknown_fields)]
 pub struct NewAccount {
     #[schema(inline)]
     pub email: Email,
@@ -121,8 +124,12 @@ impl FromJson for NewAccount {
 
 /// A login: any strings (the rules are a signup's; a login only has to match).
 #[derive(ToSchema)]
+// `FromJson` refuses a field it does not know; utoipa reads this serde attribute (there is no
+// serde derive) and documents it: `additionalProperties: false`.
+#[serde(deny_unknown_fields)]
 pub struct Login {
-    #[schema(example = "ada@example.com")]
+    /// No control characters (no such email can exist).
+    #[schema(example = "ada@example.com", pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub email: String,
     #[schema(example = "correct horse battery staple")]
     pub password: String,

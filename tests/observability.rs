@@ -192,7 +192,11 @@ async fn sentry_gets_one_event_per_panic_and_500_and_none_for_4xx() {
 }
 
 /// The binary with a distinctive value for every secret and `LOG_LEVEL=debug`, driven
-/// through signup, login, a bad token, a webhook, a 500 and shutdown: no secret in any line.
+/// through signup, login, a bad token and shutdown: no secret in any line.
+// example-domain:begin
+/// Before shutdown, also an invoice, a signed payment webhook the database fails (a 500) and
+/// one with a forged signature.
+// example-domain:end
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_any_log_line() {
     // example-domain:begin

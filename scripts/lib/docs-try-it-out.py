@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Drives /docs in a running headless Chromium the way a person would: "Try it out" on signup,
-a protected route refused without a token, the token pasted once into Authorize, then an
-invoice created and listed, each answered by the server. Talks to Chromium's DevTools
-protocol over a minimal WebSocket client (stdlib only).
+a protected route refused without a token, the token pasted once into Authorize, then the
+same route answered with it. Talks to Chromium's DevTools protocol over a minimal WebSocket
+client (stdlib only).
 
 Usage: docs-try-it-out.py DEVTOOLS_PORT   (Chromium already open on /docs)
 """
@@ -104,7 +104,15 @@ function operation(method, path) {
 async function tryItOut(method, path, body) {
   const block = await waitFor(() => operation(method, path), method + " " + path);
   if (!block.classList.contains("is-open")) block.querySelector(".opblock-summary-control").click();
-  (await waitFor(() => block.querySelector(".try-out__btn"), "Try it out")).click();
+  // Tried before: the button now reads "Cancel", and the earlier response goes first, so the
+  // one waited for below is the new one.
+  const toggle = await waitFor(() => block.querySelector(".try-out__btn"), "Try it out");
+  if (!toggle.classList.contains("cancel")) toggle.click();
+  const clear = block.querySelector("button.btn-clear");
+  if (clear) {
+    clear.click();
+    await waitFor(() => !block.querySelector(".live-responses-table"), "the earlier response cleared");
+  }
   if (body !== undefined) type(await waitFor(() => block.querySelector("textarea.body-param__text"), "body"), body);
   (await waitFor(() => block.querySelector("button.execute"), "Execute")).click();
   const status = await waitFor(() => block.querySelector(".live-responses-table tbody .response-col_status"), "response");
@@ -165,7 +173,14 @@ def main():
       (await waitFor(() => document.querySelector(".modal-ux .btn-done"), "Close")).click();""" % json.dumps(token))
     print("  /docs: token pasted into Authorize")
 
+    me = run(devtools, 'return await tryItOut("GET", "/api/v1/me");')
+    assert me["status"] == "200", me
+    assert "Authorization: Bearer" in me["curl"], me["curl"]
+    assert json.loads(me["body"])["email"] == "docs@example.com", me
+    print("  /docs: /me with the pasted token: 200")
     # example-domain:begin
+
+    # The example domain's routes, with the same token: an invoice created and listed, the stats.
     created = run(devtools, """
       return await tryItOut("POST", "/api/v1/invoices",
         JSON.stringify({customer_name: "Docs Ltd", amount_cents: 4200, currency: "EUR"}));""")

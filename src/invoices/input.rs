@@ -9,6 +9,9 @@ use crate::input_field;
 
 /// The body of `POST /api/v1/invoices`.
 #[derive(ToSchema)]
+// `FromJson` refuses a field it does not know; utoipa reads this serde attribute (there is no
+// serde derive) and documents it: `additionalProperties: false`.
+#[serde(deny_unknown_fields)]
 pub struct NewInvoice {
     #[schema(inline)]
     pub customer_name: CustomerName,

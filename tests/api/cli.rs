@@ -355,7 +355,9 @@ const CLEAN: &[(&str, &str)] = &[
     ("DATABASE_URL", "postgres://app:pw@db.internal:5432/app?sslmode=require"),
     ("SENTRY_DSN", "https://publickey@o0.ingest.sentry.io/1"),
     ("REDIS_URL", "redis://cache.internal:6379"),
+    // example-domain:begin
     ("WEBHOOK_SECRET", "whsec_0123456789abcdef0123456789abcdef"),
+    // example-domain:end
     ("CLIENT_IP_SOURCE", "fly"),
 ];
 
