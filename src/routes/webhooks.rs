@@ -29,9 +29,6 @@ const MAX_CLOCK_SKEW_SECS: u64 = 300;
 
 /// The provider's event: the body of the webhook.
 #[derive(ToSchema)]
-// `FromJson` refuses a field it does not know; utoipa reads this serde attribute (there is no
-// serde derive) and documents it: `additionalProperties: false`.
-#[serde(deny_unknown_fields)]
 pub struct PaymentEvent {
     // A description here would wrap the inlined schema in an `allOf`; the types carry theirs.
     #[schema(inline)]
