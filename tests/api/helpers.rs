@@ -257,6 +257,20 @@ impl TestApp {
 }
 
 /// Asserts the §4 error shape and code, and returns the body.
+/// The fields a 422 `validation_failed` names, in order.
+pub async fn refused_fields(response: reqwest::Response) -> Vec<String> {
+    let body = assert_error(response, 422, "validation_failed").await;
+    body["error"]["details"]
+        .as_array()
+        .map(|details| {
+            details
+                .iter()
+                .map(|d| d["field"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(response.status().as_u16(), status, "status for expected {code}");
     let request_id = response

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, assert_error};
+use crate::helpers::{Backend, TestApp, assert_error, refused_fields};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -218,20 +218,6 @@ async fn pagination_is_stable_under_equal_timestamps(backend: Backend) {
         .await;
     }
     app.stop().await;
-}
-
-/// The names of every field a 422 names, in order.
-async fn refused_fields(response: reqwest::Response) -> Vec<String> {
-    let body = assert_error(response, 422, "validation_failed").await;
-    body["error"]["details"]
-        .as_array()
-        .map(|details| {
-            details
-                .iter()
-                .map(|d| d["field"].as_str().unwrap_or_default().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 // One 422 names every bad field: wrongly typed, missing, out of range and unknown at once.
