@@ -2,6 +2,8 @@
 //! per currency and the sums for the average time to payment. Every change of an invoice moves
 //! them in its own transaction ([`apply`]), so the summary reads a handful of rows however many
 //! invoices a user has, and never disagrees with a full recomputation (`tests/api/stats.rs`).
+//! The counts are split over [`SHARDS`] rows per user (`user_stats_shards`), summed on read,
+//! so one user's concurrent changes rarely wait on each other's row lock.
 
 use std::collections::BTreeMap;
 
@@ -57,7 +59,13 @@ pub async fn summary(db: &Db, owner: Uuid) -> Result<Option<Summary>, ApiError> 
         CASE WHEN s.paid_after_send > 0 THEN CAST((CAST(s.paid_after_send_seconds AS NUMERIC) * 1000000 \
             + s.paid_after_send_micros) * 1.0 / s.paid_after_send AS DOUBLE PRECISION) END AS avg_payment_micros, \
         t.currency, t.total_cents \
-        FROM users u LEFT JOIN user_stats s ON s.user_id = u.id LEFT JOIN user_paid_totals t ON t.user_id = u.id \
+        FROM users u \
+        LEFT JOIN (SELECT user_id, CAST(SUM(draft) AS BIGINT) AS draft, CAST(SUM(sent) AS BIGINT) AS sent, \
+            CAST(SUM(paid) AS BIGINT) AS paid, SUM(paid_after_send) AS paid_after_send, \
+            SUM(paid_after_send_seconds) AS paid_after_send_seconds, \
+            SUM(paid_after_send_micros) AS paid_after_send_micros \
+            FROM user_stats_shards WHERE user_id = $1 GROUP BY user_id) s ON s.user_id = u.id \
+        LEFT JOIN user_paid_totals t ON t.user_id = u.id \
         WHERE u.id = $1";
     let rows: Vec<SummaryRow> =
         with_db!(db, pool => sqlx::query_as(sql).bind(owner.to_string()).fetch_all(pool).await)?;
@@ -84,6 +92,7 @@ pub async fn summary(db: &Db, owner: Uuid) -> Result<Option<Summary>, ApiError> 
 /// How one change of an invoice moves its owner's aggregates.
 pub struct StatsChange<'a> {
     user_id: &'a str,
+    shard: i16,
     draft: i64,
     sent: i64,
     paid: i64,
@@ -98,6 +107,13 @@ impl<'a> StatsChange<'a> {
     fn of(invoice: &'a InvoiceRow) -> StatsChange<'a> {
         StatsChange {
             user_id: &invoice.user_id,
+            // The last hex digit of a UUID (v7 included) is random; an invoice keeps its shard.
+            shard: invoice
+                .id
+                .chars()
+                .last()
+                .and_then(|digit| digit.to_digit(16))
+                .map_or(0, |digit| (digit % SHARDS) as i16),
             draft: 0,
             sent: 0,
             paid: 0,
@@ -151,26 +167,32 @@ impl<'a> StatsChange<'a> {
     }
 }
 
-/// Adds one change's counts; the first change of a user creates the row.
-const UPSERT_STATS: &str = "INSERT INTO user_stats (user_id, draft, sent, paid, paid_after_send, \
-    paid_after_send_seconds, paid_after_send_micros) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-    ON CONFLICT (user_id) DO UPDATE SET draft = user_stats.draft + excluded.draft, \
-    sent = user_stats.sent + excluded.sent, paid = user_stats.paid + excluded.paid, \
-    paid_after_send = user_stats.paid_after_send + excluded.paid_after_send, \
-    paid_after_send_seconds = user_stats.paid_after_send_seconds + excluded.paid_after_send_seconds, \
-    paid_after_send_micros = user_stats.paid_after_send_micros + excluded.paid_after_send_micros";
+/// Rows each user's counts are split over: a change updates one, picked by its invoice, so of
+/// concurrent changes of one user's invoices (a burst of creates) few wait on the same row's
+/// lock until a commit. The summary sums them; up to 16 rows is still constant time.
+const SHARDS: u32 = 16;
+
+/// Adds one change's counts to its shard; the shard's first change creates the row.
+const UPSERT_STATS: &str = "INSERT INTO user_stats_shards (user_id, shard, draft, sent, paid, paid_after_send, \
+    paid_after_send_seconds, paid_after_send_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+    ON CONFLICT (user_id, shard) DO UPDATE SET draft = user_stats_shards.draft + excluded.draft, \
+    sent = user_stats_shards.sent + excluded.sent, paid = user_stats_shards.paid + excluded.paid, \
+    paid_after_send = user_stats_shards.paid_after_send + excluded.paid_after_send, \
+    paid_after_send_seconds = user_stats_shards.paid_after_send_seconds + excluded.paid_after_send_seconds, \
+    paid_after_send_micros = user_stats_shards.paid_after_send_micros + excluded.paid_after_send_micros";
 
 const UPSERT_PAID_TOTAL: &str = "INSERT INTO user_paid_totals (user_id, currency, total_cents) \
     VALUES ($1, $2, $3) ON CONFLICT (user_id, currency) \
     DO UPDATE SET total_cents = user_paid_totals.total_cents + excluded.total_cents";
 
 /// Applies `change` in `tx`, the transaction of the change itself. Always after the invoice's
-/// own statement: every writer locks the invoice, then the aggregates, so concurrent changes
-/// of one user queue on the aggregates row and never deadlock.
+/// own statement: every writer locks the invoice, then one aggregates row, then one paid
+/// total, always in that order, so concurrent changes never deadlock.
 pub async fn apply(tx: &mut Tx, change: StatsChange<'_>) -> Result<(), sqlx::Error> {
     with_tx!(tx, conn => {
         sqlx::query(UPSERT_STATS)
             .bind(change.user_id)
+            .bind(change.shard)
             .bind(change.draft)
             .bind(change.sent)
             .bind(change.paid)

@@ -1,6 +1,6 @@
 //! The stats summary reads per-user aggregates; these tests hold them to a full recomputation
 //! from the invoices after random creates, sends and payments (some concurrent), and after
-//! the migration that backfills them.
+//! the migrations that backfill them.
 
 use std::collections::BTreeMap;
 
@@ -87,7 +87,15 @@ fn take_unpaid(rng: &mut Rng, user: &mut User) -> Option<Value> {
     })
 }
 
-/// `steps` random changes over `users`; every tenth pays several invoices of one user at once.
+async fn create(app: &TestApp, user: &User, amount_cents: usize, currency: &str) -> Value {
+    let body = json!({"customer_name": "Acme Ltd", "amount_cents": amount_cents, "currency": currency});
+    let created = app.post_json("/api/v1/invoices", &body, Some(&user.token)).await;
+    assert_eq!(created.status(), 201);
+    created.json().await.unwrap()
+}
+
+/// `steps` random changes over `users`; every tenth pays several invoices of one user at once,
+/// every tenth creates several at once.
 async fn random_changes(app: &TestApp, rng: &mut Rng, users: &mut [User], steps: usize) {
     for step in 0..steps {
         let user = &mut users[rng.below(users.len())];
@@ -96,13 +104,17 @@ async fn random_changes(app: &TestApp, rng: &mut Rng, users: &mut [User], steps:
             join_all(batch.iter().map(|invoice| pay(app, invoice))).await;
             continue;
         }
+        if step % 10 == 4 {
+            let amounts: Vec<usize> = (0..4).map(|_| 1 + rng.below(1_000_000)).collect();
+            let created = join_all(amounts.iter().map(|amount| create(app, user, *amount, "USD"))).await;
+            user.drafts.extend(created);
+            continue;
+        }
         match rng.below(10) {
             0..=4 => {
-                let body = json!({"customer_name": "Acme Ltd", "amount_cents": 1 + rng.below(1_000_000),
-                    "currency": CURRENCIES[rng.below(CURRENCIES.len())]});
-                let created = app.post_json("/api/v1/invoices", &body, Some(&user.token)).await;
-                assert_eq!(created.status(), 201);
-                user.drafts.push(created.json().await.unwrap());
+                let currency = CURRENCIES[rng.below(CURRENCIES.len())];
+                let invoice = create(app, user, 1 + rng.below(1_000_000), currency).await;
+                user.drafts.push(invoice);
             }
             5..=7 if !user.drafts.is_empty() => {
                 let invoice = user.drafts.swap_remove(rng.below(user.drafts.len()));
@@ -186,27 +198,64 @@ async fn the_summary_equals_a_recomputation_after_random_changes(backend: Backen
     app.stop().await;
 }
 
+/// The version of the migration named `description`.
+fn migration(description: &str) -> i64 {
+    MIGRATOR
+        .iter()
+        .find(|m| m.description == description)
+        .unwrap_or_else(|| panic!("the {description} migration"))
+        .version
+}
+
+/// Undoes every migration after `version`.
+async fn revert_to(db: &Db, version: i64) {
+    shipshape::with_db!(db, pool => MIGRATOR.undo(pool, version).await).expect("revert");
+}
+
+async fn table_exists(db: &Db, table: &str) -> bool {
+    let sql = format!("SELECT 1 FROM {table}");
+    shipshape::with_db!(db, pool => sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await.map(drop)).is_ok()
+}
+
 async fn the_backfill_gives_the_same_numbers(backend: Backend) {
     let app = spawn(backend).await;
     let mut users = users(&app, 3).await;
     random_changes(&app, &mut Rng(1812), &mut users, 60).await;
     let maintained = summaries(&app, &users).await;
+    let db = &app.state.db;
 
-    let aggregates = MIGRATOR
-        .iter()
-        .find(|m| m.description == "user stats")
-        .expect("the aggregates migration")
-        .version;
-    let before_it = MIGRATOR
+    // Reverting the shards rebuilds the one-row-per-user table the release before them reads.
+    revert_to(db, migration("user stats")).await;
+    assert!(
+        !table_exists(db, "user_stats_shards").await,
+        "the down migration dropped the shards"
+    );
+    for (user, summary) in users.iter().zip(&maintained) {
+        let (draft, sent, paid): (i64, i64, i64) = shipshape::with_db!(db, pool => {
+            sqlx::query_as("SELECT draft, sent, paid FROM user_stats WHERE user_id = $1").bind(&user.id).fetch_one(pool).await
+        })
+        .expect("the rebuilt user_stats row");
+        let counts = &serde_json::from_str::<Value>(summary).unwrap()["invoices"];
+        assert_eq!(
+            json!({"draft": draft, "sent": sent, "paid": paid}),
+            json!({"draft": counts["draft"],
+            "sent": counts["sent"], "paid": counts["paid"]}),
+            "user {}",
+            user.id
+        );
+    }
+
+    let before_aggregates = MIGRATOR
         .iter()
         .map(|m| m.version)
-        .filter(|v| *v < aggregates)
+        .filter(|v| *v < migration("user stats"))
         .max()
         .expect("an earlier migration");
-    let db = &app.state.db;
-    shipshape::with_db!(db, pool => MIGRATOR.undo(pool, before_it).await).expect("revert the aggregates");
-    let gone = shipshape::with_db!(db, pool => sqlx::query("SELECT 1 FROM user_stats").fetch_all(pool).await.map(drop));
-    assert!(gone.is_err(), "the down migration dropped the aggregates");
+    revert_to(db, before_aggregates).await;
+    assert!(
+        !table_exists(db, "user_stats").await,
+        "the down migration dropped the aggregates"
+    );
     shipshape::with_db!(db, pool => MIGRATOR.run(pool).await).expect("re-apply with the backfill");
 
     let backfilled = summaries(&app, &users).await;

@@ -10,7 +10,7 @@
 //!   answered in the same JSON shape.
 //! - `POST /api/v1/invoices`: the same token check and the same `INSERT ... RETURNING`, answered
 //!   201 with the invoice. Only the insert: shipshape also updates the owner's aggregates
-//!   (`user_stats`) in the same transaction, so its create does one more statement, a
+//!   (`user_stats_shards`) in the same transaction, so its create does one more statement, a
 //!   `BEGIN IMMEDIATE` and a `COMMIT` more.
 //!
 //! The database, its schema and its indexes are shipshape's own: bench.py starts shipshape on
