@@ -110,6 +110,8 @@ impl PageStart {
 /// A page after the cursor `($2, $3)`, newest first. The row comparison is what both planners
 /// turn into an index range (PostgreSQL reads `created_at < $2 OR (created_at = $2 AND ...)`
 /// as a filter over every row before the cursor); `tests/api/query_plans.rs` checks the plans.
+/// The limit is cast because SQLite plans a bare `LIMIT $4` for the value bound, which makes
+/// it re-prepare the statement (parse and plan again) on every execution.
 macro_rules! page_sql {
     ($status:literal) => {
         concat!(
@@ -117,7 +119,7 @@ macro_rules! page_sql {
             columns!(),
             " FROM invoices WHERE user_id = $1",
             $status,
-            " AND (created_at, id) < ($2, $3) ORDER BY created_at DESC, id DESC LIMIT $4"
+            " AND (created_at, id) < ($2, $3) ORDER BY created_at DESC, id DESC LIMIT CAST($4 AS BIGINT)"
         )
     };
 }

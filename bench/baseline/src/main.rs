@@ -169,10 +169,10 @@ fn internal(error: impl std::fmt::Display) -> Response {
 /// shipshape's `LIST_SQL` and `LIST_BY_STATUS_SQL`, word for word.
 const LIST_SQL: &str = "SELECT id, user_id, customer_name, customer_phone, amount_cents, currency, due_date, \
      description, status, created_at, sent_at, paid_at FROM invoices WHERE user_id = $1 AND (created_at, id) < ($2, $3) \
-     ORDER BY created_at DESC, id DESC LIMIT $4";
+     ORDER BY created_at DESC, id DESC LIMIT CAST($4 AS BIGINT)";
 const LIST_BY_STATUS_SQL: &str = "SELECT id, user_id, customer_name, customer_phone, amount_cents, currency, \
      due_date, description, status, created_at, sent_at, paid_at FROM invoices WHERE user_id = $1 AND status = $5 \
-     AND (created_at, id) < ($2, $3) ORDER BY created_at DESC, id DESC LIMIT $4";
+     AND (created_at, id) < ($2, $3) ORDER BY created_at DESC, id DESC LIMIT CAST($4 AS BIGINT)";
 
 #[derive(sqlx::FromRow)]
 struct InvoiceRow {
