@@ -131,7 +131,7 @@ impl Db {
         // What was applied is read under the lock: a process that waited for another one's
         // run must not report that run's migrations as its own.
         let before = match self {
-            Db::Sqlite(pool) => {
+            Db::Sqlite(pool, _) => {
                 let _lock = SqliteLock::take(self).await?;
                 let before = self.applied().await?;
                 migrator.run(pool).await.map_err(fail)?;
@@ -195,7 +195,7 @@ impl Db {
         }
         let fail = |e| MigrationError::from_migrate(e, &MIGRATOR);
         match self {
-            Db::Sqlite(pool) => {
+            Db::Sqlite(pool, _) => {
                 let _lock = SqliteLock::take(self).await?;
                 MIGRATOR.undo(pool, target).await.map_err(fail)?;
             }
@@ -218,7 +218,7 @@ impl Db {
     async fn applied(&self) -> Result<BTreeMap<i64, Applied>, sqlx::Error> {
         match self {
             Db::Postgres(pool) => applied_postgres(&mut *pool.acquire().await?).await,
-            Db::Sqlite(pool) => {
+            Db::Sqlite(pool, _) => {
                 let sql = "SELECT version, description, checksum, strftime('%Y-%m-%dT%H:%M:%SZ', installed_on) \
                            FROM _sqlx_migrations WHERE success ORDER BY version";
                 applied_from(sqlx::query_as(sql).fetch_all(pool).await)
@@ -359,7 +359,7 @@ struct SqliteLock {
 
 impl SqliteLock {
     async fn take(db: &Db) -> Result<SqliteLock, MigrationError> {
-        let Db::Sqlite(pool) = db else {
+        let Db::Sqlite(pool, _) = db else {
             return Ok(SqliteLock { _file: None });
         };
         let database = pool.connect_options().get_filename().to_owned();

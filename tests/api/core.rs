@@ -84,7 +84,7 @@ async fn pool_exhausted_is_a_quick_503(backend: Backend) {
     // Hold the only connection, as a slow query would.
     let held = match &app.state.db {
         shipshape::db::Db::Postgres(pool) => (Some(pool.acquire().await.unwrap()), None),
-        shipshape::db::Db::Sqlite(pool) => (None, Some(pool.acquire().await.unwrap())),
+        shipshape::db::Db::Sqlite(pool, _) => (None, Some(pool.acquire().await.unwrap())),
     };
     let started = Instant::now();
     let response = app.get("/api/v1/me", Some(&token)).await;

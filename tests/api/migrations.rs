@@ -73,7 +73,7 @@ async fn execute(db: &Db, sql: &str) {
 /// A byte string literal in the backend's SQL.
 fn blob(db: &Db, hex: &str) -> String {
     match db {
-        Db::Sqlite(_) => format!("x'{hex}'"),
+        Db::Sqlite(..) => format!("x'{hex}'"),
         Db::Postgres(_) => format!("decode('{hex}', 'hex')"),
     }
 }
@@ -89,7 +89,7 @@ fn newer_release(db: &Db) -> String {
 
 async fn table_exists(db: &Db, table: &str) -> bool {
     let sql = match db {
-        Db::Sqlite(_) => "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
+        Db::Sqlite(..) => "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
         Db::Postgres(_) => "SELECT count(*) FROM information_schema.tables WHERE table_name = $1",
     };
     let count: i64 =
@@ -182,7 +182,7 @@ async fn status_and_revert_through_the_binary(backend: Backend) {
 /// indexes and triggers; the migrations table left out.
 async fn schema(db: &Db) -> Vec<String> {
     let queries: &[&str] = match db {
-        Db::Sqlite(_) => &[
+        Db::Sqlite(..) => &[
             "SELECT type || ' ' || name || ' ' || tbl_name || ' ' || coalesce(sql, '') FROM sqlite_master \
              WHERE name NOT LIKE 'sqlite_%' AND name <> '_sqlx_migrations' ORDER BY type, name",
         ],

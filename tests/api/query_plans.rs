@@ -13,7 +13,7 @@ on_both_databases!(deep_and_status_filtered_pages_are_index_ranges);
 /// The plan of a list query with its real parameters, one line per plan node or condition.
 async fn plan(db: &Db, sql: &str, user: &str, cursor: (i64, &str), status: Option<&str>) -> Vec<String> {
     let explained = match db {
-        Db::Sqlite(pool) => {
+        Db::Sqlite(pool, _) => {
             let query =
                 sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
                     .bind(user)

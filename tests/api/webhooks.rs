@@ -195,7 +195,7 @@ async fn a_failure_inside_the_transaction_leaves_nothing(backend: Backend) {
     let id = invoice["id"].as_str().unwrap();
     // A real database error at the last statement of the transaction: marking the invoice paid.
     match &app.state.db {
-        shipshape::db::Db::Sqlite(pool) => {
+        shipshape::db::Db::Sqlite(pool, _) => {
             sqlx::query(
                 "CREATE TRIGGER fail_payment BEFORE UPDATE OF status ON invoices WHEN NEW.status = 'paid' \
                  BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
