@@ -104,6 +104,13 @@ impl std::fmt::Display for RequestId {
     }
 }
 
+/// As a string; the error body carries it without copying it into a `String` first.
+impl serde::Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// SPEC §10: `^[A-Za-z0-9._-]{1,128}$`; anything else could inject into logs.
 fn is_acceptable_request_id(bytes: &[u8]) -> bool {
     (1..=128).contains(&bytes.len())
