@@ -35,27 +35,10 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         true => static_files::router(config).merge(routes::docs::router(config)),
         false => static_files::router(config).layer(middleware::from_fn(routes::docs::hide_assets)),
     };
-    // Compression only around the routes (`route_layer`): the fallback's 404 is a short JSON
-    // error it would never compress, yet wrapping and boxing its body cost a tenth of the request.
-    let compression = ServiceBuilder::new()
-        // Box the body once, right here: the compression body holds every encoder's state inline
-        // (kilobytes), and each layer above would otherwise copy it as the response passes up.
-        .map_response(|response: Response<_>| response.map(Body::new))
-        .map_request(disregard_identity_refusal)
-        // Dynamic JSON of 1 KiB or more is compressed (static files come precompressed).
-        .layer(
-            CompressionLayer::new().compress_when(
-                SizeAbove::new(1024)
-                    .and(NotForContentType::IMAGES)
-                    .and(NotForContentType::SSE)
-                    .and(NotForContentType::GRPC),
-            ),
-        );
     let routes = extra
         .merge(api)
         .merge(routes::openapi::router(openapi))
         .merge(site)
-        .route_layer(compression)
         .fallback(error::not_found);
 
     let stack = ServiceBuilder::new()
@@ -82,7 +65,20 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         // Bodies over MAX_BODY_BYTES are refused with 413 before a handler reads them.
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         // The layer above enforces the limit; axum's own 2 MB default would contradict it.
-        .layer(DefaultBodyLimit::disable());
+        .layer(DefaultBodyLimit::disable())
+        // Box the body once, right here: the compression body holds every encoder's state inline
+        // (kilobytes), and each layer above would otherwise copy it as the response passes up.
+        .map_response(|response: Response<_>| response.map(Body::new))
+        .map_request(disregard_identity_refusal)
+        // Dynamic JSON of 1 KiB or more is compressed (static files come precompressed).
+        .layer(
+            CompressionLayer::new().compress_when(
+                SizeAbove::new(1024)
+                    .and(NotForContentType::IMAGES)
+                    .and(NotForContentType::SSE)
+                    .and(NotForContentType::GRPC),
+            ),
+        );
     routes.layer(stack).with_state(state)
 }
 
