@@ -93,7 +93,8 @@ pub struct ErrorDetail {
     pub code: &'static str,
     pub message: String,
     /// The request id, also in the `X-Request-Id` response header and the log line.
-    pub request_id: String,
+    #[schema(value_type = String)]
+    pub request_id: telemetry::RequestId,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<Vec<FieldError>>,
 }
@@ -228,7 +229,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code,
                 message,
-                request_id: request.id.as_str().to_owned(),
+                request_id: request.id,
                 details,
             },
         };

@@ -129,17 +129,11 @@ impl ShrinkableKeyedStateStore<LimitKey> for BoundedStore {
 #[derive(Clone, Copy, Debug)]
 pub struct Decision {
     pub allowed: bool,
-    pub limit: u32,
     pub remaining: u32,
     pub retry_after: Duration,
 }
 
 impl Decision {
-    fn apply_headers(&self, headers: &mut HeaderMap) {
-        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(self.limit));
-        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
-    }
-
     /// Whole seconds, rounded up: a client that waits this long will pass.
     fn retry_after_secs(&self) -> u64 {
         self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0)
@@ -154,6 +148,8 @@ pub struct Limiter {
     rate: Rate,
     local: LocalLimiter,
     shared: Option<Arc<SharedStore>>,
+    /// `X-RateLimit-Limit`, the same on every response: made once.
+    limit_header: HeaderValue,
 }
 
 impl Limiter {
@@ -172,6 +168,7 @@ impl Limiter {
             rate,
             local,
             shared,
+            limit_header: HeaderValue::from(rate.burst.get()),
         }
     }
 
@@ -185,21 +182,23 @@ impl Limiter {
     }
 
     fn check_local(&self, key: LimitKey) -> Decision {
-        let limit = self.rate.burst.get();
         match self.local.check_key(&key) {
             Ok(snapshot) => Decision {
                 allowed: true,
-                limit,
                 remaining: snapshot.remaining_burst_capacity(),
                 retry_after: Duration::ZERO,
             },
             Err(not_until) => Decision {
                 allowed: false,
-                limit,
                 remaining: 0,
                 retry_after: not_until.wait_time_from(self.local.clock().now()),
             },
         }
+    }
+
+    fn apply_headers(&self, decision: Decision, headers: &mut HeaderMap) {
+        headers.insert(X_RATELIMIT_LIMIT, self.limit_header.clone());
+        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
     }
 
     fn prune(&self) {
@@ -275,7 +274,6 @@ impl SharedStore {
         match result {
             Ok((allowed, remaining, retry_after_ms)) => Some(Decision {
                 allowed: allowed == 1,
-                limit: rate.burst.get(),
                 remaining,
                 retry_after: Duration::from_millis(retry_after_ms),
             }),
@@ -438,20 +436,36 @@ impl Middleware for Enforce {
         let (Some(limiter), Some(key)) = (self.limiter.clone(), key) else {
             return Box::pin(inner.call(req));
         };
+        if limiter.shared.is_none() {
+            // Decided at once: the ready inner service is called now, without a clone.
+            let decision = limiter.check_local(key);
+            let pending = decision.allowed.then(|| inner.call(req));
+            return Box::pin(async move { finish(&limiter, decision, pending).await });
+        }
         // The check may wait for Redis, so the inner service is called later: take the one that
         // is ready and leave a clone in its place (the usual tower pattern).
         let clone = inner.clone();
         let mut inner = std::mem::replace(inner, clone);
         Box::pin(async move {
             let decision = limiter.check(key).await;
-            if !decision.allowed {
-                return Ok(refuse(&limiter, decision));
-            }
-            let mut response = inner.call(req).await?;
-            annotate(decision, &mut response);
-            Ok(response)
+            let pending = decision.allowed.then(|| inner.call(req));
+            finish(&limiter, decision, pending).await
         })
     }
+}
+
+/// The response to a checked request: the 429, or the inner service's with the limit headers.
+async fn finish(
+    limiter: &Limiter,
+    decision: Decision,
+    pending: Option<impl Future<Output = Result<Response, Infallible>>>,
+) -> Result<Response, Infallible> {
+    let Some(pending) = pending else {
+        return Ok(refuse(limiter, decision));
+    };
+    let mut response = pending.await?;
+    annotate(limiter, decision, &mut response);
+    Ok(response)
 }
 
 /// The 429 for a request over its limit, counted.
@@ -461,15 +475,15 @@ fn refuse(limiter: &Limiter, decision: Decision) -> Response {
         retry_after_secs: decision.retry_after_secs(),
     }
     .into_response();
-    decision.apply_headers(response.headers_mut());
+    limiter.apply_headers(decision, response.headers_mut());
     response
 }
 
 /// The limit headers on an allowed request's response.
-fn annotate(decision: Decision, response: &mut Response) {
+fn annotate(limiter: &Limiter, decision: Decision, response: &mut Response) {
     // A stricter, route-specific limit inside this one has already reported itself.
     if !response.headers().contains_key(X_RATELIMIT_LIMIT) {
-        decision.apply_headers(response.headers_mut());
+        limiter.apply_headers(decision, response.headers_mut());
     }
 }
 

@@ -399,6 +399,10 @@ impl Activity {
 
     /// Completes when the connection has been silent, half-open or idle for too long.
     async fn expired(&self, header_timeout: Duration) {
+        // One timer for the connection, moved when the deadline does: cheaper than a new one
+        // registered, and the old one dropped, twice a request.
+        let timer = tokio::time::sleep(Duration::MAX);
+        let mut timer = std::pin::pin!(timer);
         loop {
             let changed = self.changed.notified();
             let Some(deadline) = self.deadline(header_timeout) else {
@@ -408,8 +412,11 @@ impl Activity {
             if deadline <= Instant::now() {
                 return;
             }
+            if timer.deadline() != deadline.into() {
+                timer.as_mut().reset(deadline.into());
+            }
             tokio::select! {
-                () = tokio::time::sleep_until(deadline.into()) => {}
+                () = timer.as_mut() => {}
                 () = changed => {}
             }
         }

@@ -46,15 +46,19 @@ impl AllowedHosts {
         if self.any {
             return true;
         }
-        let name = strip_port(host.trim()).trim_end_matches('.').to_ascii_lowercase();
+        // The entries are lowercase already; comparing without case spares a lowercase copy.
+        let name = strip_port(host.trim()).trim_end_matches('.');
         if name.is_empty() {
             return false;
         }
-        self.exact.contains(&name)
-            || self
-                .domains
-                .iter()
-                .any(|d| name.ends_with(d.as_str()) || name == d[1..])
+        self.exact.iter().any(|e| e.eq_ignore_ascii_case(name))
+            || self.domains.iter().any(|d| {
+                let suffix = name
+                    .len()
+                    .checked_sub(d.len())
+                    .and_then(|start| name.as_bytes().get(start..));
+                suffix.is_some_and(|s| s.eq_ignore_ascii_case(d.as_bytes())) || d[1..].eq_ignore_ascii_case(name)
+            })
     }
 }
 
@@ -96,6 +100,8 @@ mod tests {
         assert!(h.allows("example.com"));
         assert!(h.allows("a.b.example.com"));
         assert!(!h.allows("badexample.com"));
+        assert!(h.allows("WWW.Example.COM"));
+        assert!(!h.allows("é.com"));
     }
 
     #[test]

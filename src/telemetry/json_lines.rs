@@ -140,7 +140,7 @@ fn overlaps(a: &FieldSet, b: &FieldSet) -> bool {
 
 /// Whether an escaped key, as [`segments`] returns it, names the field `name`.
 fn key_is(escaped: &str, name: &str) -> bool {
-    if name.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if name.bytes().any(needs_escape) {
         let mut text = String::new();
         Escaped(&mut text).write_str(name).is_ok() && text == escaped
     } else {
@@ -212,12 +212,13 @@ impl<W: Write> Visit for Fields<'_, W> {
         self.field(field, |w| write_string(w, value));
     }
 
+    // Integers through `itoa`: `write!` costs several times more for one number.
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.field(field, |w| write!(w, "{value}"));
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.field(field, |w| write!(w, "{value}"));
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -226,7 +227,9 @@ impl<W: Write> Visit for Fields<'_, W> {
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         // JSON has no NaN or infinity; those become strings.
-        if value.is_finite() {
+        if let Some(count) = thousandths(value) {
+            self.field(field, |w| write_thousandths(w, count));
+        } else if value.is_finite() {
             self.field(field, |w| write!(w, "{value}"));
         } else {
             self.field(field, |w| write!(w, "\"{value}\""));
@@ -244,6 +247,34 @@ impl<W: Write> Visit for Fields<'_, W> {
     }
 }
 
+/// `value` as a whole number of thousandths, when that is exactly what it holds and
+/// [`write_thousandths`] writes what `{value}` would (below 10^12, one step of the last of
+/// three decimals is far wider than the gap between neighbouring `f64`s, so the shortest text
+/// that reads back as `value` is those decimals). Latencies in milliseconds are all such
+/// values, and integer digits cost a fraction of float formatting.
+fn thousandths(value: f64) -> Option<u64> {
+    if !(value.is_sign_positive() && value < 1e12) {
+        return None;
+    }
+    let scaled = (value * 1000.0).round();
+    // Exact when `value` is the nearest `f64` to scaled / 1000, as a division yields it.
+    (scaled / 1000.0 == value).then_some(scaled as u64)
+}
+
+/// `thousandths / 1000` with up to three decimals and no trailing zeros, as `f64`'s `Display`.
+fn write_thousandths(writer: &mut impl Write, thousandths: u64) -> fmt::Result {
+    writer.write_str(itoa::Buffer::new().format(thousandths / 1000))?;
+    let fraction = thousandths % 1000;
+    if fraction == 0 {
+        return Ok(());
+    }
+    let digit = |place: u64| b'0' + (fraction / place % 10) as u8;
+    let decimals = [b'.', digit(100), digit(10), digit(1)];
+    // ASCII digits, so always UTF-8.
+    let decimals = std::str::from_utf8(&decimals).unwrap_or_default();
+    writer.write_str(decimals.trim_end_matches('0'))
+}
+
 fn write_string(writer: &mut impl Write, value: &str) -> fmt::Result {
     writer.write_char('"')?;
     Escaped(&mut *writer).write_str(value)?;
@@ -251,12 +282,22 @@ fn write_string(writer: &mut impl Write, value: &str) -> fmt::Result {
 }
 
 /// Escapes what JSON requires inside a string: quotes, backslashes and control characters.
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
+/// Writes a string with what [`needs_escape`] escaped.
 struct Escaped<'a, W: Write>(&'a mut W);
 
 impl<W: Write> Write for Escaped<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut plain = 0;
-        for (i, byte) in s.bytes().enumerate() {
+        // Almost every value is plain text: one scan, then one copy.
+        let Some(first) = s.bytes().position(needs_escape) else {
+            return self.0.write_str(s);
+        };
+        self.0.write_str(&s[..first])?;
+        let mut plain = first;
+        for (i, byte) in s.bytes().enumerate().skip(first) {
             let escape = match byte {
                 b'"' => "\\\"",
                 b'\\' => "\\\\",
@@ -374,6 +415,37 @@ mod tests {
         let parsed = OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339);
         assert!(parsed.is_ok(), "{timestamp}");
         assert_eq!(timestamp.len(), "2026-11-22T03:25:28.206935Z".len(), "{timestamp}");
+    }
+
+    #[test]
+    fn numbers_of_thousandths_are_written_as_display_writes_them() {
+        let written = |value: f64| {
+            let mut text = String::new();
+            let count = thousandths(value)?;
+            write_thousandths(&mut text, count).ok()?;
+            Some(text)
+        };
+        let latencies = (0..200_000u64).chain((0..2000).map(|i| i * 7_919_999_999));
+        for value in latencies.map(|n| n as f64 / 1000.0) {
+            assert_eq!(written(value), Some(format!("{value}")), "{value:e}");
+        }
+        for value in [
+            0.413,
+            0.1 + 0.2,
+            1e-7,
+            5e-324,
+            123_456.789_5,
+            1e12,
+            3e15,
+            -0.0,
+            -1.5,
+            f64::MAX,
+        ] {
+            assert!(
+                written(value).is_none_or(|text| text == format!("{value}")),
+                "{value:e}"
+            );
+        }
     }
 
     #[test]
