@@ -222,98 +222,13 @@ impl Middleware for Observe {
             let latency_ms = elapsed.as_micros() as f64 / 1000.0;
             // Platform probes hit health routes every few seconds; their successes would drown the log.
             // Text fields as `&str`: the line copies them, where `%value` would run `Display`.
-            let (request_id, method, client_ip) = (id.as_str(), method.as_str(), IpText::new(ip));
-            let client_ip = client_ip.as_str();
+            let (request_id, method) = (id.as_str(), method.as_str());
             if status == 200 && (route == "/healthz" || route == "/readyz") {
-                tracing::debug!(target: "http", request_id, method, route, status, latency_ms, client_ip, "request");
+                tracing::debug!(target: "http", request_id, method, route, status, latency_ms, client_ip = %ip, "request");
             } else {
-                tracing::info!(target: "http", request_id, method, route, status, latency_ms, client_ip, "request");
+                tracing::info!(target: "http", request_id, method, route, status, latency_ms, client_ip = %ip, "request");
             }
             Ok(response)
         })
-    }
-}
-
-/// An address as text, on the stack. IPv4 is written digit by digit: through `Display` it
-/// took several formatter calls, a noticeable part of a request's log line.
-struct IpText {
-    bytes: [u8; IpText::CAPACITY],
-    len: usize,
-}
-
-impl IpText {
-    /// The longest IPv6 text, eight groups of four hex digits.
-    const CAPACITY: usize = 39;
-
-    fn new(ip: IpAddr) -> IpText {
-        let mut text = IpText {
-            bytes: [0; IpText::CAPACITY],
-            len: 0,
-        };
-        match ip {
-            IpAddr::V4(v4) => {
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        text.push(b'.');
-                    }
-                    if octet >= 100 {
-                        text.push(b'0' + octet / 100);
-                    }
-                    if octet >= 10 {
-                        text.push(b'0' + octet / 10 % 10);
-                    }
-                    text.push(b'0' + octet % 10);
-                }
-            }
-            IpAddr::V6(v6) => {
-                use std::fmt::Write as _;
-                // Rarer; never longer than CAPACITY, so this cannot fail.
-                let _ = write!(text, "{v6}");
-            }
-        }
-        text
-    }
-
-    fn push(&mut self, byte: u8) {
-        self.bytes[self.len] = byte;
-        self.len += 1;
-    }
-
-    fn as_str(&self) -> &str {
-        // Only ASCII is ever written.
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
-    }
-}
-
-impl std::fmt::Write for IpText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        self.bytes
-            .get_mut(self.len..end)
-            .ok_or(std::fmt::Error)?
-            .copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ip_text_is_what_display_writes() {
-        let samples: [IpAddr; 7] = [
-            Ipv4Addr::UNSPECIFIED.into(),
-            Ipv4Addr::new(127, 0, 0, 1).into(),
-            Ipv4Addr::new(10, 99, 100, 255).into(),
-            Ipv4Addr::BROADCAST.into(),
-            std::net::Ipv6Addr::LOCALHOST.into(),
-            Ipv4Addr::new(192, 0, 2, 9).to_ipv6_mapped().into(),
-            std::net::Ipv6Addr::from(u128::MAX - 1).into(),
-        ];
-        for ip in samples {
-            assert_eq!(IpText::new(ip).as_str(), ip.to_string());
-        }
     }
 }
