@@ -422,10 +422,10 @@ def backfill(migration, tables):
 
 
 def aggregates_sql():
-    """The aggregates migrations' own backfill, after emptying the aggregates the server reads
-    (user_stats is the previous release's, which the server no longer maintains)."""
-    return (["DELETE FROM user_paid_totals", "DELETE FROM user_stats_shards"]
-            + backfill("20261202000002_user_stats.up.sql", ["user_stats", "user_paid_totals"])[1:]
+    """The aggregates migrations' own backfill, after emptying the aggregates (the shards are
+    copied from user_stats, the previous release's table, which is built from the invoices)."""
+    return (["DELETE FROM user_paid_totals", "DELETE FROM user_stats", "DELETE FROM user_stats_shards"]
+            + backfill("20261202000002_user_stats.up.sql", ["user_stats", "user_paid_totals"])
             + backfill("20261203000001_user_stats_shards.up.sql", ["user_stats_shards"]))
 
 

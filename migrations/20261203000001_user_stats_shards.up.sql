@@ -7,7 +7,7 @@
 -- which this release neither reads nor writes, so both can serve during a rolling deploy.
 -- A later release drops user_stats. Run the previous release on this schema and the shards
 -- miss its changes: rebuild them with `migrate revert --to 20261202000002` and `migrate`
--- (the down migration rebuilds user_stats for it, this one the shards).
+-- (the down migration rebuilds user_stats from the invoices, this one copies it).
 
 CREATE TABLE user_stats_shards (
     user_id                 TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
@@ -21,16 +21,8 @@ CREATE TABLE user_stats_shards (
     PRIMARY KEY (user_id, shard)
 );
 
--- The existing invoices go to shard 0, counted as 20261202000002 counted them.
+-- Each user's counts so far go to shard 0. user_stats is exact here: the previous release
+-- maintains it, and reverting this migration rebuilds it from the invoices.
 INSERT INTO user_stats_shards (user_id, shard, draft, sent, paid, paid_after_send, paid_after_send_seconds, paid_after_send_micros)
-SELECT
-    user_id,
-    0,
-    SUM(CASE WHEN status = 'draft' THEN 1 ELSE 0 END),
-    SUM(CASE WHEN status = 'sent' THEN 1 ELSE 0 END),
-    SUM(CASE WHEN status = 'paid' THEN 1 ELSE 0 END),
-    SUM(CASE WHEN status = 'paid' AND sent_at IS NOT NULL AND paid_at IS NOT NULL THEN 1 ELSE 0 END),
-    COALESCE(SUM(CASE WHEN status = 'paid' THEN (paid_at - sent_at) / 1000000 END), 0),
-    COALESCE(SUM(CASE WHEN status = 'paid' THEN (paid_at - sent_at) % 1000000 END), 0)
-FROM invoices
-GROUP BY user_id;
+SELECT user_id, 0, draft, sent, paid, paid_after_send, paid_after_send_seconds, paid_after_send_micros
+FROM user_stats;
