@@ -10,6 +10,7 @@ use axum::Router;
 use serde_json::{Value, json};
 use shipshape::app;
 use shipshape::config::{Config, RateLimits, Secret, SecretUrl};
+use shipshape::db::Db;
 use shipshape::server::Application;
 use shipshape::state::AppState;
 use sqlx::{Connection, Executor};
@@ -496,3 +497,14 @@ pub async fn deliver_webhook(app: &TestApp, event: &Value, timestamp: i64, secre
         .expect("request sent")
 }
 // example-domain:end
+
+/// Whether `table` exists in the test's database.
+pub async fn table_exists(db: &Db, table: &str) -> bool {
+    let sql = match db {
+        Db::Sqlite(..) => "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
+        Db::Postgres(_) => "SELECT count(*) FROM information_schema.tables WHERE table_name = $1",
+    };
+    let count: i64 =
+        shipshape::with_db!(db, pool => sqlx::query_scalar(sql).bind(table).fetch_one(pool).await).unwrap();
+    count > 0
+}

@@ -9,7 +9,7 @@ use shipshape::config::SecretUrl;
 use shipshape::db::{Db, MIGRATOR};
 
 use crate::cli::{check_deploy, ids, run};
-use crate::helpers::{Backend, Options, TestApp, fresh_postgres_database, test_config};
+use crate::helpers::{Backend, Options, TestApp, fresh_postgres_database, table_exists, test_config};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -85,16 +85,6 @@ fn newer_release(db: &Db) -> String {
          VALUES (29990101000000, 'from a newer release', TRUE, {}, 0)",
         blob(db, "00")
     )
-}
-
-async fn table_exists(db: &Db, table: &str) -> bool {
-    let sql = match db {
-        Db::Sqlite(..) => "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
-        Db::Postgres(_) => "SELECT count(*) FROM information_schema.tables WHERE table_name = $1",
-    };
-    let count: i64 =
-        shipshape::with_db!(db, pool => sqlx::query_scalar(sql).bind(table).fetch_one(pool).await).unwrap();
-    count > 0
 }
 
 async fn status_and_revert_through_the_binary(backend: Backend) {

@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use shipshape::db::{Db, MIGRATOR};
 
-use crate::helpers::{Backend, TestApp, deliver_webhook};
+use crate::helpers::{Backend, TestApp, deliver_webhook, table_exists};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -207,16 +207,6 @@ fn migration(description: &str) -> i64 {
         .version
 }
 
-/// Undoes every migration after `version`.
-async fn revert_to(db: &Db, version: i64) {
-    shipshape::with_db!(db, pool => MIGRATOR.undo(pool, version).await).expect("revert");
-}
-
-async fn table_exists(db: &Db, table: &str) -> bool {
-    let sql = format!("SELECT 1 FROM {table}");
-    shipshape::with_db!(db, pool => sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await.map(drop)).is_ok()
-}
-
 async fn the_backfill_gives_the_same_numbers(backend: Backend) {
     let app = spawn(backend).await;
     let mut users = users(&app, 3).await;
@@ -225,7 +215,9 @@ async fn the_backfill_gives_the_same_numbers(backend: Backend) {
     let db = &app.state.db;
 
     // Reverting the shards rebuilds the one-row-per-user table the release before them reads.
-    revert_to(db, migration("user stats")).await;
+    db.revert(Some(migration("user stats")))
+        .await
+        .expect("revert the shards");
     assert!(
         !table_exists(db, "user_stats_shards").await,
         "the down migration dropped the shards"
@@ -251,12 +243,12 @@ async fn the_backfill_gives_the_same_numbers(backend: Backend) {
         .filter(|v| *v < migration("user stats"))
         .max()
         .expect("an earlier migration");
-    revert_to(db, before_aggregates).await;
+    db.revert(Some(before_aggregates)).await.expect("revert the aggregates");
     assert!(
         !table_exists(db, "user_stats").await,
         "the down migration dropped the aggregates"
     );
-    shipshape::with_db!(db, pool => MIGRATOR.run(pool).await).expect("re-apply with the backfill");
+    db.migrate().await.expect("re-apply with the backfill");
 
     let backfilled = summaries(&app, &users).await;
     assert_eq!(backfilled, maintained);
