@@ -120,7 +120,7 @@ pub fn run() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match command {
             Command::Serve => serve(config).await,
             Command::Migrate { action: None } => migrate(config).await,
@@ -137,8 +137,15 @@ pub fn run() -> ExitCode {
                 crate::static_files::compress_dir_command(&dir)
             }
         }
-    })
+    });
+    // Tasks still running (a request cut off by the drain limit, a password hash on the blocking
+    // pool) are abandoned rather than waited for: the exit stays within SHUTDOWN_TIMEOUT_SECS.
+    runtime.shutdown_timeout(RUNTIME_EXIT_LIMIT);
+    code
 }
+
+/// How long the runtime waits at exit for blocking work still running.
+const RUNTIME_EXIT_LIMIT: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Blocking threads for file reads, beside one per concurrent password hash.
 const FILE_IO_THREADS: usize = 16;
@@ -155,7 +162,13 @@ fn arguments() -> Vec<std::ffi::OsString> {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    let _log_guard = telemetry::init(&config);
+    let _log_guard = match telemetry::init(&config) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("cannot start the log writer thread: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     // Dropped last, after the drain: flushing pending events is the final step of shutdown.
     let _sentry_guard = telemetry::sentry::init(&config);
     if config.app_env == AppEnv::Production {

@@ -95,6 +95,7 @@ pub struct ErrorDetail {
     /// The request id, also in the `X-Request-Id` response header and the log line.
     #[schema(value_type = String)]
     pub request_id: telemetry::RequestId,
+    /// The fields that are wrong: at most 20 (the message says how many there were).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<Vec<FieldError>>,
 }
@@ -117,6 +118,10 @@ pub enum JsonBodyErrors {
 /// and by [`render_bare_errors`], which leaves such responses alone).
 #[derive(Clone, Copy, Debug)]
 pub struct ErrorCode(pub &'static str);
+
+/// A 422 lists at most this many fields; its message says how many there were. A body of a
+/// megabyte of distinct unknown keys would otherwise answer several megabytes.
+pub const MAX_DETAILS: usize = 20;
 
 /// Retry-After for 503s: long enough for a pool or database to recover, short for clients.
 const RETRY_AFTER_UNAVAILABLE_SECS: u64 = 5;
@@ -222,7 +227,16 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let details = match self {
-            ApiError::Validation(details) => Some(details),
+            ApiError::Validation(mut details) => {
+                if details.len() > MAX_DETAILS {
+                    message = format!(
+                        "the request is not valid: {} fields are wrong; the first {MAX_DETAILS} are listed",
+                        details.len()
+                    );
+                    details.truncate(MAX_DETAILS);
+                }
+                Some(details)
+            }
             _ => None,
         };
         let body = ErrorBody {

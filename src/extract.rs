@@ -4,7 +4,6 @@
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use crate::error::{ApiError, FieldError};
 use crate::input::{self, FromJson};
@@ -27,7 +26,7 @@ impl<T: FromJson, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 ApiError::InvalidJson("the body could not be read".to_owned())
             }
         })?;
-        read_json(&bytes).map(ApiJson)
+        input::read_body(&bytes).map(ApiJson)
     }
 }
 
@@ -37,22 +36,6 @@ pub fn has_json_content_type(headers: &HeaderMap) -> bool {
     };
     let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-/// A JSON object body: syntax errors are 400 (over the whole body, trailing bytes and depth
-/// included), the rest 422.
-pub fn read_json<T: FromJson>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(strip_position(&e.to_string())))?;
-    input::read_object(value)
-}
-
-/// serde_json appends " at line 1 column 42", which means nothing to an API client.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
-    }
 }
 
 /// Query string: any failure is 422 `validation_failed` naming the parameter.

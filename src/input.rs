@@ -1,8 +1,11 @@
 //! Input rules. Each rule is one type: it parses a JSON value into a value that is valid by
 //! construction (parse, don't validate), says what is wrong in the 422's message, and describes
 //! itself in the OpenAPI schema, so the three cannot drift apart. A body is read field by field
-//! ([`FromJson`]), so one 422 names every bad field at once: missing, mistyped or out of range.
+//! ([`FromJson`]), so one 422 names every bad field at once: missing, mistyped, repeated or out
+//! of range.
 
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 
@@ -88,16 +91,31 @@ impl Fields {
     }
 }
 
-/// Reads a JSON object (already checked to be valid JSON) into `T`: 422 naming every bad
-/// field, and every field that `T` does not have.
-pub fn read_object<T: FromJson>(value: Value) -> Result<T, ApiError> {
-    let Value::Object(object) = value else {
+/// Reads a JSON body into `T`: 400 `invalid_json` when it is not JSON at all, else a 422
+/// naming every bad field, every field that `T` does not have and every key sent twice.
+pub fn read_body<T: FromJson>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Syntax first, over the whole body (trailing bytes and depth included). A raw value only
+    // checks the syntax of numbers, so `1e400` is valid JSON here and out of range below.
+    let raw: &RawValue = serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(strip_position(&e)))?;
+    let Ok(Members(members)) = serde_json::from_str(raw.get()) else {
         return Err(ApiError::validation("body", "must be a JSON object"));
     };
     let mut fields = Fields {
-        object,
+        object: Map::new(),
         errors: Vec::new(),
     };
+    for (name, raw) in members {
+        if fields.object.contains_key(&name) {
+            fields.reject(&name, "appears more than once");
+            continue;
+        }
+        match member_value(raw) {
+            Some(value) => {
+                fields.object.insert(name, value);
+            }
+            None => fields.reject(&name, "holds a number out of range"),
+        }
+    }
     let parsed = T::from_json(&mut fields);
     let unknown: Vec<String> = fields.object.keys().cloned().collect();
     for name in unknown {
@@ -110,6 +128,78 @@ pub fn read_object<T: FromJson>(value: Value) -> Result<T, ApiError> {
         ))),
         _ => Err(ApiError::Validation(fields.errors)),
     }
+}
+
+/// serde_json appends " at line 1 column 42", which means nothing to an API client.
+fn strip_position(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message,
+    }
+}
+
+/// A JSON object's members as sent, in order, a repeated key kept twice (a map would keep the
+/// last one silently: a signup naming two emails, a login trying two passwords).
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    members.push((name, map.next_value::<&RawValue>()?));
+                }
+                Ok(Members(members))
+            }
+        }
+
+        deserializer.deserialize_map(MembersVisitor)
+    }
+}
+
+/// A member's value; `None` when it holds a number too large for a float (`1e400`). A number
+/// written with a fraction or an exponent that is a whole number (`3.0`, `1e2`) becomes that
+/// integer; one that is not (`99.99999999999999999`, which a float would round to 100) stays
+/// a float, which no integer rule accepts.
+fn member_value(raw: &RawValue) -> Option<Value> {
+    let text = raw.get();
+    let is_number = text.starts_with(|c: char| c == '-' || c.is_ascii_digit());
+    if is_number && let Some(integer) = whole_number(text) {
+        return Some(Value::from(integer));
+    }
+    serde_json::from_str(text).ok()
+}
+
+/// The integer a JSON number's text stands for exactly, if it is one that fits an `i64`.
+fn whole_number(text: &str) -> Option<i64> {
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, exponent.parse::<i32>().ok()?),
+        None => (text, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let fraction = fraction.trim_end_matches('0');
+    // The value is `digits` × 10^`shift`.
+    let digits: i128 = format!("{whole}{fraction}").parse().ok()?;
+    let shift = exponent.checked_sub(i32::try_from(fraction.len()).ok()?)?;
+    let scale = 10_i128.checked_pow(shift.unsigned_abs())?;
+    let value = if shift >= 0 {
+        digits.checked_mul(scale)?
+    } else if digits % scale == 0 {
+        digits / scale
+    } else {
+        return None;
+    };
+    i64::try_from(value).ok()
 }
 
 /// Any string: for fields whose only rule is their type.
@@ -178,8 +268,8 @@ impl Text {
     }
 }
 
-/// The rule of an integer field. A number with no fractional part (`12.0`) is accepted: JSON
-/// Schema counts it as an integer, so a client sending one is within the documented contract.
+/// The rule of an integer field. A number written with a zero fraction (`12.0`) is accepted:
+/// JSON Schema counts it as an integer, and [`read_body`] has already made it one.
 pub struct Integer {
     pub min: i64,
     pub max: i64,
@@ -191,14 +281,8 @@ impl Integer {
         let Value::Number(number) = value else {
             return Err(message());
         };
-        let integer = match number.as_i64() {
-            Some(integer) => Some(integer),
-            None => number
-                .as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-                .map(|f| f as i64),
-        };
-        integer
+        number
+            .as_i64()
             .filter(|i| (self.min..=self.max).contains(i))
             .ok_or_else(message)
     }
@@ -255,9 +339,43 @@ mod tests {
     fn integers_accept_whole_floats_only() {
         let rule = Integer { min: 1, max: 10 };
         assert_eq!(rule.parse(json!(3)), Ok(3));
-        assert_eq!(rule.parse(json!(3.0)), Ok(3));
         for bad in [json!(3.5), json!("3"), json!(0), json!(11), json!(1e300), json!(null)] {
             assert_eq!(rule.parse(bad), Err("must be an integer from 1 to 10".to_owned()));
+        }
+        // In a body: the text decides, not the float it would round to.
+        let count =
+            |text: &str| read_body::<Pair>(format!(r#"{{"name":"a","count":{text}}}"#).as_bytes()).map(|p| p.count);
+        for (text, integer) in [("3.0", 3), ("3.000e0", 3), ("1e1", 10), ("200e-2", 2), ("-0.0e3", 0)] {
+            let expected = if integer >= 1 { Some(integer) } else { None };
+            assert_eq!(count(text).ok(), expected, "{text}");
+        }
+        for not_whole in ["2.5", "9.99999999999999999", "25e-1", "1e400", "1e19", "-1e-400"] {
+            assert!(count(not_whole).is_err(), "{not_whole}");
+        }
+        assert_eq!(whole_number("99.99999999999999999"), None);
+        assert_eq!(whole_number("-12.50e1"), Some(-125));
+        assert_eq!(whole_number("1e400"), None);
+    }
+
+    #[test]
+    fn a_repeated_key_and_a_huge_number_are_named_and_bad_syntax_is_400() {
+        let bad = read_body::<Pair>(br#"{"name":"a","count":2,"name":"b","extra":1e400}"#);
+        let Err(ApiError::Validation(details)) = bad else {
+            panic!("a 422 was expected");
+        };
+        let named: Vec<(&str, &str)> = details.iter().map(|d| (d.field.as_str(), d.message.as_str())).collect();
+        assert_eq!(
+            named,
+            [
+                ("name", "appears more than once"),
+                ("extra", "holds a number out of range")
+            ]
+        );
+        for broken in [&b"{"[..], b"[1,", b"{} x", b""] {
+            assert!(matches!(read_body::<Pair>(broken), Err(ApiError::InvalidJson(_))));
+        }
+        for not_object in [&b"[1]"[..], b"1e400", b"\"x\"", b"null"] {
+            assert!(matches!(read_body::<Pair>(not_object), Err(ApiError::Validation(_))));
         }
     }
 
@@ -287,7 +405,7 @@ mod tests {
 
     #[test]
     fn a_body_names_every_bad_field() {
-        let bad = read_object::<Pair>(json!({"name": 5, "extra": true}));
+        let bad = read_body::<Pair>(br#"{"name": 5, "extra": true}"#);
         let Err(ApiError::Validation(details)) = bad else {
             panic!("a 422 was expected");
         };
@@ -300,8 +418,8 @@ mod tests {
                 ("extra", "is not a known field")
             ]
         );
-        let good = read_object::<Pair>(json!({"name": "a", "count": 2.0})).ok();
+        let good = read_body::<Pair>(br#"{"name": "a", "count": 2.0}"#).ok();
         assert_eq!(good.map(|p| (p.name, p.count)), Some(("a".to_owned(), 2)));
-        assert!(read_object::<Pair>(json!([1])).is_err());
+        assert!(read_body::<Pair>(b"[1]").is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! script call when `REDIS_URL` is set, falling back to in-process while Redis is away.
 
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,8 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// Keys one in-process limit holds at most (~200 B each, so ~10 MB): between two prunes, a
 /// client rotating addresses (or a spoofable header source) could otherwise add without bound.
 const MAX_KEYS: usize = 50_000;
+/// A full in-process limit is pruned at most this often.
+const FULL_PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LimitKey {
@@ -84,10 +86,15 @@ impl std::fmt::Display for LimitKey {
 
 /// governor's concurrent map of keys, holding at most `max`. When it is full, a key it does
 /// not hold yet is counted under [`LimitKey::Overflow`]: memory stays bounded and those
-/// clients are still limited (together, so more strictly) until the pruner makes room.
+/// clients are still limited (together, so more strictly) until a prune makes room. Keys it
+/// holds keep their own budget. A full map asks for a prune at once ([`Limiter::check_local`]),
+/// not at the next minute's: most keys of a flood are back to a full budget within one period
+/// of the limit, and those are dropped without changing any decision.
 struct BoundedStore {
     keys: DashMapStateStore<LimitKey>,
     max: usize,
+    /// Set when a key went to the overflow budget: the limiter prunes soon after.
+    overflowed: Arc<AtomicBool>,
 }
 
 impl StateStore for BoundedStore {
@@ -101,6 +108,7 @@ impl StateStore for BoundedStore {
         let key = if self.keys.contains_key(key) || self.keys.len() < self.max {
             key
         } else {
+            self.overflowed.store(true, Ordering::Relaxed);
             &LimitKey::Overflow
         };
         self.keys.measure_and_replace(key, f)
@@ -150,6 +158,11 @@ pub struct Limiter {
     shared: Option<Arc<SharedStore>>,
     /// `X-RateLimit-Limit`, the same on every response: made once.
     limit_header: HeaderValue,
+    /// Shared with the store: set when it is full.
+    overflowed: Arc<AtomicBool>,
+    /// When the last prune asked for by a full store ran (ms since `created`).
+    last_full_prune: AtomicU64,
+    created: Instant,
 }
 
 impl Limiter {
@@ -158,9 +171,11 @@ impl Limiter {
         let quota = Quota::with_period(rate.replenish_interval())
             .unwrap_or_else(|| Quota::per_second(rate.burst))
             .allow_burst(rate.burst);
+        let overflowed = Arc::new(AtomicBool::new(false));
         let store = BoundedStore {
             keys: DashMapStateStore::default(),
             max: max_keys,
+            overflowed: overflowed.clone(),
         };
         let local: LocalLimiter = RateLimiter::new(quota, store, DefaultClock::default());
         Limiter {
@@ -169,6 +184,9 @@ impl Limiter {
             local,
             shared,
             limit_header: HeaderValue::from(rate.burst.get()),
+            overflowed,
+            last_full_prune: AtomicU64::new(0),
+            created: Instant::now(),
         }
     }
 
@@ -182,6 +200,31 @@ impl Limiter {
     }
 
     fn check_local(&self, key: LimitKey) -> Decision {
+        let decision = self.decide_local(key);
+        if self.overflowed.load(Ordering::Relaxed) {
+            self.prune_when_full();
+        }
+        decision
+    }
+
+    /// A full store is pruned at most once per [`FULL_PRUNE_INTERVAL`], by whichever request
+    /// found it full (a prune of 50,000 keys takes about a millisecond).
+    fn prune_when_full(&self) {
+        let now = self.created.elapsed().as_millis() as u64;
+        let last = self.last_full_prune.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= FULL_PRUNE_INTERVAL.as_millis() as u64 || last == 0;
+        if due
+            && self
+                .last_full_prune
+                .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.overflowed.store(false, Ordering::Relaxed);
+            self.prune();
+        }
+    }
+
+    fn decide_local(&self, key: LimitKey) -> Decision {
         match self.local.check_key(&key) {
             Ok(snapshot) => Decision {
                 allowed: true,
@@ -539,6 +582,20 @@ mod tests {
         );
         assert_eq!(l.local.len(), 4, "the three keys and the shared one");
         assert!(l.check_local(ip(0)).allowed, "a key already held keeps its own budget");
+    }
+
+    #[test]
+    fn a_full_limiter_makes_room_at_once_for_newcomers_when_its_keys_have_refilled() {
+        let l = Limiter::new("test", parse_rate("1/s").unwrap().unwrap(), None, 3);
+        let ip = |n: u8| LimitKey::Ip(IpAddr::from([10, 0, 1, n]));
+        for n in 0..3 {
+            assert!(l.check_local(ip(n)).allowed);
+        }
+        // Two periods later (when governor counts a key as fresh) holding them decides nothing.
+        std::thread::sleep(Duration::from_millis(2100));
+        let newcomers: Vec<bool> = (3..6).map(|n| l.check_local(ip(n)).allowed).collect();
+        assert_eq!(newcomers, [true, true, true], "not one shared budget of one");
+        assert!(!l.check_local(ip(4)).allowed, "each newcomer has its own budget of one");
     }
 
     // The middleware alone, no application state: a per-user limit counts by the token's user

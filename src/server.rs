@@ -5,8 +5,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
@@ -31,33 +31,77 @@ use crate::db::{Db, Schema};
 use crate::state::AppState;
 use crate::telemetry;
 
-/// How often a closed [`crate::db::PoolerGate`] is rechecked.
+/// How often the database is diagnosed again while the pooler is known to lose prepared
+/// statements, and while no verdict could be reached (the database unreachable).
 const POOLER_RECHECK: Duration = Duration::from_secs(60);
+const POOLER_RECHECK_UNDECIDED: Duration = Duration::from_secs(2);
+/// How long the start waits for the first verdict before listening with the gate closed.
+const POOLER_FIRST_VERDICT: Duration = Duration::from_secs(3);
+
+/// What a diagnosis says about the pooler in front of the database.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PoolerVerdict {
+    /// Unreachable: nothing known yet.
+    Undecided,
+    /// A transaction pooler that loses prepared statements.
+    Unsafe,
+    Safe,
+}
 
 /// Says what is wrong with the database, in the background so that a slow or absent database
-/// delays nothing: unreachable and why, pooler mode, `statement_timeout`. A transaction pooler
-/// that loses prepared statements closes the gate (503s, not ready) until a recheck finds it fixed.
-fn spawn_database_watch(state: AppState) {
+/// delays nothing: unreachable and why, pooler mode, `statement_timeout`. On PostgreSQL the
+/// [`crate::db::PoolerGate`] stays closed (503s, not ready) until a diagnosis finds the way to
+/// the database safe: a pooler that mixes up prepared statements must never answer, and one
+/// not diagnosed yet might be one. Returns once the first verdict is in.
+async fn watch_database(state: AppState) {
+    if state.config.database.is_sqlite() {
+        tokio::spawn(async move { log_findings(&checks::database_findings(&state.config).await) });
+        return;
+    }
+    state.pooler_gate.close();
+    let (first_verdict, verdict_in) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let unsafe_pooler = |findings: &[checks::Finding]| findings.iter().any(|f| f.id == "E005");
-        let findings = checks::database_findings(&state.config).await;
-        for finding in &findings {
-            tracing::warn!(id = finding.id, fix = finding.fix, "{}", finding.message);
-        }
-        if !unsafe_pooler(&findings) {
-            return;
-        }
-        state.pooler_gate.close();
+        let mut first_verdict = Some(first_verdict);
+        let mut last = None;
         while !state.lifecycle.is_draining() {
-            tokio::time::sleep(POOLER_RECHECK).await;
             let findings = checks::database_findings(&state.config).await;
-            if !findings.iter().any(|f| f.id == "E004") && !unsafe_pooler(&findings) {
-                state.pooler_gate.open();
-                tracing::info!("the database pooler carries prepared statements now: serving again");
-                return;
+            let verdict = if findings.iter().any(|f| f.id == "E004") {
+                PoolerVerdict::Undecided
+            } else if findings.iter().any(|f| f.id == "E005") {
+                PoolerVerdict::Unsafe
+            } else {
+                PoolerVerdict::Safe
+            };
+            // Logged when something changed, not at every recheck of a database that is down.
+            if last != Some(verdict) {
+                log_findings(&findings);
             }
+            if verdict != PoolerVerdict::Undecided
+                && let Some(sender) = first_verdict.take()
+            {
+                let _ = sender.send(());
+            }
+            match verdict {
+                PoolerVerdict::Safe => {
+                    state.pooler_gate.open();
+                    if last.is_some() {
+                        tracing::info!("the database pooler is safe for prepared statements: serving");
+                    }
+                    return;
+                }
+                PoolerVerdict::Unsafe => tokio::time::sleep(POOLER_RECHECK).await,
+                PoolerVerdict::Undecided => tokio::time::sleep(POOLER_RECHECK_UNDECIDED).await,
+            }
+            last = Some(verdict);
         }
     });
+    let _ = tokio::time::timeout(POOLER_FIRST_VERDICT, verdict_in).await;
+}
+
+fn log_findings(findings: &[checks::Finding]) {
+    for finding in findings {
+        tracing::warn!(id = finding.id, fix = finding.fix, "{}", finding.message);
+    }
 }
 
 /// How long reading the schema state may take before listening; longer counts as unreadable.
@@ -118,7 +162,7 @@ impl Application {
         }
         let metrics_handle = config.metrics_port.map(|_| telemetry::metrics::install()).transpose()?;
         let state = AppState::new(config.clone(), db, readiness_db)?;
-        spawn_database_watch(state.clone());
+        watch_database(state.clone()).await;
         spawn_schema_watch(state.clone()).await;
         let router = app::router(state.clone());
         let listener = TcpListener::bind((config.host, config.port))
@@ -189,9 +233,11 @@ pub async fn serve(listener: TcpListener, router: Router, state: AppState, shutd
     // from the end of each response, and close idle keep-alive connections after 10 s: a client
     // reusing one just then loses a request it has already sent.
     builder.http1().header_read_timeout(None);
-    // Pings find HTTP/2 peers that went away without closing.
+    // Pings find HTTP/2 peers that went away without closing. Each open stream holds its
+    // request's memory: 100 per connection is what RFC 9113 asks a server to allow at least.
     builder
         .http2()
+        .max_concurrent_streams(H2_MAX_STREAMS)
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
@@ -223,14 +269,10 @@ pub async fn serve(listener: TcpListener, router: Router, state: AppState, shutd
             move |mut request: hyper::Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
                 let in_flight = InFlight::start(activity.clone(), request.version());
-                router.clone().oneshot(request).map(move |result| {
-                    result.map(|response| {
-                        response.map(|body| TrackedBody {
-                            body,
-                            _in_flight: in_flight,
-                        })
-                    })
-                })
+                router
+                    .clone()
+                    .oneshot(request)
+                    .map(move |result| result.map(|response| response.map(|body| TrackedBody::new(body, in_flight))))
             }
         });
         let connection = builder
@@ -257,8 +299,9 @@ pub async fn serve(listener: TcpListener, router: Router, state: AppState, shutd
                         }
                         break;
                     }
-                    // Silent, half-open or idle for too long: dropping the connection closes it.
-                    () = activity.expired(header_timeout), if !shutting_down => break,
+                    // Silent, half-open, idle, or not reading a response for too long: dropping
+                    // the connection closes it (while draining too: a stalled response never ends).
+                    () = activity.expired(header_timeout) => break,
                     () = &mut draining, if !shutting_down => {
                         // Idle and half-open connections close at once. Busy ones finish their
                         // requests first, then HTTP/1 closes and HTTP/2 sends GOAWAY (hyper
@@ -287,7 +330,11 @@ pub async fn serve(listener: TcpListener, router: Router, state: AppState, shutd
     {
         tracing::warn!("drain did not finish within SHUTDOWN_TIMEOUT_SECS; dropping the remaining connections");
     }
-    state.db.close().await;
+    // Closing the pool waits for every connection to come back, and a query waiting on a lock
+    // may hold one for DATABASE_STATEMENT_TIMEOUT_SECS: platforms SIGKILL long before that.
+    if tokio::time::timeout(POOL_CLOSE_LIMIT, state.db.close()).await.is_err() {
+        tracing::warn!("database connections still busy at exit; their queries are abandoned");
+    }
     tracing::info!("shutdown complete");
 }
 
@@ -307,11 +354,15 @@ fn note_connection_error(error: &(dyn std::error::Error + 'static), peer: Socket
     metrics::counter!("http_parse_errors_total", "reason" => reason).increment(1);
 }
 
+/// How long closing the pool may take once the drain is over.
+const POOL_CLOSE_LIMIT: Duration = Duration::from_millis(500);
+
 /// An idle keep-alive connection is closed after this long without a request: long enough
 /// that clients' pools rarely pick a connection just as it closes (nginx's default too).
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(75);
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+const H2_MAX_STREAMS: u32 = 100;
 /// While accept keeps failing (out of file descriptors: ~50 times a second), one line per interval.
 const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -345,6 +396,10 @@ struct Activity {
     started: Instant,
     /// Requests whose head has arrived and whose response is not finished yet.
     in_flight: AtomicUsize,
+    /// The responses being written, by id: since when (ms) each has waited for the client to
+    /// take its last frame, or [`NEVER`] while it waits for the service to make the next one.
+    responses: Mutex<Vec<(u64, u64)>>,
+    next_response: AtomicU64,
     /// Milliseconds since `started` when the head being read began ([`NEVER`]: none is).
     head_since: AtomicU64,
     /// Milliseconds since `started` when the connection last became idle.
@@ -360,6 +415,8 @@ impl Activity {
         Activity {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            responses: Mutex::new(Vec::new()),
+            next_response: AtomicU64::new(0),
             // The first request head is due from the moment of accept, whatever the protocol.
             head_since: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
@@ -385,30 +442,47 @@ impl Activity {
         }
     }
 
-    /// When the connection must close, or `None` while requests are in flight.
-    fn deadline(&self, header_timeout: Duration) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let at = |ms: u64| self.started + Duration::from_millis(ms);
-        Some(match self.head_since.load(Ordering::Acquire) {
-            NEVER => at(self.idle_since.load(Ordering::Acquire)) + KEEP_ALIVE_IDLE,
-            since => at(since) + header_timeout,
-        })
+    fn responses(&self) -> MutexGuard<'_, Vec<(u64, u64)>> {
+        self.responses.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Completes when the connection has been silent, half-open or idle for too long.
+    /// Sets since when response `id` has waited for the client ([`NEVER`]: it does not).
+    fn response_waits(&self, id: u64, since: u64) {
+        if let Some(response) = self.responses().iter_mut().find(|r| r.0 == id) {
+            response.1 = since;
+        }
+    }
+
+    /// When the connection must close (or, while requests are in flight and every response
+    /// makes progress, when to look again). A response the client does not take within
+    /// `header_timeout` — a socket nobody reads, an HTTP/2 stream with a zero window — closes
+    /// the connection: hyper stops polling such a body, so nothing else would ever end it.
+    fn deadline(&self, header_timeout: Duration) -> Instant {
+        let at = |ms: u64| self.started + Duration::from_millis(ms);
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            // Handlers still running are bounded by the request timeout.
+            return match self.responses().iter().map(|r| r.1).min() {
+                Some(since) if since != NEVER => at(since) + header_timeout,
+                _ => Instant::now() + header_timeout,
+            };
+        }
+        match self.head_since.load(Ordering::Acquire) {
+            NEVER => at(self.idle_since.load(Ordering::Acquire)) + KEEP_ALIVE_IDLE,
+            since => at(since) + header_timeout,
+        }
+    }
+
+    /// Completes when the connection has been silent, half-open, idle or not reading a
+    /// response for too long.
     async fn expired(&self, header_timeout: Duration) {
         // One timer for the connection, moved when the deadline does: cheaper than a new one
-        // registered, and the old one dropped, twice a request.
+        // registered, and the old one dropped, twice a request. No wake-up per response frame:
+        // while requests are in flight the timer looks at their progress every `header_timeout`.
         let timer = tokio::time::sleep(Duration::MAX);
         let mut timer = std::pin::pin!(timer);
         loop {
             let changed = self.changed.notified();
-            let Some(deadline) = self.deadline(header_timeout) else {
-                changed.await;
-                continue;
-            };
+            let deadline = self.deadline(header_timeout);
             if deadline <= Instant::now() {
                 return;
             }
@@ -447,10 +521,31 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted in flight until hyper is done with it.
+/// A response body that keeps its request counted in flight until hyper is done with it, and
+/// tells the connection's [`Activity`] whether it waits for the client or for the service.
 struct TrackedBody {
     body: Body,
-    _in_flight: InFlight,
+    id: u64,
+    in_flight: InFlight,
+}
+
+impl TrackedBody {
+    fn new(body: Body, in_flight: InFlight) -> TrackedBody {
+        let activity = &in_flight.0;
+        let id = activity.next_response.fetch_add(1, Ordering::Relaxed);
+        // The head is there for hyper to write: from now on it waits for the client.
+        activity.responses().push((id, activity.now_ms()));
+        TrackedBody { body, id, in_flight }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        let mut responses = self.in_flight.0.responses();
+        if let Some(at) = responses.iter().position(|r| r.0 == self.id) {
+            responses.swap_remove(at);
+        }
+    }
 }
 
 impl HttpBody for TrackedBody {
@@ -461,7 +556,15 @@ impl HttpBody for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let activity = &self.in_flight.0;
+        match &polled {
+            // hyper asks for the next frame once this one is written: until then, the client's turn.
+            Poll::Ready(Some(_)) => activity.response_waits(self.id, activity.now_ms()),
+            Poll::Pending => activity.response_waits(self.id, NEVER),
+            Poll::Ready(None) => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -7,7 +7,7 @@ use redis::aio::ConnectionManager;
 
 use crate::auth::Auth;
 use crate::config::{AppEnv, Config};
-use crate::db::{Db, PoolerGate, Schema};
+use crate::db::{Db, PoolerGate, Schema, SharedPing};
 use crate::error::ApiError;
 // example-domain:begin
 use crate::invoices::events::{self, EventHub};
@@ -34,6 +34,8 @@ pub struct AppStateInner {
     /// The connection `/readyz` uses, kept apart from the request pool (see `Db::connect_serving`);
     /// `None` when the budget is one connection and readiness shares it.
     pub readiness_db: Option<Db>,
+    /// The database check of `/readyz`, shared by concurrent calls.
+    pub readiness_ping: SharedPing,
     /// Present when `REDIS_URL` is set; reconnects by itself.
     pub redis: Option<ConnectionManager>,
     pub auth: Arc<Auth>,
@@ -91,6 +93,7 @@ impl AppState {
             redis,
             db,
             readiness_db,
+            readiness_ping: SharedPing::default(),
             pooler_gate: PoolerGate::default(),
             schema: Arc::new(RwLock::new(Schema::Error)),
             config,

@@ -196,10 +196,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::input::read_object;
+    use crate::input::read_body;
 
     fn signup(email: &str, password: &str) -> Result<NewAccount, ApiError> {
-        read_object(json!({"email": email, "password": password}))
+        read_body(json!({"email": email, "password": password}).to_string().as_bytes())
     }
 
     #[test]

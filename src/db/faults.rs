@@ -32,8 +32,8 @@ pub const POOLER_FIX: &str = "DATABASE_URL goes through a transaction pooler tha
 /// Closed while the database is reached through a transaction pooler that mixes up prepared
 /// statements: a statement bound on another client's session can run that client's query with
 /// these arguments. While closed, handlers answer 503 before any query (`AppState::database`)
-/// and `/readyz` fails, instead of risking a wrong answer. Closed by the start-up diagnosis,
-/// which rechecks until the pooler is fixed.
+/// and `/readyz` fails, instead of risking a wrong answer. On PostgreSQL it starts closed and
+/// opens when a diagnosis finds the pooler safe (rechecked until one does: `server.rs`).
 #[derive(Clone, Debug, Default)]
 pub struct PoolerGate(Arc<AtomicBool>);
 
@@ -131,6 +131,9 @@ pub fn describe(error: &sqlx::Error) -> String {
                 "57P03" => "the database is starting up or shutting down",
                 "57P01" | "57P02" => "the database is shutting down",
                 "3D000" => "no such database",
+                // SQLite's NOTADB and CANTOPEN: DATABASE_URL names the wrong file.
+                "26" => "the file is not a SQLite database",
+                "14" => "the database file cannot be opened (a directory, or no permission)",
                 _ => "the database refused",
             };
             format!("{what}: {} (SQLSTATE {code})", e.message())

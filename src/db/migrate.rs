@@ -5,6 +5,7 @@
 //! so a release step never hangs.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -39,8 +40,10 @@ pub enum MigrationError {
     Failed { file: String, error: String },
     #[error("{0}")]
     Migrate(MigrateError),
-    #[error("the database is unreachable: {0}")]
+    #[error("{}", describe_database_error(.0))]
     Database(#[from] sqlx::Error),
+    #[error("cannot open the migration lock file {0}")]
+    LockFile(String),
     #[error(
         "another process has held the migration lock for {wait} s{holder}. If no migration is running, \
          a transaction pooler kept the lock of an earlier run: run migrations over a direct connection \
@@ -51,6 +54,15 @@ pub enum MigrationError {
     /// `revert` cannot undo this: no `.down.sql`, or a migration this binary does not know.
     #[error("cannot revert {0}")]
     Irreversible(String),
+}
+
+/// "Unreachable" only when it is: a file that is not a database says so instead.
+fn describe_database_error(error: &sqlx::Error) -> String {
+    let described = super::faults::describe(error);
+    match super::faults::classify(error) {
+        super::faults::Fault::Unavailable => format!("the database is unreachable: {described}"),
+        _ => format!("the database failed: {described}"),
+    }
 }
 
 impl MigrationError {
@@ -167,50 +179,32 @@ impl Db {
 
     /// Undoes the latest applied migration, or every one above `to`, newest first, with their
     /// down migrations; returns what it reverted. Refuses, before changing anything, when one
-    /// of them has no `.down.sql` or is unknown to this binary.
+    /// of them has no `.down.sql` or is unknown to this binary. What is applied is read under
+    /// the migration lock: a `migrate` that finished while this one waited is what it sees.
     pub async fn revert(&self, to: Option<i64>) -> Result<Vec<(i64, String)>, MigrationError> {
-        let applied = self.applied().await?;
-        let target = match to {
-            Some(version) => version,
-            // The latest one alone: everything above the one before it.
-            None => applied.keys().rev().nth(1).copied().unwrap_or(0),
-        };
-        let reverting: Vec<i64> = applied.keys().rev().copied().filter(|v| *v > target).collect();
-        for version in &reverting {
-            let known = MIGRATOR.iter().any(|m| m.version == *version);
-            let down = MIGRATOR
-                .iter()
-                .any(|m| m.version == *version && m.migration_type.is_down_migration());
-            if !known {
-                return Err(MigrationError::Irreversible(format!(
-                    "{version}: this binary does not know it; revert it with the release that applied it"
-                )));
-            }
-            if !down {
-                return Err(MigrationError::Irreversible(format!(
-                    "{}: it has no down migration ({version}_<name>.down.sql)",
-                    file_name(&MIGRATOR, *version)
-                )));
-            }
-        }
         let fail = |e| MigrationError::from_migrate(e, &MIGRATOR);
         match self {
             Db::Sqlite(pool, _) => {
                 let _lock = SqliteLock::take(self).await?;
+                let applied = self.applied().await?;
+                let (target, reverting) = plan_revert(&applied, to)?;
                 MIGRATOR.undo(pool, target).await.map_err(fail)?;
+                Ok(reverting)
             }
             Db::Postgres(pool) => {
                 let mut conn = pool.acquire().await?;
                 take_lock(&mut conn).await?;
-                let result = MIGRATOR.undo(&mut *conn, target).await.map_err(fail);
+                let result = async {
+                    let applied = applied_postgres(&mut conn).await?;
+                    let (target, reverting) = plan_revert(&applied, to)?;
+                    MIGRATOR.undo(&mut *conn, target).await.map_err(fail)?;
+                    Ok(reverting)
+                }
+                .await;
                 release_lock(&mut conn).await;
-                result?;
+                result
             }
         }
-        Ok(reverting
-            .into_iter()
-            .map(|v| (v, applied.get(&v).map(|a| a.description.clone()).unwrap_or_default()))
-            .collect())
     }
 
     /// The successfully applied migrations the database records; none when the table does
@@ -225,6 +219,36 @@ impl Db {
             }
         }
     }
+}
+
+/// What `revert` undoes: every applied migration above the target (`to`, or the one before
+/// the latest), newest first, each known to this binary and with a down migration.
+fn plan_revert(applied: &BTreeMap<i64, Applied>, to: Option<i64>) -> Result<(i64, Vec<(i64, String)>), MigrationError> {
+    let target = match to {
+        Some(version) => version,
+        // The latest one alone: everything above the one before it.
+        None => applied.keys().rev().nth(1).copied().unwrap_or(0),
+    };
+    let mut reverting = Vec::new();
+    for (version, migration) in applied.range((Bound::Excluded(target), Bound::Unbounded)).rev() {
+        let known = MIGRATOR.iter().any(|m| m.version == *version);
+        let down = MIGRATOR
+            .iter()
+            .any(|m| m.version == *version && m.migration_type.is_down_migration());
+        if !known {
+            return Err(MigrationError::Irreversible(format!(
+                "{version}: this binary does not know it; revert it with the release that applied it"
+            )));
+        }
+        if !down {
+            return Err(MigrationError::Irreversible(format!(
+                "{}: it has no down migration ({version}_<name>.down.sql)",
+                file_name(&MIGRATOR, *version)
+            )));
+        }
+        reverting.push((*version, migration.description.clone()));
+    }
+    Ok((target, reverting))
 }
 
 /// [`Db::applied`] on a given connection: the one holding the migration lock, as a pool of
@@ -370,19 +394,20 @@ impl SqliteLock {
         path.push("-migrate.lock");
         let path = PathBuf::from(path);
         if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(folder).map_err(sqlx::Error::Io)?;
+            std::fs::create_dir_all(folder)
+                .map_err(|e| MigrationError::LockFile(format!("{}: {e}", folder.display())))?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(sqlx::Error::Io)?;
+        // Never through a symbolic link: whoever can write the folder could otherwise make
+        // this create or truncate a file elsewhere.
+        let file = std::os::unix::fs::OpenOptionsExt::custom_flags(
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true),
+            libc::O_NOFOLLOW,
+        )
+        .open(&path)
+        .map_err(|e| MigrationError::LockFile(format!("{}: {e}", path.display())))?;
         let started = Instant::now();
         loop {
-            use std::os::fd::AsRawFd;
-            // SAFETY: flock on a descriptor this function owns; no memory is involved.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            if file.try_lock().is_ok() {
                 return Ok(SqliteLock { _file: Some(file) });
             }
             if started.elapsed() >= LOCK_WAIT {

@@ -129,6 +129,31 @@ impl Db {
     }
 }
 
+/// `/readyz`'s database check: one ping at a time, whose answer every caller that waited for
+/// it shares. A flood of probes then costs one query per round trip, instead of queueing for
+/// the readiness connection until the 2 s bound makes a healthy database look down.
+#[derive(Default)]
+pub struct SharedPing(tokio::sync::Mutex<Option<(std::time::Instant, Result<Duration, String>)>>);
+
+impl SharedPing {
+    /// The latency of a ping that ended after this call began, or why it failed.
+    pub async fn ping(&self, db: &Db, limit: Duration) -> Result<Duration, String> {
+        let asked = std::time::Instant::now();
+        let mut last = self.0.lock().await;
+        if let Some((answered, result)) = &*last
+            && *answered >= asked
+        {
+            return result.clone();
+        }
+        let result = db.ping(limit).await.map_err(|e| faults::describe(&e));
+        if let Err(error) = &result {
+            tracing::warn!(%error, "readiness: database check failed");
+        }
+        *last = Some((std::time::Instant::now(), result.clone()));
+        result
+    }
+}
+
 /// Whether `config` names a SQLite file that does not exist yet (which connecting would create).
 pub fn sqlite_file_missing(config: &DatabaseConfig) -> bool {
     config.is_sqlite()

@@ -115,38 +115,69 @@ async fn show_statement_timeout(conn: &mut PgConnection) -> Result<String, Strin
     row.try_get::<String, _>(0).map_err(|e| e.to_string())
 }
 
-/// A transaction pooler hands a connection's next statement to whichever server session is
-/// free, the one released last first (PgBouncer's default). So: `a` prepares a statement on
-/// some session, `b` opens a transaction (and so takes that session), and `a` goes on. Moved
-/// to another session means transaction pooling; the prepared statement still answering there
-/// means the pooler carries prepared statements (PgBouncer 1.21+). A session pooler or the
-/// database itself keeps `a` on its session whatever `b` does.
+/// Connections the probe holds in a transaction at most, beside `a`.
+const HOLDERS: usize = 4;
+
+/// Whether a connection keeps one server session (PostgreSQL itself, a session pooler) or its
+/// statements move between sessions (a transaction pooler), and if so whether named prepared
+/// statements move with them (PgBouncer 1.21+ with `max_prepared_statements`).
+///
+/// `a` notes its session, then other connections ("holders") each open a transaction, which
+/// under a transaction pooler keeps a server session to itself until it ends. A session pooler
+/// or the database never lets another connection have `a`'s session, nor moves `a`. So: a
+/// holder given `a`'s session, or `a` answering from another one (or not at all, every session
+/// being held), is a transaction pooler, whatever other clients of the pooler do meanwhile;
+/// `a` on its own session after every holder is a session pooler. A holder's own session
+/// stays taken until the probe ends, so `a`'s statement then runs elsewhere and shows whether
+/// its prepared statement followed.
 async fn probe_pooling(options: &PgConnectOptions, a: &mut PgConnection) -> Result<Pooling, String> {
     let first = backend_pid(a).await?;
-    // Failing already is a pooler reusing a session where another client left a statement of
-    // the same name; unless `a` turns out to keep its session, that is the answer.
-    let prepared = prepared_backend_pid(a).await;
-    let mut b = step(PgConnection::connect_with(options)).await?;
-    // A session pooler with every server session taken queues `b`: not a transaction pooler.
-    if step(sqlx::raw_sql("BEGIN").execute(&mut b)).await.is_err() {
-        return prepared.map(|_| Pooling::Session);
+    match prepared_backend_pid(a).await {
+        Ok(_) => {}
+        // On a fresh connection, a statement missing or "already existing" (another client's
+        // of the same name) can only mean `a` was moved between sessions.
+        Err(Prepared::Lost) => {
+            return Ok(Pooling::Transaction {
+                prepared_statements: false,
+            });
+        }
+        Err(Prepared::Failed(reason)) => return Err(reason),
     }
-    let b_pid = backend_pid(&mut b).await?;
-    // `a` waiting while `b` holds the only free session is a transaction pooler too.
-    let moved = match backend_pid(a).await {
-        Ok(second) => second != first || b_pid == first || prepared.as_ref().is_ok_and(|p| *p == b_pid),
-        Err(_) => true,
-    };
-    let pooling = if moved {
-        // Named statements, as the pool uses them: prepared on the session `b` now holds.
-        let prepared_statements = prepared.is_ok() && prepared_backend_pid(a).await.is_ok();
-        Pooling::Transaction { prepared_statements }
-    } else {
-        prepared?;
-        Pooling::Session
-    };
-    let _ = step(sqlx::raw_sql("ROLLBACK").execute(&mut b)).await;
-    let _ = b.close().await;
+    let mut holders = Vec::with_capacity(HOLDERS);
+    let mut pooling = Pooling::Session;
+    for _ in 0..HOLDERS {
+        let mut holder = step(PgConnection::connect_with(options)).await?;
+        // A session pooler with every server session taken queues `holder`: not a transaction pooler.
+        if step(sqlx::raw_sql("BEGIN").execute(&mut holder)).await.is_err() {
+            break;
+        }
+        let held = backend_pid(&mut holder).await;
+        holders.push(holder);
+        let held_first = held? == first;
+        match prepared_backend_pid(a).await {
+            Ok(pid) if pid == first && !held_first => continue,
+            // Run on another session, with the statement it prepared: carried by the pooler.
+            Ok(pid) if pid != first => {
+                pooling = Pooling::Transaction {
+                    prepared_statements: true,
+                };
+            }
+            // `a`'s session is held, yet `a` answered from it: impossible for any pooler.
+            Ok(_) => return Err("the probe found one server session in two connections".to_owned()),
+            // Lost, or waiting while every session is held: a transaction pooler, and one
+            // that cannot be trusted with prepared statements.
+            Err(_) => {
+                pooling = Pooling::Transaction {
+                    prepared_statements: false,
+                }
+            }
+        }
+        break;
+    }
+    for mut holder in holders {
+        let _ = step(sqlx::raw_sql("ROLLBACK").execute(&mut holder)).await;
+        let _ = holder.close().await;
+    }
     Ok(pooling)
 }
 
@@ -155,14 +186,28 @@ async fn backend_pid(conn: &mut PgConnection) -> Result<i32, String> {
     row.try_get::<i32, _>(0).map_err(|e| e.to_string())
 }
 
-/// The same, through a named prepared statement. A pooler that loses it fails here (or binds
-/// another client's statement of the same name, which the value check catches).
-async fn prepared_backend_pid(conn: &mut PgConnection) -> Result<i32, String> {
+/// Why a prepared statement did not answer.
+enum Prepared {
+    /// The pooler lost it, or bound another client's statement of the same name.
+    Lost,
+    /// Anything else (unreachable, no answer in time).
+    Failed(String),
+}
+
+/// The server session's pid, through a named prepared statement (sqlx prepares it on first use
+/// and binds it by name after). A pooler that loses it fails here, or binds another client's
+/// statement of the same name, which the value check catches.
+async fn prepared_backend_pid(conn: &mut PgConnection) -> Result<i32, Prepared> {
     let marker = 7_340_033;
     let query = sqlx::query_as::<_, (i32, i32)>("SELECT pg_backend_pid(), $1::int4").bind(marker);
-    match step(query.fetch_one(&mut *conn)).await? {
-        (pid, echoed) if echoed == marker => Ok(pid),
-        _ => Err("a prepared statement answered another query".to_owned()),
+    match tokio::time::timeout(STEP, query.fetch_one(&mut *conn)).await {
+        Ok(Ok((pid, echoed))) if echoed == marker => Ok(pid),
+        Ok(Ok(_)) => Err(Prepared::Lost),
+        Ok(Err(e)) if super::faults::classify(&e) == super::faults::Fault::PoolerWithoutPreparedStatements => {
+            Err(Prepared::Lost)
+        }
+        Ok(Err(e)) => Err(Prepared::Failed(super::faults::describe(&e))),
+        Err(_) => Err(Prepared::Failed(format!("no answer within {} s", STEP.as_secs()))),
     }
 }
 

@@ -106,7 +106,7 @@ async fn redis_status(state: &AppState) -> &'static str {
 }
 
 /// Readiness: the database answers within 2 s, has the migrations this binary needs, and the
-/// server is not draining.
+/// server is not draining. Concurrent calls share one database check.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, body = Readiness, description = "ready to take traffic"),
     (status = 503, body = Readiness, description = "database unreachable, migrations pending, or shutting down"),
@@ -120,18 +120,15 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
             latency_ms: None,
         }
     } else {
-        match state.health_db().ping(READINESS_DB_TIMEOUT).await {
+        match state.readiness_ping.ping(state.health_db(), READINESS_DB_TIMEOUT).await {
             Ok(latency) => DatabaseCheck {
                 status: "ok",
                 latency_ms: Some(latency.as_micros() as f64 / 1000.0),
             },
-            Err(error) => {
-                tracing::warn!(%error, "readiness: database check failed");
-                DatabaseCheck {
-                    status: "error",
-                    latency_ms: None,
-                }
-            }
+            Err(_) => DatabaseCheck {
+                status: "error",
+                latency_ms: None,
+            },
         }
     };
     let schema = state.schema();

@@ -40,12 +40,17 @@ pub fn base_document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// Serves the finished document, serialised once at start.
+/// Serves the finished document, serialised once at start. It changes only with a deploy:
+/// clients and proxies may keep it for a few minutes.
 pub fn router(document: utoipa::openapi::OpenApi) -> Router<AppState> {
     // Serialising plain data structures cannot fail; an empty object would show it if it did.
     let body = Bytes::from(document.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
+    let headers = [
+        (header::CONTENT_TYPE, "application/json"),
+        (header::CACHE_CONTROL, "public, max-age=300"),
+    ];
     Router::new().route(
         "/openapi.json",
-        get(move || std::future::ready(([(header::CONTENT_TYPE, "application/json")], body.clone()))),
+        get(move || std::future::ready((headers, body.clone()))),
     )
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorBody, JsonBodyErrors};
 use crate::extract;
-use crate::input::{Fields, FromJson, Text};
+use crate::input::{self, Fields, FromJson, Text};
 use crate::input_field;
 use crate::invoices::input::AmountCents;
 use crate::invoices::store::{self, Payment, Recorded};
@@ -146,7 +146,7 @@ pub async fn payment_webhook(
     if !extract::has_json_content_type(&headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let event: PaymentEvent = extract::read_json(&body)?;
+    let event: PaymentEvent = input::read_body(&body)?;
     let invoice_id = Uuid::parse_str(&event.invoice_id).map_err(|_| ApiError::NotFound)?;
     let payment = Payment {
         event_id: &event.event_id.0,

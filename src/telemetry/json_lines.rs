@@ -8,6 +8,9 @@
 //!
 //! A span's fields are formatted once, by [`JsonFields`], when the span is made or recorded
 //! into; each line then copies that text.
+//!
+//! Every text value is cut at [`MAX_VALUE_BYTES`] and marked [`CUT_MARK`], so no line grows
+//! with what a client sent (a 400 kB HTTP method, a header) and the log queue stays bounded.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write};
@@ -22,6 +25,11 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
+
+/// Longest text value written, in bytes (before escaping); longer ones are cut.
+pub const MAX_VALUE_BYTES: usize = 2048;
+/// Ends a value that was cut.
+pub const CUT_MARK: &str = "…[cut]";
 
 pub struct JsonLines;
 
@@ -240,7 +248,9 @@ impl<W: Write> Visit for Fields<'_, W> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.field(field, |w| {
             w.write_char('"')?;
-            write!(Escaped(w), "{value:?}")?;
+            let mut value_writer = Cut::new(Escaped(w));
+            write!(value_writer, "{value:?}")?;
+            value_writer.finish()?;
             w.write_char('"')
         });
     }
@@ -248,8 +258,51 @@ impl<W: Write> Visit for Fields<'_, W> {
 
 fn write_string(writer: &mut impl Write, value: &str) -> fmt::Result {
     writer.write_char('"')?;
-    Escaped(&mut *writer).write_str(value)?;
+    let mut value_writer = Cut::new(Escaped(&mut *writer));
+    value_writer.write_str(value)?;
+    value_writer.finish()?;
     writer.write_char('"')
+}
+
+/// Passes on the first [`MAX_VALUE_BYTES`] of a value (at a character boundary) and drops the
+/// rest; [`Cut::finish`] then marks a value that was cut.
+struct Cut<W: Write> {
+    inner: W,
+    left: usize,
+    cut: bool,
+}
+
+impl<W: Write> Cut<W> {
+    fn new(inner: W) -> Cut<W> {
+        Cut {
+            inner,
+            left: MAX_VALUE_BYTES,
+            cut: false,
+        }
+    }
+
+    fn finish(mut self) -> fmt::Result {
+        if self.cut {
+            self.inner.write_str(CUT_MARK)?;
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Write for Cut<W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if s.len() <= self.left {
+            self.left -= s.len();
+            return self.inner.write_str(s);
+        }
+        self.cut = true;
+        let mut end = self.left;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.left = 0;
+        self.inner.write_str(&s[..end])
+    }
 }
 
 /// Escapes what JSON requires inside a string: quotes, backslashes and control characters.
@@ -386,6 +439,25 @@ mod tests {
         let parsed = OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339);
         assert!(parsed.is_ok(), "{timestamp}");
         assert_eq!(timestamp.len(), "2026-11-22T03:25:28.206935Z".len(), "{timestamp}");
+    }
+
+    #[test]
+    fn long_values_are_cut_at_a_character_boundary_and_marked() {
+        let long = "é".repeat(MAX_VALUE_BYTES);
+        let text = line(|| tracing::info!(method = long.as_str(), detail = ?long, "{long}"));
+        let json = parse(&text);
+        for key in ["method", "detail", "message"] {
+            let value = json[key].as_str().unwrap_or_default();
+            assert!(value.ends_with(CUT_MARK), "{key}: {value}");
+            assert!(
+                value.len() <= MAX_VALUE_BYTES + CUT_MARK.len() + 2,
+                "{key}: {} bytes",
+                value.len()
+            );
+        }
+        let short = line(|| tracing::info!(method = "GET", "fine"));
+        assert_eq!(parse(&short)["method"], "GET");
+        assert!(!short.contains(CUT_MARK));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod pretty;
 pub mod sentry;
 pub mod throttle;
+pub mod writer;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
@@ -18,7 +19,6 @@ use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::Response;
 use tower::Service;
 use tracing::Dispatch;
-use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -28,30 +28,38 @@ use crate::security::client_ip::{self, ClientIp};
 use crate::state::AppState;
 use crate::{error, static_files};
 
+/// The longest method a request line shows: the standard ones are at most 7 bytes, WebDAV's
+/// 17; hyper accepts any length.
+const MAX_METHOD_BYTES: usize = 24;
+
+/// `text` up to `max` bytes (at a character boundary); a longer one is cut and marked
+/// `…[cut]`, so what a client sends cannot lengthen a log line without bound.
+pub fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{}", &text[..end], json_lines::CUT_MARK))
+}
+
 /// A `HeaderName`, not a `&str`: inserting by string copies the name into a new allocation.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Lines waiting for the writer thread; past this, logging waits rather than drop lines or
-/// let a backlog grow the heap (the default, 128,000 lines, is tens of megabytes).
-const LOG_QUEUE_LINES: usize = 8192;
-
-/// Installs the global subscriber. Lines are written by a background thread so a slow stdout
-/// never stalls a request; keep the guard alive until exit so the last lines are flushed.
-pub fn init(config: &Config) -> WorkerGuard {
-    // The writer thread flushes whenever its queue is empty, so under load the buffer turns
-    // one write(2) per line into one per batch, and a quiet server still logs at once.
-    let stdout = std::io::BufWriter::new(std::io::stdout());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .finish(stdout);
+/// Installs the global subscriber. Lines are written by a background thread, so a slow stdout
+/// never stalls a request (see [`writer`]); keep the guard alive until exit so the last lines
+/// are written.
+pub fn init(config: &Config) -> std::io::Result<writer::LogGuard> {
+    let (writer, guard) = writer::spawn(std::io::stdout())?;
     // Colour codes only for a terminal; a log file or collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let subscriber = subscriber(config.log_format, &config.log_filter, writer, ansi);
     if let Err(e) = tracing_subscriber::util::SubscriberInitExt::try_init(subscriber) {
         eprintln!("logging was already set up: {e}");
     }
-    guard
+    Ok(guard)
 }
 
 /// The subscriber [`init`] installs, writing to `writer`: public so tests can capture exactly
@@ -222,7 +230,8 @@ impl Middleware for Observe {
             let latency_ms = elapsed.as_micros() as f64 / 1000.0;
             // Platform probes hit health routes every few seconds; their successes would drown the log.
             // Text fields as `&str`: the line copies them, where `%value` would run `Display`.
-            let (request_id, method) = (id.as_str(), method.as_str());
+            let method_text = cut(method.as_str(), MAX_METHOD_BYTES);
+            let (request_id, method) = (id.as_str(), method_text.as_ref());
             if status == 200 && (route == "/healthz" || route == "/readyz") {
                 tracing::debug!(target: "http", request_id, method, route, status, latency_ms, client_ip = %ip, "request");
             } else {

@@ -1,0 +1,232 @@
+//! Where log lines go: a queue in memory, bounded in bytes, and one thread that writes it to
+//! stdout. Logging never waits: when stdout does not keep up (a pipe nobody reads, a stalled
+//! collector) and the queue is full, a line is dropped and counted (`log_lines_dropped_total`),
+//! and the writer says how many once it has caught up. tracing-appender's writer bounds its
+//! queue in lines, whatever their size, and when full either blocks every thread that logs
+//! (the Tokio workers included) or drops without a metric: hence this small one.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Bytes of lines waiting for the writer thread; past this, new lines are dropped. About 30,000
+/// request lines: seconds of the benchmark's request rate, while a stalled stdout costs at
+/// most this much memory.
+pub const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
+/// Dropped lines are reported at most this often.
+const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+/// How long the last lines may take to be written at exit.
+const FLUSH_AT_EXIT: Duration = Duration::from_secs(1);
+
+enum Message {
+    Line(Vec<u8>),
+    Shutdown,
+}
+
+struct Queue {
+    sender: Sender<Message>,
+    queued_bytes: AtomicUsize,
+    dropped: AtomicU64,
+}
+
+/// The [`MakeWriter`] the subscriber writes each formatted line to.
+#[derive(Clone)]
+pub struct LogWriter(Arc<Queue>);
+
+/// Keeps the writer thread; dropping it writes out what is queued (for at most a second).
+pub struct LogGuard {
+    queue: Arc<Queue>,
+    done: Receiver<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Starts the writer thread over `out`.
+pub fn spawn(out: impl Write + Send + 'static) -> io::Result<(LogWriter, LogGuard)> {
+    let (sender, receiver) = mpsc::channel();
+    let queue = Arc::new(Queue {
+        sender,
+        queued_bytes: AtomicUsize::new(0),
+        dropped: AtomicU64::new(0),
+    });
+    let (done_sender, done) = mpsc::channel();
+    let thread = std::thread::Builder::new().name("log-writer".to_owned()).spawn({
+        let queue = queue.clone();
+        move || {
+            write_lines(&queue, &receiver, out);
+            let _ = done_sender.send(());
+        }
+    })?;
+    let guard = LogGuard {
+        queue: queue.clone(),
+        done,
+        thread: Some(thread),
+    };
+    Ok((LogWriter(queue), guard))
+}
+
+/// The writer thread: writes lines as they come, flushing whenever the queue is empty (so under
+/// load one write(2) carries many lines, and a quiet server still logs at once).
+fn write_lines(queue: &Queue, receiver: &Receiver<Message>, out: impl Write) {
+    let mut out = io::BufWriter::new(out);
+    let mut reported = 0;
+    let mut last_report: Option<Instant> = None;
+    loop {
+        let message = match receiver.try_recv() {
+            Ok(message) => message,
+            Err(TryRecvError::Empty) => {
+                let _ = out.flush();
+                // Caught up: a good moment to say what was lost (the line itself queues as usual).
+                let dropped = queue.dropped.load(Ordering::Relaxed);
+                if dropped > reported && last_report.is_none_or(|at| at.elapsed() >= DROP_REPORT_INTERVAL) {
+                    tracing::warn!(
+                        dropped_total = dropped,
+                        "log lines were dropped: stdout did not keep up (log_lines_dropped_total counts them)"
+                    );
+                    reported = dropped;
+                    last_report = Some(Instant::now());
+                }
+                match receiver.recv() {
+                    Ok(message) => message,
+                    Err(_) => break,
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
+        match message {
+            Message::Line(line) => {
+                let _ = out.write_all(&line);
+                queue.queued_bytes.fetch_sub(line.len(), Ordering::Relaxed);
+            }
+            Message::Shutdown => break,
+        }
+    }
+    let _ = out.flush();
+}
+
+impl Queue {
+    fn push(&self, line: &[u8]) {
+        let size = line.len();
+        if self.queued_bytes.fetch_add(size, Ordering::Relaxed) + size > MAX_QUEUED_BYTES {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("log_lines_dropped_total").increment(1);
+            return;
+        }
+        if self.sender.send(Message::Line(line.to_vec())).is_err() {
+            // The writer thread is gone (exit): nothing will write the line.
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One line's writer: tracing-subscriber formats a whole line, then writes it in one call.
+pub struct LineWriter<'a>(&'a Queue);
+
+impl Write for LineWriter<'_> {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        self.0.push(line);
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = LineWriter<'a>;
+
+    fn make_writer(&'a self) -> LineWriter<'a> {
+        LineWriter(&self.0)
+    }
+}
+
+impl LogWriter {
+    /// Lines dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.0.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        let _ = self.queue.sender.send(Message::Shutdown);
+        // A stdout nobody reads must not hold up the exit.
+        match self.done.recv_timeout(FLUSH_AT_EXIT) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                if let Some(thread) = self.thread.take() {
+                    let _ = thread.join();
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    /// A sink that takes nothing until it is opened, like a pipe nobody reads.
+    struct Blocked {
+        written: Arc<Mutex<Vec<u8>>>,
+        open: Arc<AtomicBool>,
+    }
+
+    impl Write for Blocked {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            while !self.open.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if let Ok(mut written) = self.written.lock() {
+                written.extend_from_slice(data);
+            }
+            Ok(data.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_blocking_and_a_drained_one_takes_lines_again() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new(AtomicBool::new(false));
+        let sink = Blocked {
+            written: written.clone(),
+            open: open.clone(),
+        };
+        let (writer, guard) = spawn(sink).expect("the writer thread starts");
+        let line = vec![b'x'; 64 * 1024];
+        let lines = MAX_QUEUED_BYTES / line.len() + 10;
+        // Every call returns at once although nothing is written meanwhile.
+        for _ in 0..lines {
+            let _ = writer.make_writer().write(&line);
+        }
+        assert!(writer.dropped() >= 9, "dropped {}", writer.dropped());
+        assert!(writer.0.queued_bytes.load(Ordering::Relaxed) <= MAX_QUEUED_BYTES);
+        open.store(true, Ordering::Release);
+        // Drained, the queue takes lines again.
+        let drained = (0..2000).any(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            writer.0.queued_bytes.load(Ordering::Relaxed) == 0
+        });
+        assert!(drained, "the queue drained once stdout was read");
+        let dropped = writer.dropped();
+        let _ = writer.make_writer().write(b"after\n");
+        assert_eq!(writer.dropped(), dropped);
+        drop(guard);
+        let all = written.lock().map(|w| w.clone()).unwrap_or_default();
+        assert!(all.ends_with(b"after\n"), "the line logged after the drops was written");
+        assert!(all.len() <= MAX_QUEUED_BYTES + 64 * 1024 + 6);
+    }
+}
