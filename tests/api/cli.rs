@@ -210,9 +210,9 @@ fn unreachable_database_with_migrations_on_start_exits_1_with_a_clear_line() {
 }
 
 /// A running server process, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -223,7 +223,7 @@ impl Drop for Server {
     }
 }
 
-fn start_server(env: &[(&str, &str)]) -> Server {
+pub fn start_server(env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let port_text = port.to_string();
@@ -243,7 +243,7 @@ fn start_server(env: &[(&str, &str)]) -> Server {
     server
 }
 
-fn sigterm(child: &Child) {
+pub fn sigterm(child: &Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -251,7 +251,7 @@ fn sigterm(child: &Child) {
     assert!(status.success());
 }
 
-fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {

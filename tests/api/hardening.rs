@@ -3,12 +3,10 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use serde_json::json;
-// example-domain:begin
-use serde_json::Value;
-// example-domain:end
+use serde_json::{Value, json};
+use sqlx::Connection;
 
-use crate::helpers::{Backend, PASSWORD, TestApp, assert_error};
+use crate::helpers::{Backend, PASSWORD, TestApp, assert_error, fresh_postgres_database};
 // example-domain:begin
 use crate::helpers::deliver_webhook;
 use crate::on_both_databases;
@@ -636,5 +634,458 @@ async fn keep_alive_soak_loses_no_request() {
     if let Ok(app) = std::sync::Arc::try_unwrap(app) {
         app.stop().await;
     }
+}
+// example-domain:end
+
+// --- Round three (issue 24) ----------------------------------------------------------------
+
+/// Reads until the server ends the connection (EOF or reset) and returns how many bytes came;
+/// `None` if it is still open after `guard`.
+async fn bytes_until_closed(stream: &mut tokio::net::TcpStream, guard: Duration) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut received = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return received,
+                Ok(n) => received += n,
+            }
+        }
+    };
+    tokio::time::timeout(guard, read_all).await.ok()
+}
+
+// A client that never takes a response held it, and whatever it pinned (a file, memory), for
+// as long as it liked: nothing timed out a write. Over HTTP/2 a zero window did the same for
+// every stream of a connection. Now a response the client does not take within the header
+// timeout closes its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_nobody_reads_close_their_connection_on_http1_and_http2() {
+    let dir = static_folder();
+    let big = 32 * 1024 * 1024;
+    std::fs::write(dir.path().join("big.bin"), vec![7u8; big]).unwrap();
+    let static_dir = dir.path().to_path_buf();
+    let app = TestApp::spawn_with(Backend::Sqlite, move |c| {
+        c.static_dir = static_dir;
+        c.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+
+    // HTTP/1: asks for 32 MiB and reads nothing until the server has had time to give up.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        b"GET /static/big.bin HTTP/1.1\r\nHost: localhost\r\nAccept-Encoding: identity\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let received = bytes_until_closed(&mut stream, Duration::from_secs(20)).await;
+    let received = received.expect("the server closed the connection");
+    assert!(received < big, "cut short: {received} of {big} bytes");
+
+    // HTTP/2: a window of zero on every stream (applied once the server has read the client's
+    // SETTINGS; the large files stall on the connection's window either way), and 50
+    // responses whose heads arrive, their bodies never.
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (mut client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, axum::body::Bytes>(tcp)
+        .await
+        .expect("HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut heads = Vec::new();
+    for n in 0..50 {
+        let path = if n % 10 == 0 { "/static/big.bin" } else { "/healthz" };
+        let request = axum::http::Request::get(format!("http://localhost{path}"))
+            .body(())
+            .unwrap();
+        client = client.ready().await.expect("stream capacity");
+        let (response, _) = client.send_request(request, true).expect("stream opened");
+        heads.push(response);
+    }
+    // Kept, not dropped: dropping one would reset its stream, which ends it properly.
+    let mut unread = Vec::new();
+    for head in heads {
+        let response = head.await.expect("the head arrives");
+        assert_eq!(response.status(), 200);
+        unread.push(response);
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(20), connection).await;
+    assert!(
+        ended.is_ok(),
+        "the server closed the HTTP/2 connection holding 50 unread responses"
+    );
+    app.stop().await;
+}
+
+// A megabyte of short distinct unknown keys answered a 6 MB 422.
+#[tokio::test]
+async fn a_422_stays_small_whatever_the_body() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let mut body = String::from(r#"{"email":"many@example.com","password":"correct horse battery staple""#);
+    let mut count = 0;
+    while body.len() < 1_000_000 {
+        body.push_str(&format!(r#","k{count}":0"#));
+        count += 1;
+    }
+    body.push('}');
+    let response = app
+        .client
+        .post(app.url("/api/v1/auth/signup"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    assert!(text.len() < 4096, "{} bytes", text.len());
+    let json: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["error"]["code"], "validation_failed");
+    assert_eq!(json["error"]["details"].as_array().map(Vec::len), Some(20));
+    let message = json["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&count.to_string()), "says how many: {message}");
+    app.stop().await;
+}
+
+// Repeated keys were merged, the last one winning: a signup naming two emails created the
+// second, a login trying a wrong then the right password succeeded.
+#[tokio::test]
+async fn a_repeated_key_and_a_number_too_large_for_a_float_are_422_naming_the_field() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let email = "twice@example.com";
+    app.signup(email).await;
+    let cases = [
+        (
+            "/api/v1/auth/signup",
+            format!(r#"{{"email":"a@example.com","email":"b@example.com","password":"{PASSWORD}"}}"#),
+            "email",
+        ),
+        (
+            "/api/v1/auth/login",
+            format!(r#"{{"email":"{email}","password":"wrong password here","password":"{PASSWORD}"}}"#),
+            "password",
+        ),
+        (
+            "/api/v1/auth/login",
+            format!(r#"{{"email":1e400,"password":"{PASSWORD}"}}"#),
+            "email",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let response = app
+            .client
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let json = assert_error(response, 422, "validation_failed").await;
+        assert_eq!(json["error"]["details"][0]["field"], field, "{body}");
+    }
+    app.stop().await;
+}
+
+// A 300 kB token was decoded once per key before it was refused.
+#[tokio::test]
+async fn an_oversized_token_is_refused_even_when_signed() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = app.signup("big-token@example.com").await;
+    assert_eq!(app.get("/api/v1/me", Some(&token)).await.status(), 200);
+    // The same user, signed with the same key, but carrying 8 kB of padding.
+    let claims = json!({"sub": app.state.auth.verify_token(&token).unwrap().to_string(),
+        "iat": 0, "exp": 4_000_000_000_i64, "pad": "x".repeat(8192)});
+    let key = jsonwebtoken::EncodingKey::from_secret(crate::helpers::TEST_SECRET.as_bytes());
+    let big = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+    let refused = app.get("/api/v1/me", Some(&big)).await;
+    assert_error(refused, 401, "unauthorized").await;
+    let garbage = format!("{}.{}", "a".repeat(300_000), "b");
+    assert_error(app.get("/api/v1/me", Some(&garbage)).await, 401, "unauthorized").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_may_be_cached_for_a_while() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let response = app.get("/openapi.json", None).await;
+    assert_eq!(response.headers()["cache-control"], "public, max-age=300");
+    app.stop().await;
+}
+
+// One client wrote 134 MB of log in 3 s through 400 kB methods, and with stdout unread the
+// log queue blocked every thread that logged: 9,000 small requests froze the server.
+#[test]
+fn a_log_pipe_nobody_reads_never_blocks_requests_and_lines_stay_short() {
+    let mut server = crate::cli::start_server(&[("LOG_FORMAT", "json"), ("RATE_LIMIT_GLOBAL", "off")]);
+    let port = server.port;
+    let mut long_method = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let method = "X".repeat(64 * 1024);
+    long_method
+        .write_all(format!("{method} /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut status = [0u8; 12];
+    long_method.read_exact(&mut status).unwrap();
+    assert_eq!(&status, b"HTTP/1.1 405");
+    // stdout is a pipe nobody reads: its 64 kB fill after a few hundred lines.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let unanswered = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}/api/v1/nope");
+        let workers = (0..4).map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut unanswered = 0;
+                for _ in 0..2600 {
+                    if client.get(&url).send().await.is_err() {
+                        unanswered += 1;
+                    }
+                }
+                unanswered
+            })
+        });
+        let mut unanswered = 0;
+        for worker in workers {
+            unanswered += worker.await.unwrap_or(1);
+        }
+        let health = client.get(format!("http://127.0.0.1:{port}/healthz")).send().await;
+        unanswered + usize::from(health.map(|r| r.status() != 200).unwrap_or(true))
+    });
+    assert_eq!(unanswered, 0, "every request answered while the log pipe was full");
+    let stdout = server.child.stdout.take().unwrap();
+    crate::cli::sigterm(&server.child);
+    let lines: Vec<String> = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .collect();
+    let longest = lines.iter().map(String::len).max().unwrap_or(0);
+    assert!(longest < 4096, "longest line {longest} bytes");
+    let cut = lines.iter().find(|line| line.contains("\"status\":405"));
+    let cut: Value = serde_json::from_str(cut.expect("the long method's line")).unwrap();
+    let logged_method = cut["method"].as_str().unwrap_or_default();
+    assert!(
+        logged_method.ends_with("…[cut]") && logged_method.len() < 64,
+        "{logged_method}"
+    );
+    assert!(
+        lines
+            .iter()
+            .filter(|line| line.contains("/api/v1/nope") || line.contains("\"status\":404"))
+            .count()
+            > 1000
+    );
+    let _ = crate::cli::wait_with_deadline(&mut server.child, Duration::from_secs(10));
+}
+
+/// `TEST_DATABASE_URL`'s server, or `None` (the harness prints why the test is skipped).
+fn postgres_admin() -> Option<String> {
+    match Backend::postgres() {
+        Some(Backend::Postgres(admin)) => Some(admin),
+        _ => None,
+    }
+}
+
+// A request blocked on a row lock kept the process alive 19 s with SHUTDOWN_TIMEOUT_SECS=3:
+// closing the pool waited for its connection. Platforms SIGKILL at 30 s.
+#[test]
+fn shutdown_does_not_wait_for_a_query_stuck_on_a_lock() {
+    let Some(admin) = postgres_admin() else { return };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let url = runtime.block_on(fresh_postgres_database(&admin));
+    let migrated = crate::cli::run(&["migrate"], &[("DATABASE_URL", &url)]);
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    // Every read of `users` waits for this transaction, for longer than the test lasts.
+    let mut holder = runtime.block_on(async {
+        let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        holder
+    });
+    let mut server = crate::cli::start_server(&[
+        ("DATABASE_URL", &url),
+        ("RUN_MIGRATIONS_ON_START", "false"),
+        ("SHUTDOWN_TIMEOUT_SECS", "2"),
+        ("DATABASE_STATEMENT_TIMEOUT_SECS", "120"),
+    ]);
+    let body = format!(r#"{{"email":"stuck@example.com","password":"{PASSWORD}"}}"#);
+    let mut stuck = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let request = format!(
+        "POST /api/v1/auth/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stuck.write_all(request.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    crate::cli::sigterm(&server.child);
+    let status = crate::cli::wait_with_deadline(&mut server.child, Duration::from_secs(8));
+    assert!(status.success(), "{status:?}");
+    eprintln!(
+        "exit {:?} after SIGTERM with SHUTDOWN_TIMEOUT_SECS=2",
+        started.elapsed()
+    );
+    runtime.block_on(async { sqlx::raw_sql("ROLLBACK").execute(&mut holder).await.unwrap() });
+}
+
+// `migrate revert` read the applied set before it waited for the lock: a `migrate` that
+// finished meanwhile made it undo two migrations while it printed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_decides_what_to_undo_under_its_lock() {
+    let Some(admin) = postgres_admin() else { return };
+    let url = fresh_postgres_database(&admin).await;
+    let env = [("DATABASE_URL", url.as_str())];
+    for args in [&["migrate"][..], &["migrate", "revert"]] {
+        let output = crate::cli::run(args, &env);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    let lock = |sql: &'static str| sqlx::query(sql).bind(0x7368_6970_7368_6170_i64);
+    lock("SELECT pg_advisory_lock($1)").execute(&mut holder).await.unwrap();
+    let revert_url = url.clone();
+    let revert =
+        tokio::task::spawn_blocking(move || crate::cli::run(&["migrate", "revert"], &[("DATABASE_URL", &revert_url)]));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Meanwhile the latest migration is applied again, by a migrator that takes no lock.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::helpers::test_config(&Backend::Sqlite, &dir).await;
+    config.database.url = shipshape::config::SecretUrl::new(&url);
+    let db = shipshape::db::Db::connect_lazy(&config.database).unwrap();
+    let applied = db.migrate_through_transaction_pooler().await.unwrap();
+    assert_eq!(applied.len(), 1);
+    lock("SELECT pg_advisory_unlock($1)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let output = revert.await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let status = crate::cli::run(&["migrate", "status", "--format", "json"], &env);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let pending: Vec<i64> = status["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["state"] == "pending")
+        .filter_map(|m| m["version"].as_i64())
+        .collect();
+    assert_eq!(pending, [applied[0].0], "exactly the latest undone");
+    db.close().await;
+}
+
+// The SQLite migration lock followed a symbolic link and created its target; a file that is
+// not a database was reported as "unreachable".
+#[test]
+fn migrate_says_what_is_wrong_with_the_database_file_and_its_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("elsewhere");
+    std::os::unix::fs::symlink(&target, dir.path().join("app.db-migrate.lock")).unwrap();
+    let url = format!("sqlite://{}/app.db", dir.path().display());
+    let output = crate::cli::run(&["migrate"], &[("DATABASE_URL", &url)]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("migration lock file"), "{stderr}");
+    assert!(!target.exists(), "the link's target was not created");
+
+    std::fs::write(dir.path().join("garbage.db"), vec![0x5a_u8; 8192]).unwrap();
+    let url = format!("sqlite://{}/garbage.db", dir.path().display());
+    let output = crate::cli::run(&["migrate"], &[("DATABASE_URL", &url)]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not a SQLite database") && !stderr.contains("unreachable"),
+        "{stderr}"
+    );
+}
+
+// ~570 concurrent /readyz calls queued for the one readiness connection until the 2 s bound
+// answered 503 to every platform probe, with the database 11 ms away and healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readyz_flood_does_not_make_a_healthy_database_look_down() {
+    let Some(admin) = postgres_admin() else { return };
+    let mut url = url::Url::parse(&fresh_postgres_database(&admin).await).unwrap();
+    let target = tokio::net::lookup_host((
+        url.host_str().unwrap_or("127.0.0.1").to_owned(),
+        url.port().unwrap_or(5432),
+    ))
+    .await
+    .unwrap()
+    .next()
+    .unwrap();
+    let proxy = crate::helpers::TcpProxy::start_with_delay(target, Duration::from_millis(15)).await;
+    url.set_host(Some("127.0.0.1")).unwrap();
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::helpers::test_config(&Backend::Sqlite, &dir).await;
+    config.database.url = shipshape::config::SecretUrl::new(url.as_str());
+    let options = crate::helpers::Options {
+        backend: Backend::Postgres(admin),
+        extra_routes: None,
+    };
+    let app = std::sync::Arc::new(TestApp::start_with_config(options, config, dir).await);
+    assert_eq!(app.get("/readyz", None).await.status(), 200);
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    let flood: Vec<_> = (0..300)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut answered = 0;
+                while tokio::time::Instant::now() < until {
+                    if app.get("/readyz", None).await.status().is_success() {
+                        answered += 1;
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    // The platform's probe meanwhile.
+    let mut probe = Vec::new();
+    while tokio::time::Instant::now() < until {
+        probe.push(app.get("/readyz", None).await.status().as_u16());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut flood_ready = 0;
+    for task in flood {
+        flood_ready += task.await.unwrap();
+    }
+    eprintln!("probe {probe:?}; {flood_ready} flood calls answered ready");
+    assert!(probe.iter().all(|s| *s == 200), "{probe:?}");
+    assert!(flood_ready > 300, "{flood_ready}");
+    if let Ok(app) = std::sync::Arc::try_unwrap(app) {
+        app.stop().await;
+    }
+}
+
+// example-domain:begin
+// 99.99999999999999999 was read as the float 100.0 and stored as 100.
+#[tokio::test]
+async fn an_amount_that_is_not_a_whole_number_is_refused_however_close() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = app.signup("fraction@example.com").await;
+    for amount in ["99.99999999999999999", "100.5", "1e400"] {
+        let body = format!(r#"{{"customer_name":"Ada","amount_cents":{amount},"currency":"EUR"}}"#);
+        let response = post_raw(&app, "/api/v1/invoices", &body, Some(&token)).await;
+        assert_eq!(refused_field(response).await, "amount_cents", "{amount}");
+    }
+    let whole = r#"{"customer_name":"Ada","amount_cents":100.0,"currency":"EUR"}"#;
+    assert_eq!(
+        post_raw(&app, "/api/v1/invoices", whole, Some(&token)).await.status(),
+        201
+    );
+    app.stop().await;
 }
 // example-domain:end

@@ -342,15 +342,22 @@ pub fn free_port() -> u16 {
 pub struct TcpProxy {
     pub addr: SocketAddr,
     target: SocketAddr,
+    delay: Duration,
     tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl TcpProxy {
     pub async fn start(target: SocketAddr) -> TcpProxy {
+        TcpProxy::start_with_delay(target, Duration::ZERO).await
+    }
+
+    /// A server `delay` away: each chunk it sends arrives that much later.
+    pub async fn start_with_delay(target: SocketAddr, delay: Duration) -> TcpProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let proxy = TcpProxy {
             addr: listener.local_addr().expect("addr"),
             target,
+            delay,
             tasks: Default::default(),
         };
         proxy.serve(listener);
@@ -358,14 +365,34 @@ impl TcpProxy {
     }
 
     fn serve(&self, listener: tokio::net::TcpListener) {
-        let target = self.target;
+        let (target, delay) = (self.target, self.delay);
         let tasks = self.tasks.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let pump = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    if delay.is_zero() {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
                     }
+                    let (mut from_client, mut to_client) = inbound.split();
+                    let (mut from_server, mut to_server) = outbound.split();
+                    let upstream = tokio::io::copy(&mut from_client, &mut to_server);
+                    let downstream = async {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = from_server.read(&mut buf).await
+                            && n > 0
+                        {
+                            tokio::time::sleep(delay).await;
+                            if to_client.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let _ = tokio::join!(upstream, downstream);
                 });
                 tasks.lock().unwrap().push(pump);
             }

@@ -287,6 +287,11 @@ fn pgbouncer_version(binary: &str) -> (u32, u32) {
 
 impl PgBouncer {
     pub fn start(admin_url: &str, mode: PoolMode) -> PgBouncer {
+        PgBouncer::start_on(admin_url, mode, free_port())
+    }
+
+    /// On a given port: a pooler that comes up after the service that uses it.
+    pub fn start_on(admin_url: &str, mode: PoolMode, port: u16) -> PgBouncer {
         let binary = pgbouncer_binary();
         let prepared_statements = pgbouncer_version(&binary) >= (1, 21);
         let admin = url::Url::parse(admin_url).expect("TEST_DATABASE_URL is a URL");
@@ -304,7 +309,6 @@ impl PgBouncer {
             target.push_str(&format!(" password={password}"));
         }
         let dir = owned_dir();
-        let port = free_port();
         let mode_name = match mode {
             PoolMode::Session => "session",
             PoolMode::Transaction => "transaction",

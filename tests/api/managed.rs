@@ -504,3 +504,87 @@ async fn redis_over_tls_shares_limits_and_a_wrong_ca_fails_safe() {
         "{report}"
     );
 }
+
+// The gate was decided by one check at start: unreachable then (E004) meant never rechecked,
+// and against PgBouncer 1.18 the check itself let 2 of 8 fresh starts serve, binding other
+// clients' prepared statements. Now it stays closed until a deterministic probe decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooler_that_loses_prepared_statements_is_refused_on_every_start_before_or_after_it() {
+    let Some(admin) = admin() else { return };
+    let mut pooler = PgBouncer::start(&admin, PoolMode::Transaction);
+    let direct = migrated_database(&admin).await;
+    let pooled = pooler.url_for(&direct);
+    // Serving is right only where the pooler carries prepared statements (1.21+).
+    let expected = if pooler.prepared_statements {
+        (200, 201)
+    } else {
+        (503, 503)
+    };
+    // Other clients keep the pooler's sessions busy meanwhile, as other instances would.
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let (busy, pooled) = (busy.clone(), pooled.clone());
+        others.push(tokio::spawn(async move {
+            let mut conn = sqlx::PgConnection::connect(&pooled).await.unwrap();
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = sqlx::raw_sql("SELECT pg_sleep(0.002)").execute(&mut conn).await;
+            }
+        }));
+    }
+    let mut verdicts = Vec::new();
+    for start in 0..10 {
+        let app = app_on(None, &pooled, |_| {}).await;
+        let ready = app.get("/readyz", None).await.status().as_u16();
+        let email = format!("start{start}@example.com");
+        let signup = app
+            .post_json(
+                "/api/v1/auth/signup",
+                &json!({"email": email, "password": PASSWORD}),
+                None,
+            )
+            .await
+            .status()
+            .as_u16();
+        verdicts.push((ready, signup));
+        app.stop().await;
+    }
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    for other in others {
+        let _ = other.await;
+    }
+    assert!(verdicts.iter().all(|v| *v == expected), "{verdicts:?}");
+
+    // The pooler comes up after the service, on the port the service was given.
+    let port = pooler.port;
+    pooler.stop();
+    let app = app_on(Some(&admin), &pooled, |_| {}).await;
+    assert_eq!(app.get("/readyz", None).await.status(), 503, "undecided: closed");
+    let _pooler = PgBouncer::start_on(&admin, PoolMode::Transaction, port);
+    let mut seen = Vec::new();
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(6) {
+        let email = format!("after-{}@example.com", uuid::Uuid::new_v4().simple());
+        let signup = app
+            .post_json(
+                "/api/v1/auth/signup",
+                &json!({"email": email, "password": PASSWORD}),
+                None,
+            )
+            .await;
+        seen.push(signup.status().as_u16());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let last_ready = app.get("/readyz", None).await.status().as_u16();
+    if expected.0 == 503 {
+        assert!(seen.iter().all(|s| *s == 503), "never served through it: {seen:?}");
+        assert_eq!(last_ready, 503);
+    } else {
+        assert_eq!(
+            seen.last(),
+            Some(&201),
+            "serving once the pooler is found safe: {seen:?}"
+        );
+    }
+    app.stop().await;
+}
