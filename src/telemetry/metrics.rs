@@ -36,6 +36,8 @@ pub fn install() -> anyhow::Result<&'static PrometheusHandle> {
         )?
         .install_recorder()?;
     metrics::gauge!("build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Present from the start, so an alert on its rate has a series to watch.
+    metrics::counter!("log_lines_dropped_total").increment(0);
     let handle = HANDLE.get_or_init(|| handle);
     // Histogram samples are kept one by one until upkeep folds them into the buckets; without
     // it, a server nobody scrapes grows by 8 bytes per request. A thread, not a task, so it

@@ -48,6 +48,7 @@ async fn metrics_list_every_series_on_their_own_port_with_route_labels() {
         r#"db_pool_connections{state="active"}"#,
         r#"rate_limited_total{limit="login"}"#,
         &format!(r#"build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION")),
+        "log_lines_dropped_total 0",
     ] {
         assert!(text.contains(expected), "{expected} in\n{text}");
     }
