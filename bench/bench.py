@@ -43,7 +43,7 @@ def proc_kb(pid, field):
 
 
 class Server:
-    def __init__(self, kind, database_url):
+    def __init__(self, kind, database_url, binary=SHIPSHAPE):
         self.kind, self.port = kind, free_port()
         self.dir = tempfile.mkdtemp(dir=work)
         if kind == "shipshape":
@@ -56,7 +56,7 @@ class Server:
                 "RATE_LIMIT_GLOBAL": "100000000/s", "RATE_LIMIT_LOGIN": "100000000/s",
                 "RATE_LIMIT_SIGNUP": "100000000/s", "RATE_LIMIT_INVOICE_CREATE": "100000000/s",
             }
-            cmd = [SHIPSHAPE, "serve"]
+            cmd = [binary, "serve"]
         else:
             env = {"PATH": os.environ["PATH"], "SECRET_KEY": SECRET_KEY}
             cmd = [BASELINE, str(self.port), database_url, os.path.join(ROOT, "static")]
@@ -263,11 +263,14 @@ def check_same_list(ship, base, token):
 ANALYSIS_MARKER = "<!-- Hand-written analysis below: bench.py keeps it when it rewrites this file. -->"
 SIZES_BEGIN = "<!-- bench.py --sizes writes from here... -->"
 SIZES_END = "<!-- ...to here. -->"
+AB_BEGIN = "<!-- bench.py --ab writes from here... -->"
+AB_END = "<!-- ...to here (A/B). -->"
 
 
-def write_results(path, main=None, sizes=None):
-    """Rewrites `path`: the main tables (default mode) and the scaling tables (`--sizes`) are
-    generated, each mode keeping the other's section and the hand-written analysis."""
+def write_results(path, main=None, sizes=None, ab=None):
+    """Rewrites `path`: the main tables (default mode), the scaling tables (`--sizes`) and the
+    A/B of two binaries (`--ab`) are generated, each mode keeping the others' sections and the
+    hand-written analysis."""
     old = ""
     if os.path.exists(path):
         with open(path) as f:
@@ -275,15 +278,21 @@ def write_results(path, main=None, sizes=None):
     analysis = ""
     if ANALYSIS_MARKER in old:
         old, analysis = old.split(ANALYSIS_MARKER, 1)
-    old_sizes = ""
-    if SIZES_BEGIN in old and SIZES_END in old:
-        old_sizes = old[old.index(SIZES_BEGIN) + len(SIZES_BEGIN):old.index(SIZES_END)].strip("\n")
-        old = old[:old.index(SIZES_BEGIN)]
+
+    def cut_section(text, begin, end):
+        if begin in text and end in text:
+            inner = text[text.index(begin) + len(begin):text.index(end)].strip("\n")
+            return text[:text.index(begin)] + text[text.index(end) + len(end):].lstrip("\n"), inner
+        return text, ""
+
+    old, old_ab = cut_section(old, AB_BEGIN, AB_END)
+    old, old_sizes = cut_section(old, SIZES_BEGIN, SIZES_END)
     main = (main if main is not None else old).rstrip("\n")
-    sizes = (sizes if sizes is not None else old_sizes).strip("\n")
     text = main + "\n\n"
-    if sizes:
-        text += SIZES_BEGIN + "\n\n" + sizes + "\n\n" + SIZES_END + "\n\n"
+    for begin, end, new, kept in ((SIZES_BEGIN, SIZES_END, sizes, old_sizes), (AB_BEGIN, AB_END, ab, old_ab)):
+        section = (new if new is not None else kept).strip("\n")
+        if section:
+            text += begin + "\n\n" + section + "\n\n" + end + "\n\n"
     text += ANALYSIS_MARKER + analysis
     with open(path, "w") as f:
         f.write(text)
@@ -292,7 +301,7 @@ def write_results(path, main=None, sizes=None):
 def run_header(title, what):
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     lines = [title, ""]
-    if (WARMUP, MEASURE, ROUNDS) != (3, 10, 3):
+    if (WARMUP, MEASURE) != (3, 10) or ROUNDS < 3:
         rounds = f", {ROUNDS} round(s)" if "--sizes" not in what else ""
         lines += [f"**Smoke run** ({WARMUP} s warm-up, {MEASURE} s measured{rounds}): it shows the script "
                   "works end to end; its figures are not results.", ""]
@@ -593,6 +602,42 @@ def sizes_section(backends, sizes, results, loads, depths):
     return text
 
 
+def ab_run(out, other, other_label):
+    """This build against another shipshape binary, same settings, same machine: both serve
+    their own SQLite database; rounds alternate which one is measured first."""
+    static_file = os.path.join(ROOT, "static", "bench-20k.txt")
+    with open(static_file, "w") as f:
+        f.write(("shipshape benchmark payload " * 800)[:20480])
+    paths = [("/healthz", "/healthz"), ("GET /api/v1/nope (404, logged)", "/api/v1/nope"),
+             ("/readyz (SQLite)", "/readyz"), ("20 KB static file", "/static/bench-20k.txt")]
+    rows = []
+    try:
+        this = Server("shipshape", f"sqlite://{work}/ab-this.db")
+        that = Server("shipshape", f"sqlite://{work}/ab-other.db", binary=other)
+        for label, path in paths:
+            ratios, this_rps, that_rps = [], [], []
+            for round_ in range(ROUNDS):
+                order = [(this, this_rps), (that, that_rps)]
+                for server, results in (order if round_ % 2 else order[::-1]):
+                    results.append(wrk(server.url(path))["rps"])
+                ratios.append(this_rps[-1] / that_rps[-1])
+            rows.append((label, statistics.median(this_rps), statistics.median(that_rps), ratios))
+        this.stop()
+        that.stop()
+    finally:
+        os.remove(static_file)
+    lines = run_header(f"## A/B: this build against {other_label}",
+                       f"bench/run.sh --ab {other} --label {other_label}")
+    lines += ["", f"Both with production settings on their own SQLite database, {CONNECTIONS} connections, "
+              f"{ROUNDS} alternating rounds; the ratio is this build's requests/s over the other's, per round.", "",
+              "| path | this build (median req/s) | other (median req/s) | median ratio | per round |",
+              "|---|---|---|---|---|"]
+    for label, this_rps, that_rps, ratios in rows:
+        per_round = ", ".join(f"{r:.2f}" for r in ratios)
+        lines.append(f"| {label} | {this_rps:,.0f} | {that_rps:,.0f} | {statistics.median(ratios):.2f}× | {per_round} |")
+    write_results(out, ab="\n".join(lines))
+
+
 def main():
     global WARMUP, MEASURE, ROUNDS
     parser = argparse.ArgumentParser(description="shipshape load benchmark; writes bench/RESULTS.md")
@@ -602,10 +647,14 @@ def main():
     parser.add_argument("--warmup", type=int, default=WARMUP, help=f"seconds per wrk warm-up (default {WARMUP})")
     parser.add_argument("--duration", type=int, default=MEASURE, help=f"seconds per wrk measurement (default {MEASURE})")
     parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"alternating rounds of ratio rows (default {ROUNDS})")
+    parser.add_argument("--ab", metavar="BINARY", help="an A/B of the trivial paths against another shipshape binary")
+    parser.add_argument("--label", default="the other binary", help="with --ab: what to call it (a commit)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "RESULTS.md"), help="the file to (re)write")
     args = parser.parse_args()
     WARMUP, MEASURE, ROUNDS = args.warmup, args.duration, args.rounds
-    if args.sizes:
+    if args.ab:
+        ab_run(args.out, args.ab, args.label)
+    elif args.sizes:
         sizes = sorted({int(n) for n in args.sizes.split(",")})
         sizes_run(args.out, sizes, args.load_only)
     else:

@@ -8,6 +8,9 @@
 #   bench/run.sh                   the comparison with the baseline (about 15 minutes)
 #   bench/run.sh --sizes           scaling with 1k, 100k and 1M invoices of one user
 #   bench/run.sh --sizes 1000,10000 --duration 2 --warmup 1    a quick check that it works
+#   bench/run.sh --ab /tmp/old/shipshape --label 62e06a8 --rounds 4
+#                                  this build against another shipshape binary (the trivial
+#                                  paths, alternating rounds); build the other from a worktree
 #
 # Options are bench.py's (`python3 bench/bench.py --help`): --duration, --warmup, --rounds,
 # --out FILE; shortened runs are labelled as smoke runs in what they write.

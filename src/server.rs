@@ -48,11 +48,12 @@ enum PoolerVerdict {
     Safe,
 }
 
-/// Says what is wrong with the database, in the background so that a slow or absent database
-/// delays nothing: unreachable and why, pooler mode, `statement_timeout`. On PostgreSQL the
-/// [`crate::db::PoolerGate`] stays closed (503s, not ready) until a diagnosis finds the way to
-/// the database safe: a pooler that mixes up prepared statements must never answer, and one
-/// not diagnosed yet might be one. Returns once the first verdict is in.
+/// Says what is wrong with the database (unreachable and why, pooler mode, `statement_timeout`),
+/// in the background, so an absent database delays the start by [`POOLER_FIRST_VERDICT`] at
+/// most. On PostgreSQL the [`crate::db::PoolerGate`] stays closed (503s, not ready) until a
+/// diagnosis finds the way to the database safe: a pooler that mixes up prepared statements
+/// must never answer, and one not diagnosed yet might be one. Returns once the first verdict
+/// is in, or after [`POOLER_FIRST_VERDICT`].
 async fn watch_database(state: AppState) {
     if state.config.database.is_sqlite() {
         tokio::spawn(async move { log_findings(&checks::database_findings(&state.config).await) });

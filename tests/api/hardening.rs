@@ -834,6 +834,7 @@ fn a_log_pipe_nobody_reads_never_blocks_requests_and_lines_stay_short() {
     // stdout is a pipe nobody reads: its 64 kB fill after a few hundred lines.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let unanswered = runtime.block_on(async {
+        shipshape::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
