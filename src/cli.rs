@@ -188,6 +188,7 @@ async fn serve(config: Config) -> ExitCode {
         tracing::warn!("SECRET_KEY is not set: using a random key for this process; tokens end with it");
     }
     tracing::info!(config = ?config, "configuration");
+    let shutdown = server::shutdown_signal();
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(error) => {
@@ -197,7 +198,7 @@ async fn serve(config: Config) -> ExitCode {
     };
     tracing::info!(address = %app.local_addr(), "listening");
 
-    app.run_until(server::shutdown_signal()).await;
+    app.run_until(shutdown).await;
     ExitCode::SUCCESS
 }
 

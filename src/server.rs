@@ -621,30 +621,31 @@ impl AsyncWrite for TrackedIo {
 }
 
 /// Completes at the first SIGTERM (platforms, `docker stop`) or SIGINT (Ctrl-C, Fly's default).
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// The handlers are installed when this is called, not when it is first awaited: call it
+/// before binding, so a signal that arrives while the server starts still drains it rather
+/// than kill it (the default action).
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        let received = |signal: io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+            match signal {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                    name
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for {name}");
+                    std::future::pending().await
+                }
             }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
+        };
+        let name = tokio::select! {
+            name = received(interrupt, "SIGINT") => name,
+            name = received(terminate, "SIGTERM") => name,
+        };
+        tracing::info!("{name} received");
     }
 }
 

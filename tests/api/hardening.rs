@@ -843,13 +843,12 @@ fn a_log_pipe_nobody_reads_never_blocks_requests_and_lines_stay_short() {
         let workers = (0..4).map(|_| {
             let (client, url) = (client.clone(), url.clone());
             tokio::spawn(async move {
-                let mut unanswered = 0;
                 for _ in 0..2600 {
                     if client.get(&url).send().await.is_err() {
-                        unanswered += 1;
+                        return 1; // a frozen server would hold up the test for each request left
                     }
                 }
-                unanswered
+                0
             })
         });
         let mut unanswered = 0;

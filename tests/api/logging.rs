@@ -82,6 +82,18 @@ async fn serve_logged(format: LogFormat, filter: &str, paths: &[&str]) -> (Vec<S
         let response = app.get(path, None).await;
         ids.push(response.headers()["x-request-id"].to_str().unwrap().to_owned());
     }
+    // The request line is written as the response leaves: wait for it rather than race it.
+    let logged = |id: &str| {
+        let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+        // The request line is the only one with a status, in either format.
+        text.lines().any(|line| line.contains(id) && line.contains("status"))
+    };
+    for _ in 0..100 {
+        if ids.iter().all(|id| logged(id)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     app.stop().await;
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     (ids, text)

@@ -526,7 +526,8 @@ async fn a_pooler_that_loses_prepared_statements_is_refused_on_every_start_befor
     for _ in 0..3 {
         let (busy, pooled) = (busy.clone(), pooled.clone());
         others.push(tokio::spawn(async move {
-            let mut conn = sqlx::PgConnection::connect(&pooled).await.unwrap();
+            let options = shipshape::db::postgres::connect_options(&pooled).unwrap();
+            let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
             while busy.load(std::sync::atomic::Ordering::Relaxed) {
                 let _ = sqlx::raw_sql("SELECT pg_sleep(0.002)").execute(&mut conn).await;
             }
