@@ -1,4 +1,4 @@
-//! `check --deploy`: judges a configuration by production rules (SPEC §9), in the spirit of
+//! `check --deploy`: judges a configuration by production rules (README, "`check --deploy`"), in the spirit of
 //! Django's `check --deploy`. `serve` in production runs the same checks before listening.
 
 use std::net::IpAddr;

@@ -1,6 +1,6 @@
 //! The one error type. Every handler returns `Result<_, ApiError>`; every error the service
 //! sends, including axum's rejections and bare errors from middleware, leaves as the JSON of
-//! SPEC §4 (or, for a browser on a non-API path, as the HTML error page).
+//! README's "Errors" (or, for a browser on a non-API path, as the HTML error page).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -81,7 +81,7 @@ pub enum ApiError {
     Panic(String),
 }
 
-/// The JSON error body of SPEC §4.
+/// The JSON error body (README, "Errors").
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,

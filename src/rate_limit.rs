@@ -1,4 +1,4 @@
-//! Rate limits (SPEC §6): GCRA, a burst of N refilled at N per period, keyed by client IP
+//! Rate limits (README, "Rate limits"): GCRA, a burst of N refilled at N per period, keyed by client IP
 //! or user id. In-process with `governor`; shared by every instance through one atomic Redis
 //! script call when `REDIS_URL` is set, falling back to in-process while Redis is away.
 

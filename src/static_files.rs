@@ -1,4 +1,4 @@
-//! Static files (SPEC §8), the HTML error pages for browsers, and `shipshape compress-static`.
+//! Static files (README, "Security notes"), the HTML error pages for browsers, and `shipshape compress-static`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! SPEC §10 in its own process (Sentry's client is process-wide): Sentry events against a
+//! Observability (README) in its own process (Sentry's client is process-wide): Sentry events against a
 //! local fake ingest, and logs that never contain a secret.
 
 #[path = "api/helpers.rs"]

@@ -45,7 +45,7 @@ macro_rules! with_db {
     };
 }
 
-/// The pool settings of SPEC §2, the same for both backends.
+/// The pool settings (README, "Configuration"), the same for both backends.
 fn pool_options<DB: sqlx::Database>(config: &DatabaseConfig) -> PoolOptions<DB> {
     PoolOptions::new()
         .max_connections(config.max_connections)

@@ -1,4 +1,4 @@
-//! Security behaviour of SPEC §5: response headers, allowed hosts, HTTPS redirect, client IP
+//! Security behaviour (README, "Security notes"): response headers, allowed hosts, HTTPS redirect, client IP
 //! and CORS. Each piece is small and configured once from [`crate::config::Config`].
 
 pub mod client_ip;

@@ -119,7 +119,7 @@ impl serde::Serialize for RequestId {
     }
 }
 
-/// SPEC §10: `^[A-Za-z0-9._-]{1,128}$`; anything else could inject into logs.
+/// README, Observability: `^[A-Za-z0-9._-]{1,128}$`; anything else could inject into logs.
 fn is_acceptable_request_id(bytes: &[u8]) -> bool {
     (1..=128).contains(&bytes.len())
         && bytes

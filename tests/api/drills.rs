@@ -9,7 +9,7 @@ use axum::Router;
 use axum::routing::get;
 use shipshape::config::{SecretUrl, parse_rate};
 
-use crate::helpers::{Backend, Options, RedisProcess, TestApp, redis_url};
+use crate::helpers::{Backend, Options, RedisProcess, TestApp};
 
 /// `workers` clients each sending `per_worker` requests on its own keep-alive connection.
 async fn hammer(app: &TestApp, path: &str, workers: usize, per_worker: usize) -> Vec<Result<u16, String>> {
@@ -91,11 +91,10 @@ async fn sigterm_under_load_completes_every_started_request() {
 }
 
 /// PostgreSQL disappears for a while under load: only quick 503s meanwhile, then full recovery.
+#[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_under_load_gives_only_quick_503s_and_recovers() {
-    let Some(Backend::Postgres(admin)) = Backend::postgres() else {
-        return;
-    };
+    let admin = crate::helpers::postgres_admin();
     let acquire_timeout = Duration::from_secs(1);
     let (app, proxy) = crate::helpers::spawn_behind_proxy(&admin, acquire_timeout).await;
     let token = app.signup("drill@example.com").await;
@@ -150,11 +149,12 @@ async fn postgres_outage_under_load_gives_only_quick_503s_and_recovers() {
 }
 
 /// Redis disappears under load with REDIS_URL set: limits fall back, nothing is a 5xx.
+#[cfg_attr(
+    not(test_redis),
+    ignore = "needs TEST_REDIS_URL (Redis, and redis-server to start private ones)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_under_load_gives_no_5xx() {
-    if redis_url().is_none() {
-        return;
-    }
     let mut redis = RedisProcess::start();
     let redis_url_text = redis.url();
     let app = TestApp::spawn_with(Backend::Sqlite, move |c| {

@@ -883,19 +883,12 @@ fn a_log_pipe_nobody_reads_never_blocks_requests_and_lines_stay_short() {
     let _ = crate::cli::wait_with_deadline(&mut server.child, Duration::from_secs(10));
 }
 
-/// `TEST_DATABASE_URL`'s server, or `None` (the harness prints why the test is skipped).
-fn postgres_admin() -> Option<String> {
-    match Backend::postgres() {
-        Some(Backend::Postgres(admin)) => Some(admin),
-        _ => None,
-    }
-}
-
 // A request blocked on a row lock kept the process alive 19 s with SHUTDOWN_TIMEOUT_SECS=3:
 // closing the pool waited for its connection. Platforms SIGKILL at 30 s.
+#[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[test]
 fn shutdown_does_not_wait_for_a_query_stuck_on_a_lock() {
-    let Some(admin) = postgres_admin() else { return };
+    let admin = crate::helpers::postgres_admin();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let url = runtime.block_on(fresh_postgres_database(&admin));
     let migrated = crate::cli::run(&["migrate"], &[("DATABASE_URL", &url)]);
@@ -940,9 +933,10 @@ fn shutdown_does_not_wait_for_a_query_stuck_on_a_lock() {
 
 // `migrate revert` read the applied set before it waited for the lock: a `migrate` that
 // finished meanwhile made it undo two migrations while it printed one.
+#[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revert_decides_what_to_undo_under_its_lock() {
-    let Some(admin) = postgres_admin() else { return };
+    let admin = crate::helpers::postgres_admin();
     let url = fresh_postgres_database(&admin).await;
     let env = [("DATABASE_URL", url.as_str())];
     for args in [&["migrate"][..], &["migrate", "revert"]] {
@@ -1013,29 +1007,13 @@ fn migrate_says_what_is_wrong_with_the_database_file_and_its_lock() {
 
 // ~570 concurrent /readyz calls queued for the one readiness connection until the 2 s bound
 // answered 503 to every platform probe, with the database 11 ms away and healthy.
+#[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_readyz_flood_does_not_make_a_healthy_database_look_down() {
-    let Some(admin) = postgres_admin() else { return };
-    let mut url = url::Url::parse(&fresh_postgres_database(&admin).await).unwrap();
-    let target = tokio::net::lookup_host((
-        url.host_str().unwrap_or("127.0.0.1").to_owned(),
-        url.port().unwrap_or(5432),
-    ))
-    .await
-    .unwrap()
-    .next()
-    .unwrap();
-    let proxy = crate::helpers::TcpProxy::start_with_delay(target, Duration::from_millis(15)).await;
-    url.set_host(Some("127.0.0.1")).unwrap();
-    url.set_port(Some(proxy.addr.port())).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = crate::helpers::test_config(&Backend::Sqlite, &dir).await;
-    config.database.url = shipshape::config::SecretUrl::new(url.as_str());
-    let options = crate::helpers::Options {
-        backend: Backend::Postgres(admin),
-        extra_routes: None,
-    };
-    let app = std::sync::Arc::new(TestApp::start_with_config(options, config, dir).await);
+    let admin = crate::helpers::postgres_admin();
+    let delay = Duration::from_millis(15);
+    let (app, _proxy) = crate::helpers::spawn_behind_slow_proxy(&admin, Duration::from_secs(5), delay).await;
+    let app = std::sync::Arc::new(app);
     assert_eq!(app.get("/readyz", None).await.status(), 200);
     let until = tokio::time::Instant::now() + Duration::from_secs(4);
     let flood: Vec<_> = (0..300)

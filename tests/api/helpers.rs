@@ -33,36 +33,22 @@ pub fn notice(key: &'static Once, text: &str) {
     });
 }
 
-static POSTGRES_NOTICE: Once = Once::new();
-static REDIS_NOTICE: Once = Once::new();
-
-impl Backend {
-    /// `None` (with a printed notice) when `TEST_DATABASE_URL` is unset.
-    pub fn postgres() -> Option<Backend> {
-        match std::env::var("TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => Some(Backend::Postgres(url)),
-            _ => {
-                notice(
-                    &POSTGRES_NOTICE,
-                    "TEST_DATABASE_URL is not set: skipping the PostgreSQL variants of the tests",
-                );
-                None
-            }
-        }
+/// `TEST_DATABASE_URL`: the PostgreSQL server a test creates its database on. A test that
+/// calls this is marked `#[cfg_attr(not(test_postgres), ignore = …)]`: `build.rs` sets
+/// `test_postgres` when the variable is set at build time, so without it the test is reported
+/// as ignored, never as passed. Run anyway (`--ignored`), it fails loudly.
+pub fn postgres_admin() -> String {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!("this test needs TEST_DATABASE_URL (a PostgreSQL server): see README, Tests and CI"),
     }
 }
 
-/// `TEST_REDIS_URL`, or `None` with a printed notice.
-pub fn redis_url() -> Option<String> {
+/// `TEST_REDIS_URL`, as [`postgres_admin`] is `TEST_DATABASE_URL` (`cfg(test_redis)`).
+pub fn redis_url() -> String {
     match std::env::var("TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            notice(
-                &REDIS_NOTICE,
-                "TEST_REDIS_URL is not set: skipping the tests that need Redis",
-            );
-            None
-        }
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!("this test needs TEST_REDIS_URL (a Redis server): see README, Tests and CI"),
     }
 }
 
@@ -292,8 +278,9 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
     body
 }
 
-/// Runs each named scenario `async fn name(backend: Backend)` on SQLite and, when
-/// `TEST_DATABASE_URL` is set, on PostgreSQL: tests `sqlite::name` and `postgres::name`.
+/// Runs each named scenario `async fn name(backend: Backend)` on SQLite and on PostgreSQL:
+/// tests `sqlite::name` and `postgres::name`, the latter ignored unless `TEST_DATABASE_URL`
+/// was set when the tests were built (see [`postgres_admin`]).
 #[macro_export]
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
@@ -307,11 +294,11 @@ macro_rules! on_both_databases {
         }
         mod postgres {
             $(
+                #[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    if let Some(backend) = $crate::helpers::Backend::postgres() {
-                        super::$name(backend).await
-                    }
+                    let backend = $crate::helpers::Backend::Postgres($crate::helpers::postgres_admin());
+                    super::$name(backend).await
                 }
             )*
         }
@@ -419,6 +406,11 @@ impl TcpProxy {
 /// The app on a fresh PostgreSQL database reached through a [`TcpProxy`], so a test can take
 /// the database away (`proxy.cut()`) and bring it back without touching the shared server.
 pub async fn spawn_behind_proxy(admin: &str, acquire_timeout: Duration) -> (TestApp, TcpProxy) {
+    spawn_behind_slow_proxy(admin, acquire_timeout, Duration::ZERO).await
+}
+
+/// [`spawn_behind_proxy`] with the database `delay` away (see [`TcpProxy::start_with_delay`]).
+pub async fn spawn_behind_slow_proxy(admin: &str, acquire_timeout: Duration, delay: Duration) -> (TestApp, TcpProxy) {
     let mut url = url::Url::parse(&fresh_postgres_database(admin).await).expect("database URL");
     let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
     let target = tokio::net::lookup_host((host, url.port().unwrap_or(5432)))
@@ -426,7 +418,7 @@ pub async fn spawn_behind_proxy(admin: &str, acquire_timeout: Duration) -> (Test
         .expect("resolve the database host")
         .next()
         .expect("an address");
-    let proxy = TcpProxy::start(target).await;
+    let proxy = TcpProxy::start_with_delay(target, delay).await;
     url.set_host(Some("127.0.0.1")).expect("host");
     url.set_port(Some(proxy.addr.port())).expect("port");
     let dir = tempfile::tempdir().expect("temp dir");
@@ -500,7 +492,7 @@ impl Drop for RedisProcess {
 }
 
 // example-domain:begin
-/// The `X-Webhook-Signature` of SPEC §7: `v1=` hex HMAC-SHA256 of `"{timestamp}.{body}"`.
+/// The `X-Webhook-Signature` (README, "Payment webhook"): `v1=` hex HMAC-SHA256 of `"{timestamp}.{body}"`.
 pub fn webhook_signature(secret: &str, timestamp: i64, body: &str) -> String {
     use hmac::Mac;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");

@@ -17,9 +17,7 @@ use crate::cli::{check_deploy, ids, run};
 // example-domain:begin
 use crate::helpers::deliver_webhook;
 // example-domain:end
-use crate::helpers::{
-    Backend, Options, PASSWORD, TestApp, assert_error, fresh_postgres_database, redis_url, test_config,
-};
+use crate::helpers::{Backend, Options, PASSWORD, TestApp, assert_error, fresh_postgres_database, test_config};
 // example-domain:begin
 use crate::helpers::TcpProxy;
 // example-domain:end
@@ -28,14 +26,6 @@ use crate::infra::{Ca, PgBouncer, PoolMode, TlsPostgres, TlsRedis};
 // example-domain:begin
 const WEBHOOK_SECRET: &str = "whsec_managed_0123456789abcdef0123456789";
 // example-domain:end
-
-/// `TEST_DATABASE_URL`, or `None` (the harness prints why the test is skipped).
-fn admin() -> Option<String> {
-    match Backend::postgres() {
-        Some(Backend::Postgres(admin)) => Some(admin),
-        _ => None,
-    }
-}
 
 /// A fresh database, migrated directly (not through any pooler).
 async fn migrated_database(admin: &str) -> String {
@@ -115,9 +105,10 @@ async fn exercise_every_route(app: &TestApp) {
     assert_eq!(app.get("/readyz", None).await.status(), 200);
 }
 
+#[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_pooler_with_stock_settings_serves_every_route_and_migrates() {
-    let Some(admin) = admin() else { return };
+    let admin = crate::helpers::postgres_admin();
     let mut pooler = PgBouncer::start(&admin, PoolMode::Session);
     let direct = fresh_postgres_database(&admin).await;
     let pooled = pooler.url_for(&direct);
@@ -137,9 +128,10 @@ async fn a_session_pooler_with_stock_settings_serves_every_route_and_migrates() 
     app.stop().await;
 }
 
+#[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_pooler_works_or_is_refused_clearly_never_wrong() {
-    let Some(admin) = admin() else { return };
+    let admin = crate::helpers::postgres_admin();
     let mut pooler = PgBouncer::start(&admin, PoolMode::Transaction);
     let direct = fresh_postgres_database(&admin).await;
     let pooled = pooler.url_for(&direct);
@@ -200,9 +192,10 @@ async fn a_transaction_pooler_works_or_is_refused_clearly_never_wrong() {
 }
 
 // example-domain:begin
+#[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_behind_the_pooler_under_load_answers_only_503_and_recovers() {
-    let Some(admin) = admin() else { return };
+    let admin = crate::helpers::postgres_admin();
     let direct = migrated_database(&admin).await;
     let admin_url = url::Url::parse(&admin).unwrap();
     let target = tokio::net::lookup_host((
@@ -269,11 +262,9 @@ async fn connects(url: &str) -> Result<(), String> {
     }
 }
 
+#[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_is_verified_as_libpq_verifies_it() {
-    if admin().is_none() {
-        return;
-    }
     let ca = Ca::new("shipshape test CA");
     let other = Ca::new("someone else's CA");
     let server = TlsPostgres::start(&ca);
@@ -312,9 +303,10 @@ async fn tls_is_verified_as_libpq_verifies_it() {
 }
 
 // example-domain:begin
+#[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_tls_unknown_roles_and_statement_timeouts_answer_503_not_500() {
-    let Some(admin) = admin() else { return };
+    let admin = crate::helpers::postgres_admin();
     let ca = Ca::new("shipshape test CA");
     let server = TlsPostgres::start(&ca);
     // pg_hba rejects a plain connection; a role that does not exist fails authentication.
@@ -360,9 +352,10 @@ async fn refused_tls_unknown_roles_and_statement_timeouts_answer_503_not_500() {
 }
 // example-domain:end
 
+#[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_pool_stays_ready_and_the_budget_includes_readiness() {
-    let Some(admin) = admin() else { return };
+    let admin = crate::helpers::postgres_admin();
     let direct = migrated_database(&admin).await;
     let app = app_on(Some(&admin), &direct, |c| {
         c.database.max_connections = 3;
@@ -401,9 +394,10 @@ async fn a_busy_pool_stays_ready_and_the_budget_includes_readiness() {
     app.stop().await;
 }
 
+#[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_gives_up_on_a_held_lock_and_says_why() {
-    let Some(admin) = admin() else { return };
+    let admin = crate::helpers::postgres_admin();
     let direct = migrated_database(&admin).await;
     let mut holder = sqlx::PgConnection::connect(&direct).await.unwrap();
     sqlx::query("SELECT pg_advisory_lock($1)")
@@ -450,11 +444,12 @@ async fn login_from(app: &TestApp, ip: &str) -> u16 {
         .as_u16()
 }
 
+#[cfg_attr(
+    not(test_redis),
+    ignore = "needs TEST_REDIS_URL (Redis, and redis-server to start private ones)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_shares_limits_and_a_wrong_ca_fails_safe() {
-    if redis_url().is_none() {
-        return;
-    }
     let ca = Ca::new("shipshape test CA");
     let other = Ca::new("someone else's CA");
     let redis = TlsRedis::start(&ca);
@@ -508,9 +503,10 @@ async fn redis_over_tls_shares_limits_and_a_wrong_ca_fails_safe() {
 // The gate was decided by one check at start: unreachable then (E004) meant never rechecked,
 // and against PgBouncer 1.18 the check itself let 2 of 8 fresh starts serve, binding other
 // clients' prepared statements. Now it stays closed until a deterministic probe decides.
+#[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooler_that_loses_prepared_statements_is_refused_on_every_start_before_or_after_it() {
-    let Some(admin) = admin() else { return };
+    let admin = crate::helpers::postgres_admin();
     let mut pooler = PgBouncer::start(&admin, PoolMode::Transaction);
     let direct = migrated_database(&admin).await;
     let pooled = pooler.url_for(&direct);
