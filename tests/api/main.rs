@@ -4,6 +4,7 @@ mod helpers;
 mod infra;
 
 mod accounts;
+mod architecture;
 mod cli;
 mod core;
 mod deploy;
