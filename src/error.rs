@@ -50,8 +50,10 @@ pub enum ApiError {
     Timeout,
     #[error("this email is already registered")]
     EmailTaken,
+    // example-domain:begin
     #[error("{0}")]
     InvalidTransition(&'static str),
+    // example-domain:end
     #[error("the request body is too large")]
     PayloadTooLarge,
     #[error("expected Content-Type: application/json")]
@@ -146,7 +148,9 @@ impl ApiError {
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Timeout | DatabaseTimeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             EmailTaken => (StatusCode::CONFLICT, "email_taken"),
+            // example-domain:begin
             InvalidTransition(_) => (StatusCode::CONFLICT, "invalid_transition"),
+            // example-domain:end
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             RangeNotSatisfiable => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),

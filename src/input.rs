@@ -75,11 +75,13 @@ impl Fields {
         }
     }
 
+    // example-domain:begin
     /// Leaves the fields not read yet alone, where a sender may add fields of its own (a
     /// payment provider's events); elsewhere they are refused, so a typo is never ignored.
     pub fn ignore_others(&mut self) {
         self.object.clear();
     }
+    // example-domain:end
 
     /// Records a problem found by a rule across fields.
     pub fn reject(&mut self, name: &str, message: impl Into<String>) {

@@ -182,6 +182,7 @@ pub async fn find(db: &Db, id: Uuid) -> Result<Option<UserRow>, ApiError> {
     Ok(with_db!(db, pool => sqlx::query_as(sql).bind(id.to_string()).fetch_optional(pool).await)?)
 }
 
+// example-domain:begin
 /// Whether the account exists: a valid token can outlive its account (deleted, a restored
 /// database, a key shared between environments).
 pub async fn exists(db: &Db, id: Uuid) -> Result<bool, ApiError> {
@@ -190,6 +191,7 @@ pub async fn exists(db: &Db, id: Uuid) -> Result<bool, ApiError> {
         with_db!(db, pool => sqlx::query_scalar(sql).bind(id.to_string()).fetch_optional(pool).await)?;
     Ok(found.is_some())
 }
+// example-domain:end
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,7 @@
 //! The JSON log format: one object per event, written straight into tracing-subscriber's
 //! reused line buffer. tracing-subscriber's own `.json()` formats every `%value` field into a
 //! temporary `String`, runs it through serde_json and formats the timestamp from scratch; on a
-//! logged request that was a third of all the work (see bench/RESULTS.md). The output is the
+//! logged request that was a third of all the work (measured with the load benchmark). The output is the
 //! same shape: `timestamp`, `level`, `target`, then the event's fields, `message` included,
 //! then `request_id` when the line is written while a request is served, then the fields of the
 //! spans the event is in (root first), e.g. what a `#[tracing::instrument]` span recorded.
