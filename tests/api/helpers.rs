@@ -334,12 +334,8 @@ pub struct TcpProxy {
 }
 
 impl TcpProxy {
-    pub async fn start(target: SocketAddr) -> TcpProxy {
-        TcpProxy::start_with_delay(target, Duration::ZERO).await
-    }
-
-    /// A server `delay` away: each chunk it sends arrives that much later.
-    pub async fn start_with_delay(target: SocketAddr, delay: Duration) -> TcpProxy {
+    /// In front of `target`, which is `delay` away: each chunk it sends arrives that much later.
+    pub async fn start(target: SocketAddr, delay: Duration) -> TcpProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let proxy = TcpProxy {
             addr: listener.local_addr().expect("addr"),
@@ -409,7 +405,7 @@ pub async fn spawn_behind_proxy(admin: &str, acquire_timeout: Duration) -> (Test
     spawn_behind_slow_proxy(admin, acquire_timeout, Duration::ZERO).await
 }
 
-/// [`spawn_behind_proxy`] with the database `delay` away (see [`TcpProxy::start_with_delay`]).
+/// [`spawn_behind_proxy`] with the database `delay` away (see [`TcpProxy::start`]).
 pub async fn spawn_behind_slow_proxy(admin: &str, acquire_timeout: Duration, delay: Duration) -> (TestApp, TcpProxy) {
     let mut url = url::Url::parse(&fresh_postgres_database(admin).await).expect("database URL");
     let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
@@ -418,7 +414,7 @@ pub async fn spawn_behind_slow_proxy(admin: &str, acquire_timeout: Duration, del
         .expect("resolve the database host")
         .next()
         .expect("an address");
-    let proxy = TcpProxy::start_with_delay(target, delay).await;
+    let proxy = TcpProxy::start(target, delay).await;
     url.set_host(Some("127.0.0.1")).expect("host");
     url.set_port(Some(proxy.addr.port())).expect("port");
     let dir = tempfile::tempdir().expect("temp dir");

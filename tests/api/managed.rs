@@ -207,7 +207,7 @@ async fn postgres_stopped_behind_the_pooler_under_load_answers_only_503_and_reco
     .next()
     .unwrap();
     // The pooler reaches PostgreSQL through a proxy the test can cut: "PostgreSQL stops".
-    let proxy = TcpProxy::start(target).await;
+    let proxy = TcpProxy::start(target, Duration::ZERO).await;
     let mut through_proxy = admin_url.clone();
     through_proxy.set_host(Some("127.0.0.1")).unwrap();
     through_proxy.set_port(Some(proxy.addr.port())).unwrap();
