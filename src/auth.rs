@@ -19,10 +19,10 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// OWASP's Argon2id recommendation: 19 MiB, 2 iterations, 1 lane.
 /// Longest bearer token looked at: several times the size of the ones this service issues.
 const MAX_TOKEN_BYTES: usize = 4096;
 
+/// OWASP's Argon2id recommendation: 19 MiB, 2 iterations, 1 lane.
 const ARGON2_MEMORY_KIB: u32 = 19_456;
 const ARGON2_ITERATIONS: u32 = 2;
 const ARGON2_LANES: u32 = 1;

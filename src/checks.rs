@@ -1,5 +1,5 @@
-//! `check --deploy`: judges a configuration by production rules (README, "`check --deploy`"), in the spirit of
-//! Django's `check --deploy`. `serve` in production runs the same checks before listening.
+//! `check --deploy`: judges a configuration by production rules (README, "`check --deploy`"),
+//! in the spirit of Django's `check --deploy`. `serve` in production runs the same checks before listening.
 
 use std::net::IpAddr;
 use std::time::Duration;

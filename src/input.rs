@@ -96,12 +96,15 @@ impl Fields {
 /// Reads a JSON body into `T`: 400 `invalid_json` when it is not JSON at all, else a 422
 /// naming every bad field, every field that `T` does not have and every key sent twice.
 pub fn read_body<T: FromJson>(bytes: &[u8]) -> Result<T, ApiError> {
-    // Syntax first, over the whole body (trailing bytes and depth included). A raw value only
-    // checks the syntax of numbers, so `1e400` is valid JSON here and out of range below.
-    let raw: &RawValue = serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(strip_position(&e)))?;
-    let Ok(Members(members)) = serde_json::from_str(raw.get()) else {
+    // One pass over an object: its members are raw values, so any error is one of syntax
+    // (trailing bytes and depth included), and `1e400` is valid JSON here, out of range below.
+    // Anything else is checked for syntax alone (400), then refused as not an object (422).
+    let invalid = |e: serde_json::Error| ApiError::InvalidJson(strip_position(&e));
+    if !bytes.trim_ascii_start().starts_with(b"{") {
+        serde_json::from_slice::<&RawValue>(bytes).map_err(invalid)?;
         return Err(ApiError::validation("body", "must be a JSON object"));
-    };
+    }
+    let Members(members) = serde_json::from_slice(bytes).map_err(invalid)?;
     let mut fields = Fields {
         object: Map::new(),
         errors: Vec::new(),

@@ -1,8 +1,8 @@
 //! The plumbing shared by the middlewares that run on every request (`telemetry::Observe`,
 //! `security::Guard`, `rate_limit::Enforce`). They are tower services rather than
 //! `axum::middleware::from_fn`, which clones the whole stack below it, boxes the request's
-//! future twice and the response body once per call (measured with the load benchmark). A middleware
-//! implements [`Middleware`]; [`MiddlewareLayer`] makes it a layer.
+//! future twice and the response body once per call (measured with the load benchmark). A
+//! middleware implements [`Middleware`]; [`MiddlewareLayer`] makes it a layer.
 
 use std::convert::Infallible;
 use std::pin::Pin;

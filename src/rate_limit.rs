@@ -1,5 +1,5 @@
-//! Rate limits (README, "Rate limits"): GCRA, a burst of N refilled at N per period, keyed by client IP
-//! or user id. In-process with `governor`; shared by every instance through one atomic Redis
+//! Rate limits (README, "Rate limits"): GCRA, a burst of N refilled at N per period, keyed by
+//! client IP or user id. In-process with `governor`; shared by every instance through one atomic Redis
 //! script call when `REDIS_URL` is set, falling back to in-process while Redis is away.
 
 use std::net::{IpAddr, Ipv6Addr};
@@ -160,9 +160,8 @@ pub struct Limiter {
     limit_header: HeaderValue,
     /// Shared with the store: set when it is full.
     overflowed: Arc<AtomicBool>,
-    /// When the last prune asked for by a full store ran (ms since `created`).
-    last_full_prune: AtomicU64,
-    created: Instant,
+    /// A full store is pruned at most once per [`FULL_PRUNE_INTERVAL`].
+    full_prune: Throttle,
 }
 
 impl Limiter {
@@ -185,8 +184,7 @@ impl Limiter {
             shared,
             limit_header: HeaderValue::from(rate.burst.get()),
             overflowed,
-            last_full_prune: AtomicU64::new(0),
-            created: Instant::now(),
+            full_prune: Throttle::new(FULL_PRUNE_INTERVAL),
         }
     }
 
@@ -201,27 +199,13 @@ impl Limiter {
 
     fn check_local(&self, key: LimitKey) -> Decision {
         let decision = self.decide_local(key);
-        if self.overflowed.load(Ordering::Relaxed) {
-            self.prune_when_full();
-        }
-        decision
-    }
-
-    /// A full store is pruned at most once per [`FULL_PRUNE_INTERVAL`], by whichever request
-    /// found it full (a prune of 50,000 keys takes about a millisecond).
-    fn prune_when_full(&self) {
-        let now = self.created.elapsed().as_millis() as u64;
-        let last = self.last_full_prune.load(Ordering::Relaxed);
-        let due = now.saturating_sub(last) >= FULL_PRUNE_INTERVAL.as_millis() as u64 || last == 0;
-        if due
-            && self
-                .last_full_prune
-                .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
+        // By whichever request found the store full (a prune of 50,000 keys takes about a
+        // millisecond).
+        if self.overflowed.load(Ordering::Relaxed) && self.full_prune.due().is_some() {
             self.overflowed.store(false, Ordering::Relaxed);
             self.prune();
         }
+        decision
     }
 
     fn decide_local(&self, key: LimitKey) -> Decision {

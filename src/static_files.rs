@@ -1,4 +1,5 @@
-//! Static files (README, "Security notes"), the HTML error pages for browsers, and `shipshape compress-static`.
+//! Static files (README, "Security notes"), the HTML error pages for browsers, and
+//! `shipshape compress-static`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,5 @@
-//! The security headers (README, "Security notes"), built once at start and stamped on every response.
+//! The security headers (README, "Security notes"), built once at start and stamped on every
+//! response.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 

@@ -1,5 +1,5 @@
-//! Security behaviour (README, "Security notes"): response headers, allowed hosts, HTTPS redirect, client IP
-//! and CORS. Each piece is small and configured once from [`crate::config::Config`].
+//! Security behaviour (README, "Security notes"): response headers, allowed hosts, HTTPS
+//! redirect, client IP and CORS. Each piece is small and configured once from [`crate::config::Config`].
 
 pub mod client_ip;
 pub mod cors;

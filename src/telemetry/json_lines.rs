@@ -1,10 +1,11 @@
 //! The JSON log format: one object per event, written straight into tracing-subscriber's
 //! reused line buffer. tracing-subscriber's own `.json()` formats every `%value` field into a
 //! temporary `String`, runs it through serde_json and formats the timestamp from scratch; on a
-//! logged request that was a third of all the work (measured with the load benchmark). The output is the
-//! same shape: `timestamp`, `level`, `target`, then the event's fields, `message` included,
-//! then `request_id` when the line is written while a request is served, then the fields of the
-//! spans the event is in (root first), e.g. what a `#[tracing::instrument]` span recorded.
+//! logged request that was a third of all the work (measured with the load benchmark). The
+//! output is the same shape: `timestamp`, `level`, `target`, then the event's fields,
+//! `message` included, then `request_id` when the line is written while a request is served,
+//! then the fields of the spans the event is in (root first), e.g. what a
+//! `#[tracing::instrument]` span recorded.
 //!
 //! A span's fields are formatted once, by [`JsonFields`], when the span is made or recorded
 //! into; each line then copies that text.
@@ -296,10 +297,7 @@ impl<W: Write> Write for Cut<W> {
             return self.inner.write_str(s);
         }
         self.cut = true;
-        let mut end = self.left;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
+        let end = s.floor_char_boundary(self.left);
         self.left = 0;
         self.inner.write_str(&s[..end])
     }

@@ -34,15 +34,15 @@ const MAX_METHOD_BYTES: usize = 24;
 
 /// `text` up to `max` bytes (at a character boundary); a longer one is cut and marked
 /// `…[cut]`, so what a client sends cannot lengthen a log line without bound.
-pub fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if text.len() <= max {
         return std::borrow::Cow::Borrowed(text);
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    std::borrow::Cow::Owned(format!("{}{}", &text[..end], json_lines::CUT_MARK))
+    std::borrow::Cow::Owned(format!(
+        "{}{}",
+        &text[..text.floor_char_boundary(max)],
+        json_lines::CUT_MARK
+    ))
 }
 
 /// A `HeaderName`, not a `&str`: inserting by string copies the name into a new allocation.

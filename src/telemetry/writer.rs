@@ -5,19 +5,20 @@
 //! queue in lines, whatever their size, and when full either blocks every thread that logs
 //! (the Tokio workers included) or drops without a metric: hence this small one.
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
+
+use super::throttle::Throttle;
 
 /// Bytes of lines waiting for the writer thread; past this, new lines are dropped. About 30,000
 /// request lines: seconds of the benchmark's request rate, while a stalled stdout costs at
 /// most this much memory.
-pub const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
+const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
 /// Dropped lines are reported at most this often.
 const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 /// How long the last lines may take to be written at exit.
@@ -41,8 +42,8 @@ pub struct LogWriter(Arc<Queue>);
 /// Keeps the writer thread; dropping it writes out what is queued (for at most a second).
 pub struct LogGuard {
     queue: Arc<Queue>,
+    /// Closed by the writer thread when it ends.
     done: Receiver<()>,
-    thread: Option<JoinHandle<()>>,
 }
 
 /// Starts the writer thread over `out`.
@@ -54,17 +55,16 @@ pub fn spawn(out: impl Write + Send + 'static) -> io::Result<(LogWriter, LogGuar
         dropped: AtomicU64::new(0),
     });
     let (done_sender, done) = crossbeam_channel::bounded(1);
-    let thread = std::thread::Builder::new().name("log-writer".to_owned()).spawn({
+    std::thread::Builder::new().name("log-writer".to_owned()).spawn({
         let queue = queue.clone();
         move || {
             write_lines(&queue, &receiver, out);
-            let _ = done_sender.send(());
+            drop(done_sender);
         }
     })?;
     let guard = LogGuard {
         queue: queue.clone(),
         done,
-        thread: Some(thread),
     };
     Ok((LogWriter(queue), guard))
 }
@@ -77,7 +77,7 @@ pub fn spawn(out: impl Write + Send + 'static) -> io::Result<(LogWriter, LogGuar
 fn write_lines(queue: &Queue, receiver: &Receiver<Message>, out: impl Write) {
     let mut out = io::BufWriter::new(out);
     let mut reported = 0;
-    let mut last_report: Option<Instant> = None;
+    let report = Throttle::new(DROP_REPORT_INTERVAL);
     loop {
         let message = match receiver.try_recv() {
             Ok(message) => message,
@@ -85,13 +85,12 @@ fn write_lines(queue: &Queue, receiver: &Receiver<Message>, out: impl Write) {
                 let _ = out.flush();
                 // Caught up: a good moment to say what was lost (the line itself queues as usual).
                 let dropped = queue.dropped.load(Ordering::Relaxed);
-                if dropped > reported && last_report.is_none_or(|at| at.elapsed() >= DROP_REPORT_INTERVAL) {
+                if dropped > reported && report.due().is_some() {
                     tracing::warn!(
                         dropped_total = dropped,
                         "log lines were dropped: stdout did not keep up (log_lines_dropped_total counts them)"
                     );
                     reported = dropped;
-                    last_report = Some(Instant::now());
                 }
                 match receiver.recv() {
                     Ok(message) => message,
@@ -149,25 +148,12 @@ impl<'a> MakeWriter<'a> for LogWriter {
     }
 }
 
-impl LogWriter {
-    /// Lines dropped so far because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.0.dropped.load(Ordering::Relaxed)
-    }
-}
-
 impl Drop for LogGuard {
     fn drop(&mut self) {
         let _ = self.queue.sender.send(Message::Shutdown);
-        // A stdout nobody reads must not hold up the exit.
-        match self.done.recv_timeout(FLUSH_AT_EXIT) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                if let Some(thread) = self.thread.take() {
-                    let _ = thread.join();
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-        }
+        // Until the thread has written what was queued, but a stdout nobody reads must not
+        // hold up the exit.
+        let _ = self.done.recv_timeout(FLUSH_AT_EXIT);
     }
 }
 
@@ -215,7 +201,11 @@ mod tests {
         for _ in 0..lines {
             let _ = writer.make_writer().write(&line);
         }
-        assert!(writer.dropped() >= 9, "dropped {}", writer.dropped());
+        assert!(
+            writer.0.dropped.load(Ordering::Relaxed) >= 9,
+            "dropped {}",
+            writer.0.dropped.load(Ordering::Relaxed)
+        );
         assert!(writer.0.queued_bytes.load(Ordering::Relaxed) <= MAX_QUEUED_BYTES);
         open.store(true, Ordering::Release);
         // Drained, the queue takes lines again.
@@ -224,9 +214,9 @@ mod tests {
             writer.0.queued_bytes.load(Ordering::Relaxed) == 0
         });
         assert!(drained, "the queue drained once stdout was read");
-        let dropped = writer.dropped();
+        let dropped = writer.0.dropped.load(Ordering::Relaxed);
         let _ = writer.make_writer().write(b"after\n");
-        assert_eq!(writer.dropped(), dropped);
+        assert_eq!(writer.0.dropped.load(Ordering::Relaxed), dropped);
         drop(guard);
         let all = written.lock().map(|w| w.clone()).unwrap_or_default();
         assert!(all.ends_with(b"after\n"), "the line logged after the drops was written");
