@@ -117,6 +117,8 @@ async fn show_statement_timeout(conn: &mut PgConnection) -> Result<String, Strin
 
 /// Connections the probe holds in a transaction at most, beside `a`.
 const HOLDERS: usize = 4;
+/// Times each holder takes a session.
+const ROUNDS: usize = 5;
 
 /// Whether a connection keeps one server session (PostgreSQL itself, a session pooler) or its
 /// statements move between sessions (a transaction pooler), and if so whether named prepared
@@ -143,42 +145,60 @@ async fn probe_pooling(options: &PgConnectOptions, a: &mut PgConnection) -> Resu
         }
         Err(Prepared::Failed(reason)) => return Err(reason),
     }
-    let mut holders = Vec::with_capacity(HOLDERS);
-    let mut pooling = Pooling::Session;
-    for _ in 0..HOLDERS {
-        let mut holder = step(PgConnection::connect_with(options)).await?;
-        // A session pooler with every server session taken queues `holder`: not a transaction pooler.
-        if step(sqlx::raw_sql("BEGIN").execute(&mut holder)).await.is_err() {
-            break;
-        }
-        let held = backend_pid(&mut holder).await;
-        holders.push(holder);
-        let held_first = held? == first;
-        match prepared_backend_pid(a).await {
-            Ok(pid) if pid == first && !held_first => continue,
-            // Run on another session, with the statement it prepared: carried by the pooler.
-            Ok(pid) if pid != first => {
-                pooling = Pooling::Transaction {
-                    prepared_statements: true,
-                };
-            }
-            // `a`'s session is held, yet `a` answered from it: impossible for any pooler.
-            Ok(_) => return Err("the probe found one server session in two connections".to_owned()),
-            // Lost, or waiting while every session is held: a transaction pooler, and one
-            // that cannot be trusted with prepared statements.
-            Err(_) => {
-                pooling = Pooling::Transaction {
-                    prepared_statements: false,
-                }
-            }
-        }
-        break;
-    }
+    let mut holders: Vec<PgConnection> = Vec::with_capacity(HOLDERS);
+    let verdict = hold_sessions_until_moved(options, a, first, &mut holders).await;
     for mut holder in holders {
         let _ = step(sqlx::raw_sql("ROLLBACK").execute(&mut holder)).await;
         let _ = holder.close().await;
     }
-    Ok(pooling)
+    verdict
+}
+
+/// The holders' part of [`probe_pooling`]. Other clients of the pooler can hand sessions back
+/// between `a`'s statement and a holder's `BEGIN`, so one holder may miss `a`'s session: each
+/// round, every holder gives its session back and takes one again, up to [`ROUNDS`] times
+/// ([`HOLDERS`] × [`ROUNDS`] chances, on [`HOLDERS`] connections).
+async fn hold_sessions_until_moved(
+    options: &PgConnectOptions,
+    a: &mut PgConnection,
+    first: i32,
+    holders: &mut Vec<PgConnection>,
+) -> Result<Pooling, String> {
+    for round in 0..ROUNDS {
+        for index in 0..HOLDERS {
+            if round == 0 {
+                holders.push(step(PgConnection::connect_with(options)).await?);
+            }
+            let holder = &mut holders[index];
+            // A session pooler with every server session taken queues `holder`: not a transaction pooler.
+            if step(sqlx::raw_sql("BEGIN").execute(&mut *holder)).await.is_err() {
+                return Ok(Pooling::Session);
+            }
+            let held_first = backend_pid(holder).await? == first;
+            match prepared_backend_pid(a).await {
+                Ok(pid) if pid == first && !held_first => {}
+                // Run on another session, with the statement it prepared: carried by the pooler.
+                Ok(pid) if pid != first => {
+                    return Ok(Pooling::Transaction {
+                        prepared_statements: true,
+                    });
+                }
+                // `a`'s session is held, yet `a` answered from it: impossible for any pooler.
+                Ok(_) => return Err("the probe found one server session in two connections".to_owned()),
+                // Lost, or waiting while every session is held: a transaction pooler, and one
+                // that cannot be trusted with prepared statements.
+                Err(_) => {
+                    return Ok(Pooling::Transaction {
+                        prepared_statements: false,
+                    });
+                }
+            }
+        }
+        for holder in holders.iter_mut() {
+            step(sqlx::raw_sql("ROLLBACK").execute(&mut *holder)).await?;
+        }
+    }
+    Ok(Pooling::Session)
 }
 
 async fn backend_pid(conn: &mut PgConnection) -> Result<i32, String> {
