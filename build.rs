@@ -2,7 +2,7 @@
 //
 // The tests that need PostgreSQL or Redis are compiled as ignored unless TEST_DATABASE_URL /
 // TEST_REDIS_URL names a server, so a plain `cargo test` reports them as skipped rather than
-// counting them as passed (README, "Tests and CI"). Setting or clearing either rebuilds.
+// counting them as passed (docs/testing.md). Setting or clearing either rebuilds.
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
     for (variable, cfg) in [("TEST_DATABASE_URL", "test_postgres"), ("TEST_REDIS_URL", "test_redis")] {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::{FromRef, FromRequestParts, Request};
 use axum::http::{HeaderMap, header, request::Parts};
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,6 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Longest bearer token looked at: several times the size of the ones this service issues.
 const MAX_TOKEN_BYTES: usize = 4096;
@@ -184,13 +183,17 @@ impl Auth {
     }
 }
 
-impl FromRequestParts<AppState> for AuthUser {
+impl<S> FromRequestParts<S> for AuthUser
+where
+    S: Send + Sync,
+    Arc<Auth>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let user = match parts.extensions.get() {
             Some(Resolved(user)) => *user,
-            None => state.auth.user_from_headers(&parts.headers),
+            None => Arc::<Auth>::from_ref(state).user_from_headers(&parts.headers),
         };
         user.map(|id| AuthUser { id }).ok_or(ApiError::Unauthorized)
     }

@@ -1,12 +1,12 @@
-//! `check --deploy`: judges a configuration by production rules (README, "`check --deploy`"),
+//! `check --deploy`: judges a configuration by production rules (docs/operations.md, "`check --deploy`"),
 //! in the spirit of Django's `check --deploy`. `serve` in production runs the same checks before listening.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{ClientIpSource, Config, Secret};
+use crate::config::postgres::{connect_options, requires_tls};
+use crate::config::{ClientIpSource, Config, Secret, is_private_host};
 use crate::db::postgres::{self, Pooling};
 use crate::db::{self, Db};
 
@@ -253,35 +253,12 @@ fn postgres_host_without_tls(url: &str) -> Option<String> {
     if !url.starts_with("postgres") {
         return None;
     }
-    let options = postgres::connect_options(url).ok()?;
-    if postgres::requires_tls(&options) || options.get_socket().is_some() {
+    let options = connect_options(url).ok()?;
+    if requires_tls(&options) || options.get_socket().is_some() {
         return None;
     }
     let host = options.get_host().trim_matches(|c| c == '[' || c == ']').to_owned();
     (!is_private_host(&host)).then_some(host)
-}
-
-/// Loopback, private and shared (CGNAT) ranges, and names that resolve only inside a private
-/// network: a bare name (a compose service), `.internal` (Fly, Railway, GCP), Fly's `.flycast`
-/// and managed Postgres `.flympg.net`.
-pub fn is_private_host(host: &str) -> bool {
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => {
-            let shared = ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64;
-            ip.is_loopback() || ip.is_private() || ip.is_link_local() || shared
-        }
-        Ok(IpAddr::V6(ip)) => {
-            ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00 || (ip.segments()[0] & 0xffc0) == 0xfe80
-        }
-        Err(_) => {
-            let host = host.trim_end_matches('.').to_ascii_lowercase();
-            host == "localhost"
-                || !host.contains('.')
-                || [".internal", ".flycast", ".flympg.net", ".local", ".localhost"]
-                    .iter()
-                    .any(|s| host.ends_with(s))
-        }
-    }
 }
 
 /// `--connect`: reaches the database (and the direct URL migrations use) and Redis, and says
@@ -331,7 +308,7 @@ pub async fn database_findings(config: &Config) -> Vec<Finding> {
         }
         return findings;
     }
-    let Ok(options) = postgres::connect_options(database.url.expose()) else {
+    let Ok(options) = connect_options(database.url.expose()) else {
         return findings; // refused when the configuration was read
     };
     let diagnosis = match postgres::diagnose(&options, database.statement_timeout).await {
@@ -377,7 +354,7 @@ pub async fn database_findings(config: &Config) -> Vec<Finding> {
         ));
     }
     if let Some(direct) = &database.direct_url
-        && let Ok(direct) = postgres::connect_options(direct.expose())
+        && let Ok(direct) = connect_options(direct.expose())
         && let Err(reason) = postgres::diagnose(&direct, database.statement_timeout).await
     {
         findings.push(error(

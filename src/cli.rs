@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::checks::{self, Report, Severity};
 use crate::config::DatabaseConfig;
+use crate::config::postgres::connect_options;
 use crate::config::{AppEnv, Config, Settings};
 use crate::db::postgres::{self, Pooling};
 use crate::db::{self, Db};
@@ -339,7 +340,7 @@ async fn pooling(database: &DatabaseConfig) -> Result<Pooling, String> {
     if database.is_sqlite() {
         return Ok(Pooling::Session);
     }
-    let options = postgres::connect_options(database.url.expose())?;
+    let options = connect_options(database.url.expose())?;
     match postgres::diagnose(&options, database.statement_timeout).await {
         Ok(diagnosis)
             if diagnosis.pooling

@@ -1,13 +1,12 @@
 //! The one error type. Every handler returns `Result<_, ApiError>`; every error the service
 //! sends, including axum's rejections and bare errors from middleware, leaves as the JSON of
-//! README's "Errors" (or, for a browser on a non-API path, as the HTML error page).
+//! docs/api.md, "Errors" (or, for a browser on a non-API path, as the HTML error page).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::db::{self, faults::Fault};
 use crate::telemetry::{self, sentry};
 
 /// One field that failed validation.
@@ -83,7 +82,7 @@ pub enum ApiError {
     Panic(String),
 }
 
-/// The JSON error body (README, "Errors").
+/// The JSON error body (docs/api.md, "Errors").
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
@@ -177,18 +176,6 @@ impl ApiError {
             StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited { retry_after_secs: 1 },
             StatusCode::BAD_REQUEST => ApiError::InvalidJson("the request could not be read".to_owned()),
             _ => ApiError::Internal(anyhow::anyhow!("bare {status} response from a middleware")),
-        }
-    }
-}
-
-impl From<sqlx::Error> for ApiError {
-    fn from(error: sqlx::Error) -> Self {
-        let fault = db::faults::classify(&error);
-        db::faults::report(fault, &error);
-        match fault {
-            Fault::Unavailable | Fault::PoolerWithoutPreparedStatements => ApiError::DatabaseUnavailable,
-            Fault::StatementTimeout => ApiError::DatabaseTimeout,
-            Fault::Bug => ApiError::Internal(error.into()),
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod input;
 pub mod invoices;
 // example-domain:end
 pub mod lifecycle;
-pub mod middleware;
+pub mod observe;
 pub mod rate_limit;
 pub mod redis_store;
 pub mod routes;

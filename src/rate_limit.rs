@@ -1,4 +1,4 @@
-//! Rate limits (README, "Rate limits"): GCRA, a burst of N refilled at N per period, keyed by
+//! Rate limits (docs/api.md, "Rate limits"): GCRA, a burst of N refilled at N per period, keyed by
 //! client IP or user id. In-process with `governor`; shared by every instance through one atomic Redis
 //! script call when `REDIS_URL` is set, falling back to in-process while Redis is away.
 
@@ -8,11 +8,11 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Mutex;
 
-use axum::extract::Request;
+use axum::extract::{FromRef, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -21,7 +21,6 @@ use governor::state::StateStore;
 use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::{Quota, RateLimiter};
 use redis::aio::ConnectionManager;
-use tower::Service;
 use uuid::Uuid;
 
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
@@ -29,11 +28,9 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use crate::auth::Auth;
 use crate::config::{Rate, RateLimits};
 use crate::error::ApiError;
-use crate::middleware::{BoxResponseFuture, Middleware, MiddlewareLayer};
 use crate::redis_store;
 use crate::security::client_ip::ClientIp;
 use crate::security::is_health_path;
-use crate::state::AppState;
 use crate::telemetry::throttle::Throttle;
 
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -366,18 +363,29 @@ impl Limit {
         }
     }
 
-    /// The middleware that enforces this limit (it passes everything when the limit is off).
-    pub fn layer(&self, state: &AppState) -> MiddlewareLayer<Enforce> {
-        MiddlewareLayer(Enforce {
-            limiter: state.rate_limiters.get(self),
+    /// The state of the middleware that enforces this limit ([`enforce`]); it passes everything
+    /// when the limit is off.
+    pub fn enforcer<S>(&self, state: &S) -> Enforce
+    where
+        Arc<RateLimiters>: FromRef<S>,
+        Arc<Auth>: FromRef<S>,
+    {
+        Enforce {
+            limiter: Arc::<RateLimiters>::from_ref(state).get(self),
             per: self.per,
-            auth: state.auth.clone(),
-        })
+            auth: Arc::<Auth>::from_ref(state),
+        }
     }
 
     /// `routes` under this limit, to merge into a route module's router.
-    pub fn on(&self, state: &AppState, routes: UtoipaMethodRouter<AppState>) -> OpenApiRouter<AppState> {
-        OpenApiRouter::new().routes(routes).route_layer(self.layer(state))
+    pub fn on<S>(&self, state: &S, routes: UtoipaMethodRouter<S>) -> OpenApiRouter<S>
+    where
+        S: Clone + Send + Sync + 'static,
+        Arc<RateLimiters>: FromRef<S>,
+        Arc<Auth>: FromRef<S>,
+    {
+        let layer = middleware::from_fn_with_state(self.enforcer(state), enforce);
+        OpenApiRouter::new().routes(routes).route_layer(layer)
     }
 }
 
@@ -440,59 +448,36 @@ pub struct Enforce {
     auth: Arc<Auth>,
 }
 
-impl Middleware for Enforce {
-    fn handle<S>(&self, inner: &mut S, mut req: Request) -> BoxResponseFuture
-    where
-        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-    {
-        let key = match &self.limiter {
-            Some(_) if is_health_path(req.uri().path()) => None,
-            Some(_) => match self.per {
-                Per::Ip => {
-                    let ip = req
-                        .extensions()
-                        .get::<ClientIp>()
-                        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
-                    Some(LimitKey::client(ip))
-                }
-                Per::User => self.auth.resolve(&mut req).map(LimitKey::User),
-            },
-            None => None,
-        };
-        let (Some(limiter), Some(key)) = (self.limiter.clone(), key) else {
-            return Box::pin(inner.call(req));
-        };
-        if limiter.shared.is_none() {
-            // Decided at once: the ready inner service is called now, without a clone.
-            let decision = limiter.check_local(key);
-            let pending = decision.allowed.then(|| inner.call(req));
-            return Box::pin(async move { finish(&limiter, decision, pending).await });
-        }
-        // The check may wait for Redis, so the inner service is called later: take the one that
-        // is ready and leave a clone in its place (the usual tower pattern).
-        let clone = inner.clone();
-        let mut inner = std::mem::replace(inner, clone);
-        Box::pin(async move {
-            let decision = limiter.check(key).await;
-            let pending = decision.allowed.then(|| inner.call(req));
-            finish(&limiter, decision, pending).await
-        })
-    }
-}
-
-/// The response to a checked request: the 429, or the inner service's with the limit headers.
-async fn finish(
-    limiter: &Limiter,
-    decision: Decision,
-    pending: Option<impl Future<Output = Result<Response, Infallible>>>,
-) -> Result<Response, Infallible> {
-    let Some(pending) = pending else {
-        return Ok(refuse(limiter, decision));
+/// For `axum::middleware::from_fn_with_state`: the 429, or the response from below with the
+/// limit headers.
+pub async fn enforce(State(enforce): State<Enforce>, mut req: Request, next: Next) -> Response {
+    let key = match &enforce.limiter {
+        Some(_) if is_health_path(req.uri().path()) => None,
+        Some(_) => match enforce.per {
+            Per::Ip => {
+                let ip = req
+                    .extensions()
+                    .get::<ClientIp>()
+                    .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
+                Some(LimitKey::client(ip))
+            }
+            Per::User => enforce.auth.resolve(&mut req).map(LimitKey::User),
+        },
+        None => None,
     };
-    let mut response = pending.await?;
-    annotate(limiter, decision, &mut response);
-    Ok(response)
+    let (Some(limiter), Some(key)) = (enforce.limiter, key) else {
+        return next.run(req).await;
+    };
+    let decision = limiter.check(key).await;
+    if !decision.allowed {
+        return refuse(&limiter, decision);
+    }
+    let mut response = next.run(req).await;
+    // A stricter, route-specific limit inside this one has already reported itself.
+    if !response.headers().contains_key(X_RATELIMIT_LIMIT) {
+        limiter.apply_headers(decision, response.headers_mut());
+    }
+    response
 }
 
 /// The 429 for a request over its limit, counted.
@@ -504,14 +489,6 @@ fn refuse(limiter: &Limiter, decision: Decision) -> Response {
     .into_response();
     limiter.apply_headers(decision, response.headers_mut());
     response
-}
-
-/// The limit headers on an allowed request's response.
-fn annotate(limiter: &Limiter, decision: Decision, response: &mut Response) {
-    // A stricter, route-specific limit inside this one has already reported itself.
-    if !response.headers().contains_key(X_RATELIMIT_LIMIT) {
-        limiter.apply_headers(decision, response.headers_mut());
-    }
 }
 
 #[cfg(test)]
@@ -592,8 +569,9 @@ mod tests {
             per: Per::User,
             auth: auth.clone(),
         };
-        let handler = tower::service_fn(|_: Request| async { Ok::<_, Infallible>(Response::new(Body::empty())) });
-        let service = MiddlewareLayer(enforce).layer(handler);
+        let handler =
+            tower::service_fn(|_: Request| async { Ok::<_, std::convert::Infallible>(Response::new(Body::empty())) });
+        let service = middleware::from_fn_with_state(enforce, super::enforce).layer(handler);
         let token = auth.issue_token(Uuid::new_v4()).expect("token");
         let status = |bearer: Option<String>| {
             let service = service.clone();

@@ -117,5 +117,5 @@ pub fn plain_to_public_host(url: &str) -> Option<String> {
         return None;
     }
     let host = parsed.host_str()?.trim_matches(|c| c == '[' || c == ']').to_owned();
-    (!crate::checks::is_private_host(&host)).then_some(host)
+    (!crate::config::is_private_host(&host)).then_some(host)
 }

@@ -24,12 +24,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
-use crate::app;
 use crate::checks;
 use crate::config::Config;
 use crate::db::{Db, Schema};
 use crate::state::AppState;
 use crate::telemetry;
+use crate::{app, routes};
 
 /// How often the database is diagnosed again while the pooler is known to lose prepared
 /// statements, and while no verdict could be reached (the database unreachable).
@@ -174,7 +174,7 @@ impl Application {
                 let listener = TcpListener::bind((config.host, port))
                     .await
                     .with_context(|| format!("could not listen on {}:{port} (METRICS_PORT)", config.host))?;
-                Some((listener, telemetry::metrics::router(state.clone(), handle)))
+                Some((listener, routes::metrics::router(state.clone(), handle)))
             }
             _ => None,
         };

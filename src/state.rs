@@ -3,21 +3,16 @@
 use std::ops::Deref;
 use std::sync::{Arc, RwLock};
 
+use axum::extract::FromRef;
 use redis::aio::ConnectionManager;
 
 use crate::auth::Auth;
-use crate::config::{AppEnv, Config};
+use crate::config::Config;
 use crate::db::{Db, PoolerGate, Schema, SharedPing};
 use crate::error::ApiError;
-// example-domain:begin
-use crate::invoices::events::{self, EventHub};
-// example-domain:end
 use crate::lifecycle::Lifecycle;
 use crate::rate_limit::RateLimiters;
-use crate::security::headers::SecurityHeaders;
-use crate::security::hosts::AllowedHosts;
-use crate::static_files::ErrorPages;
-use crate::{redis_store, telemetry};
+use crate::redis_store;
 
 /// Everything a handler or middleware may need, behind one `Arc` so cloning it per request is cheap.
 #[derive(Clone)]
@@ -38,20 +33,12 @@ pub struct AppStateInner {
     pub readiness_ping: SharedPing,
     /// Present when `REDIS_URL` is set; reconnects by itself.
     pub redis: Option<ConnectionManager>,
+    /// For what needs a connection of its own (a subscriber); present with `redis`.
+    pub redis_client: Option<redis::Client>,
     pub auth: Arc<Auth>,
     /// Every rate limit, by name; routes take theirs when the router is built.
     pub rate_limiters: Arc<RateLimiters>,
-    // example-domain:begin
-    pub events: Arc<EventHub>,
-    // example-domain:end
     pub lifecycle: Lifecycle,
-    pub allowed_hosts: AllowedHosts,
-    pub security_headers: SecurityHeaders,
-    pub error_pages: ErrorPages,
-    /// Whether a Sentry client is running (set up by `serve` before the state is built).
-    pub sentry_enabled: bool,
-    /// Whether the Prometheus recorder is installed (`METRICS_PORT` set).
-    pub metrics_enabled: bool,
 }
 
 impl Deref for AppState {
@@ -67,30 +54,12 @@ impl AppState {
         let client = redis_store::client(&config)?;
         let redis = client.as_ref().map(redis_store::connection_manager).transpose()?;
         let rate_limiters = RateLimiters::new(&config.rate_limits, redis.clone());
-        let lifecycle = Lifecycle::default();
-        // example-domain:begin
-        let events = Arc::new(EventHub::new(
-            config.max_sse_streams,
-            config.max_sse_streams_per_user,
-            redis.clone(),
-        ));
-        if let Some(client) = client {
-            events::spawn_redis_subscriber(Arc::downgrade(&events), client, lifecycle.draining());
-        }
-        // example-domain:end
         Ok(AppState(Arc::new(AppStateInner {
             auth: Arc::new(Auth::from_config(&config)?),
-            // example-domain:begin
-            events,
-            // example-domain:end
-            allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
-            security_headers: SecurityHeaders::from_config(&config),
-            error_pages: ErrorPages::load(&config.static_dir),
-            sentry_enabled: telemetry::sentry::enabled(),
-            metrics_enabled: config.metrics_port.is_some(),
-            lifecycle,
+            lifecycle: Lifecycle::default(),
             rate_limiters,
             redis,
+            redis_client: client,
             db,
             readiness_db,
             readiness_ping: SharedPing::default(),
@@ -119,9 +88,19 @@ impl AppState {
     pub fn schema(&self) -> Schema {
         self.schema.read().map(|s| s.clone()).unwrap_or(Schema::Error)
     }
+}
 
-    /// `DEBUG=true` shows internal error detail, but never in production.
-    pub fn expose_internal_errors(&self) -> bool {
-        self.config.debug && self.config.app_env == AppEnv::Development
+// What extractors and middleware take from the state (`State<Arc<Auth>>`, `AuthUser`, a rate
+// limit's `enforcer`), so they need not know the whole of it.
+
+impl FromRef<AppState> for Arc<Auth> {
+    fn from_ref(state: &AppState) -> Arc<Auth> {
+        state.auth.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<RateLimiters> {
+    fn from_ref(state: &AppState) -> Arc<RateLimiters> {
+        state.rate_limiters.clone()
     }
 }

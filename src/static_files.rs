@@ -1,4 +1,4 @@
-//! Static files (README, "Security notes"), the HTML error pages for browsers, and
+//! Static files (docs/api.md, "Security notes"), the HTML error pages for browsers, and
 //! `shipshape compress-static`.
 
 use std::io::Write;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,11 +16,10 @@ use tower_http::services::{ServeDir, ServeFile};
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// `/` (the landing page) and `/static/*` from `STATIC_DIR`, with precompressed `.br`/`.gz`
 /// siblings, ETag/Last-Modified and 304s (all from tower-http), and our cache policy.
-pub fn router(config: &Config) -> Router<AppState> {
+pub fn router<S: Clone + Send + Sync + 'static>(config: &Config) -> Router<S> {
     let files = ServeDir::new(&config.static_dir)
         .precompressed_br()
         .precompressed_gzip()
@@ -120,6 +119,7 @@ fn has_content_hash(file_name: &str) -> bool {
 }
 
 /// `404.html` and `500.html` from `STATIC_DIR`, read once at start (built-in pages when missing).
+#[derive(Clone)]
 pub struct ErrorPages {
     // `Bytes`, so each response shares the page instead of copying it.
     not_found: Bytes,
@@ -157,6 +157,17 @@ impl ErrorPages {
         );
         parts.headers.remove(header::CONTENT_LENGTH);
         Response::from_parts(parts, Body::from(page))
+    }
+}
+
+/// For `axum::middleware::from_fn_with_state`: a browser asking for a page outside `/api/`
+/// gets an error as an HTML page instead of JSON.
+pub async fn html_error_pages(State(pages): State<ErrorPages>, req: Request, next: Next) -> Response {
+    let wants_html = !req.uri().path().starts_with("/api/") && prefers_html(req.headers().get(header::ACCEPT));
+    let response = next.run(req).await;
+    match wants_html && response.status().as_u16() >= 400 {
+        true => pages.render(response),
+        false => response,
     }
 }
 

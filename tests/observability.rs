@@ -1,4 +1,4 @@
-//! Observability (README) in its own process (Sentry's client is process-wide): Sentry events against a
+//! Observability (docs/operations.md) in its own process (Sentry's client is process-wide): Sentry events against a
 //! local fake ingest, and logs that never contain a secret.
 
 #[path = "api/helpers.rs"]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::error::ApiError;
 use crate::telemetry::{self, throttle::Throttle};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +140,19 @@ pub fn describe(error: &sqlx::Error) -> String {
             format!("{what}: {} (SQLSTATE {code})", e.message())
         }
         other => other.to_string(),
+    }
+}
+
+/// Every database error a handler meets becomes the answer its fault calls for.
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        let fault = classify(&error);
+        report(fault, &error);
+        match fault {
+            Fault::Unavailable | Fault::PoolerWithoutPreparedStatements => ApiError::DatabaseUnavailable,
+            Fault::StatementTimeout => ApiError::DatabaseTimeout,
+            Fault::Bug => ApiError::Internal(error.into()),
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 
 use crate::config::DatabaseConfig;
+use crate::config::postgres::connect_options;
 use crate::error::ApiError;
 
 pub use faults::PoolerGate;
@@ -45,7 +46,7 @@ macro_rules! with_db {
     };
 }
 
-/// The pool settings (README, "Configuration"), the same for both backends.
+/// The pool settings (docs/configuration.md), the same for both backends.
 fn pool_options<DB: sqlx::Database>(config: &DatabaseConfig) -> PoolOptions<DB> {
     PoolOptions::new()
         .max_connections(config.max_connections)
@@ -74,7 +75,7 @@ impl Db {
             let pool = pool_options(config).connect_lazy_with(options);
             Ok(Db::Sqlite(pool, WriterQueue::default()))
         } else {
-            let options = postgres::connect_options(url).map_err(|reason| sqlx::Error::Configuration(reason.into()))?;
+            let options = connect_options(url).map_err(|reason| sqlx::Error::Configuration(reason.into()))?;
             // Set after connecting, as a plain statement, because poolers refuse it as a start-up
             // parameter. Behind a transaction pooler it cannot be relied on (each transaction may
             // reach another server session): `check --deploy --connect` says so.

@@ -1,8 +1,10 @@
 //! `GET /api/v1/invoices/events`: the caller's invoice changes as server-sent events.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -12,7 +14,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
-use crate::invoices::events::Subscription;
+use crate::invoices::events::{EventHub, Subscription};
 use crate::state::AppState;
 use crate::users;
 
@@ -29,12 +31,16 @@ pub fn router() -> OpenApiRouter<AppState> {
     (status = 401, body = ErrorBody, description = "`unauthorized`"),
     (status = 503, body = ErrorBody, description = "`service_unavailable`: MAX_SSE_STREAMS, or MAX_SSE_STREAMS_PER_USER of this user, are open"),
 ))]
-pub async fn invoice_events(State(state): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
+pub async fn invoice_events(
+    State(state): State<AppState>,
+    Extension(events): Extension<Arc<EventHub>>,
+    user: AuthUser,
+) -> Result<Response, ApiError> {
     // Nothing else on a stream would notice a token of an account that does not exist.
     if !users::exists(state.database()?, user.id).await? {
         return Err(ApiError::Unauthorized);
     }
-    let subscription = state.events.subscribe(user.id).ok_or(ApiError::ServiceUnavailable)?;
+    let subscription = events.subscribe(user.id).ok_or(ApiError::ServiceUnavailable)?;
     let stream = futures_util::stream::unfold((subscription, 0u64, false), next_event)
         // At shutdown every stream ends at once, so the drain never waits on one.
         .take_until(state.lifecycle.draining());

@@ -1,12 +1,13 @@
 //! Invoices: create, list (keyset pagination), get, and send.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -15,6 +16,7 @@ use uuid::Uuid;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody, JsonBodyErrors};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::invoices::events::{self, EventHub};
 use crate::invoices::input::NewInvoice;
 use crate::invoices::store::{self, InvoiceRow, PageStart};
 use crate::invoices::{Invoice, InvoiceStatus};
@@ -25,7 +27,32 @@ use crate::users;
 /// `RATE_LIMIT_INVOICE_CREATE` per user.
 const CREATE_LIMIT: Limit = Limit::per_user("invoice_create", |limits| limits.invoice_create);
 
-pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
+/// The example domain's routes and the event hub they share: the one place it plugs into the
+/// app (`app::api`), removed with it (docs/example-domain.md).
+pub fn example_domain(state: &AppState) -> OpenApiRouter<AppState> {
+    let config = &state.config;
+    let events = Arc::new(EventHub::new(
+        config.max_sse_streams,
+        config.max_sse_streams_per_user,
+        state.redis.clone(),
+    ));
+    if let Some(client) = state.redis_client.clone() {
+        events::spawn_redis_subscriber(Arc::downgrade(&events), client, state.lifecycle.draining());
+    }
+    // Mounted (and so documented) only when it can work: without its secret it is a 404.
+    let webhooks = match config.webhook_secret {
+        Some(_) => super::webhooks::router(),
+        None => OpenApiRouter::new(),
+    };
+    OpenApiRouter::new()
+        .merge(router(state))
+        .merge(super::events::router())
+        .merge(super::stats::router())
+        .merge(webhooks)
+        .route_layer(Extension(events))
+}
+
+fn router(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(CREATE_LIMIT.on(state, routes!(create_invoice)))
         .routes(routes!(list_invoices))
@@ -44,24 +71,25 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
 ))]
 pub async fn create_invoice(
     State(state): State<AppState>,
+    Extension(events): Extension<Arc<EventHub>>,
     user: AuthUser,
     ApiJson(new): ApiJson<NewInvoice>,
 ) -> Result<Response, ApiError> {
     let row = store::insert(state.database()?, user.id, &new).await?;
-    publish_and_answer(&state, user, "invoice.created", StatusCode::CREATED, row)
+    publish_and_answer(&events, user, "invoice.created", StatusCode::CREATED, row)
 }
 
 /// Announces the changed invoice to the owner's event streams and answers it, serialized
 /// once for both.
 fn publish_and_answer(
-    state: &AppState,
+    events: &EventHub,
     user: AuthUser,
     kind: &'static str,
     status: StatusCode,
     row: InvoiceRow,
 ) -> Result<Response, ApiError> {
     let json = serde_json::to_string(&row.into_invoice()?).map_err(|e| ApiError::Internal(e.into()))?;
-    state.events.publish_json(user.id, kind, json.clone());
+    events.publish_json(user.id, kind, json.clone());
     Ok((status, [(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
@@ -212,12 +240,17 @@ pub async fn get_invoice(
     (status = 404, body = ErrorBody, description = "`not_found`"),
     (status = 409, body = ErrorBody, description = "`invalid_transition`: not a draft"),
 ))]
-pub async fn send_invoice(State(state): State<AppState>, user: AuthUser, id: InvoiceId) -> Result<Response, ApiError> {
+pub async fn send_invoice(
+    State(state): State<AppState>,
+    Extension(events): Extension<Arc<EventHub>>,
+    user: AuthUser,
+    id: InvoiceId,
+) -> Result<Response, ApiError> {
     let draft = find_own(&state, user, id).await?;
     let sent = store::mark_sent(state.database()?, user.id, &draft.id)
         .await?
         .ok_or(ApiError::InvalidTransition("only a draft invoice can be sent"))?;
-    publish_and_answer(&state, user, "invoice.sent", StatusCode::OK, sent)
+    publish_and_answer(&events, user, "invoice.sent", StatusCode::OK, sent)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! HTTP routes, one module per group: request → domain call → response. Each exposes
-//! `router()` (or `router(state)` when it attaches a rate limit), merged in [`crate::app`]`::api`.
+//! `router()` (or `router(state)` when it attaches a rate limit), merged in `app::api`.
 
 pub mod auth;
 pub mod docs;
@@ -10,6 +10,7 @@ pub mod health;
 // example-domain:begin
 pub mod invoices;
 // example-domain:end
+pub mod metrics;
 pub mod openapi;
 // example-domain:begin
 pub mod stats;

@@ -1,11 +1,11 @@
 //! The client's address, from the one source `CLIENT_IP_SOURCE` names and nothing else.
 //!
-//! Computed once per request by the request middleware and stored as [`ClientIp`], so logs,
-//! rate limits and handlers all see the same address.
+//! Computed once per request by [`attach`], the outermost layer, and stored as [`ClientIp`], so
+//! logs, rate limits and handlers all see the same address.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::{HeaderMap, request::Parts};
 
 use crate::config::ClientIpSource;
@@ -26,6 +26,17 @@ pub fn resolve(source: ClientIpSource, headers: &HeaderMap, peer: IpAddr) -> IpA
         ClientIpSource::CfConnectingIp => ::client_ip::cf_connecting_ip(headers),
     };
     from_header.unwrap_or(peer)
+}
+
+/// For `tower::ServiceBuilder::map_request`: resolves the request's client address once.
+pub fn attach(source: ClientIpSource, mut req: Request) -> Request {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let ip = resolve(source, req.headers(), peer);
+    req.extensions_mut().insert(ClientIp(ip));
+    req
 }
 
 impl<S: Sync> FromRequestParts<S> for ClientIp {

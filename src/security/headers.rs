@@ -1,4 +1,4 @@
-//! The security headers (README, "Security notes"), built once at start and stamped on every
+//! The security headers (docs/api.md, "Security notes"), built once at start and stamped on every
 //! response.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};

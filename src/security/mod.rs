@@ -1,4 +1,4 @@
-//! Security behaviour (README, "Security notes"): response headers, allowed hosts, HTTPS
+//! Security behaviour (docs/api.md, "Security notes"): response headers, allowed hosts, HTTPS
 //! redirect, client IP and CORS. Each piece is small and configured once from [`crate::config::Config`].
 
 pub mod client_ip;
@@ -7,17 +7,15 @@ pub mod headers;
 pub mod hosts;
 pub mod https;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tower::Service;
 
+use crate::config::Config;
 use crate::error::ApiError;
-use crate::middleware::{BoxResponseFuture, Middleware, MiddlewareLayer};
-use crate::state::AppState;
 use headers::SecurityHeaders;
 use hosts::AllowedHosts;
 
@@ -38,39 +36,28 @@ pub struct Guard {
 }
 
 impl Guard {
-    pub fn layer(state: &AppState) -> MiddlewareLayer<Guard> {
-        MiddlewareLayer(Guard {
-            allowed_hosts: state.allowed_hosts.clone(),
-            headers: Arc::new(state.security_headers.clone()),
-            redirect_to_https: state.config.secure_ssl_redirect,
-        })
+    pub fn from_config(config: &Config) -> Guard {
+        Guard {
+            allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
+            headers: Arc::new(SecurityHeaders::from_config(config)),
+            redirect_to_https: config.secure_ssl_redirect,
+        }
     }
 }
 
-impl Middleware for Guard {
-    fn handle<S>(&self, inner: &mut S, req: Request) -> BoxResponseFuture
-    where
-        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-    {
-        let was_https = https::is_https(req.headers());
-        let refusal = (!is_health_path(req.uri().path()))
-            .then(|| self.refusal(&req))
-            .flatten();
-        let pending = match refusal {
-            Some(response) => Err(response),
-            None => Ok(inner.call(req)),
-        };
-        let headers = self.headers.clone();
-        Box::pin(async move {
-            let mut response = match pending {
-                Ok(inner) => inner.await?,
-                Err(refusal) => refusal,
-            };
-            headers.apply(response.headers_mut(), was_https);
-            Ok(response)
-        })
-    }
+/// For `axum::middleware::from_fn_with_state`: the refusal or the response from below, with
+/// the security headers either way.
+pub async fn guard(State(guard): State<Guard>, req: Request, next: Next) -> Response {
+    let was_https = https::is_https(req.headers());
+    let refusal = (!is_health_path(req.uri().path()))
+        .then(|| guard.refusal(&req))
+        .flatten();
+    let mut response = match refusal {
+        Some(refusal) => refusal,
+        None => next.run(req).await,
+    };
+    guard.headers.apply(response.headers_mut(), was_https);
+    response
 }
 
 impl Guard {

@@ -1,4 +1,4 @@
-//! Prometheus metrics on their own listener (`METRICS_PORT`), never on the public port.
+//! Prometheus metrics: the recorder, and what each request records (scraped from `routes::metrics`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -6,14 +6,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::State;
 use axum::http::Method;
-use axum::routing::get;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::state::AppState;
 
 /// Latency buckets in seconds: fine below 100 ms where a healthy API lives.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -122,24 +117,4 @@ fn method_label(method: &Method) -> &'static str {
         .iter()
         .find(|standard| *standard == method)
         .map_or("OTHER", |standard| standard.as_str())
-}
-
-/// `GET /metrics`, for the metrics listener only.
-pub fn router(state: AppState, handle: &'static PrometheusHandle) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(move |State(state): State<AppState>| async move {
-                // Pool gauges are read when scraped: always current, and free between scrapes.
-                let (open, idle) = state.db.pool_usage();
-                metrics::gauge!("db_pool_connections", "state" => "idle").set(idle as f64);
-                metrics::gauge!("db_pool_connections", "state" => "active")
-                    .set(open.saturating_sub(idle as u32) as f64);
-                metrics::gauge!("db_pool_connections", "state" => "max")
-                    .set(state.config.database.max_connections as f64);
-                handle.run_upkeep();
-                handle.render()
-            }),
-        )
-        .with_state(state)
 }

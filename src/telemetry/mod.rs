@@ -1,6 +1,7 @@
 //! Logs, request ids, metrics and error reporting: the tracing subscriber (JSON or
-//! human-readable), and the outermost request middleware that assigns the request id, writes
-//! one log line per request, records its metrics and gives it a Sentry hub.
+//! human-readable), the context of the request being served (its id, which every line logged
+//! meanwhile carries), the Prometheus recorder and the Sentry client. The middleware that
+//! gives each request its context is `observe`.
 
 pub mod json_lines;
 pub mod metrics;
@@ -9,41 +10,12 @@ pub mod sentry;
 pub mod throttle;
 pub mod writer;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Instant;
-
-use std::convert::Infallible;
-
-use axum::extract::{ConnectInfo, MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue, header};
-use axum::response::Response;
-use tower::Service;
+use axum::http::{HeaderName, HeaderValue};
 use tracing::Dispatch;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{Config, LogFormat};
-use crate::middleware::{BoxResponseFuture, Middleware, MiddlewareLayer};
-use crate::security::client_ip::{self, ClientIp};
-use crate::state::AppState;
-use crate::{error, static_files};
-
-/// The longest method a request line shows: the standard ones are at most 7 bytes, WebDAV's
-/// 17; hyper accepts any length.
-const MAX_METHOD_BYTES: usize = 24;
-
-/// `text` up to `max` bytes (at a character boundary); a longer one is cut and marked
-/// `…[cut]`, so what a client sends cannot lengthen a log line without bound.
-fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    std::borrow::Cow::Owned(format!(
-        "{}{}",
-        &text[..text.floor_char_boundary(max)],
-        json_lines::CUT_MARK
-    ))
-}
 
 /// A `HeaderName`, not a `&str`: inserting by string copies the name into a new allocation.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -87,7 +59,7 @@ where
 pub struct RequestId(HeaderValue);
 
 impl RequestId {
-    fn from_incoming(value: Option<&HeaderValue>) -> RequestId {
+    pub fn from_incoming(value: Option<&HeaderValue>) -> RequestId {
         match value {
             Some(v) if is_acceptable_request_id(v.as_bytes()) => RequestId(v.clone()),
             _ => RequestId::generate(),
@@ -98,6 +70,10 @@ impl RequestId {
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
         RequestId(HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
+    }
+
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
     }
 
     pub fn as_str(&self) -> &str {
@@ -119,7 +95,7 @@ impl serde::Serialize for RequestId {
     }
 }
 
-/// README, Observability: `^[A-Za-z0-9._-]{1,128}$`; anything else could inject into logs.
+/// docs/operations.md, Observability: `^[A-Za-z0-9._-]{1,128}$`; anything else could inject into logs.
 fn is_acceptable_request_id(bytes: &[u8]) -> bool {
     (1..=128).contains(&bytes.len())
         && bytes
@@ -128,7 +104,7 @@ fn is_acceptable_request_id(bytes: &[u8]) -> bool {
 }
 
 /// What code running for a request may need to know about it without being handed it:
-/// read by [`error::ApiError`] when it renders.
+/// read by `ApiError` when it renders.
 #[derive(Clone, Debug)]
 pub struct RequestContext {
     pub id: RequestId,
@@ -137,6 +113,14 @@ pub struct RequestContext {
 
 tokio::task_local! {
     static CURRENT_REQUEST: RequestContext;
+}
+
+impl RequestContext {
+    /// Runs `work` as this request's: every line it logs carries the id, and an error it
+    /// renders carries it in the body.
+    pub fn scope<F: Future>(self, work: F) -> tokio::task::futures::TaskLocalFuture<RequestContext, F> {
+        CURRENT_REQUEST.scope(self, work)
+    }
 }
 
 /// The id of the request being served on this task, if any: what log lines written while it
@@ -154,90 +138,4 @@ pub fn current_request() -> RequestContext {
             id: RequestId(HeaderValue::from_static("none")),
             expose_internal_errors: false,
         })
-}
-
-/// The outermost request middleware: request id, client IP, Sentry hub, error rendering,
-/// metrics and the log line.
-#[derive(Clone)]
-pub struct Observe {
-    state: AppState,
-}
-
-impl Observe {
-    pub fn layer(state: AppState) -> MiddlewareLayer<Observe> {
-        MiddlewareLayer(Observe { state })
-    }
-}
-
-impl Middleware for Observe {
-    fn handle<S>(&self, inner: &mut S, mut req: Request) -> BoxResponseFuture
-    where
-        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-    {
-        let started = Instant::now();
-        let state = self.state.clone();
-        let id = RequestId::from_incoming(req.headers().get(&REQUEST_ID_HEADER));
-        let peer = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
-        let ip = client_ip::resolve(state.config.client_ip_source, req.headers(), peer);
-        req.extensions_mut().insert(ClientIp(ip));
-        let method = req.method().clone();
-        let matched = req.extensions().get::<MatchedPath>().cloned();
-        let wants_html_errors =
-            !req.uri().path().starts_with("/api/") && static_files::prefers_html(req.headers().get(header::ACCEPT));
-        let context = RequestContext {
-            id: id.clone(),
-            expose_internal_errors: state.expose_internal_errors(),
-        };
-        let hub = state.sentry_enabled.then(|| {
-            let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-            sentry::request_hub(id.as_str(), method.as_str(), route)
-        });
-        // The services below are started inside the request's context and hub, as they then
-        // run. The context is also where every line logged meanwhile gets `request_id` from.
-        let inner = CURRENT_REQUEST.sync_scope(context.clone(), || match &hub {
-            Some(hub) => ::sentry::Hub::run(hub.clone(), || inner.call(req)),
-            None => inner.call(req),
-        });
-        Box::pin(async move {
-            let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-            let mut response = CURRENT_REQUEST
-                .scope(context, async move {
-                    // Rendering runs inside the hub too: a timeout's 503 is reported with the request id.
-                    let rendered = async move {
-                        let Ok(response) = inner.await;
-                        error::render_bare_error(response)
-                    };
-                    match hub {
-                        Some(hub) => ::sentry::SentryFutureExt::bind_hub(rendered, hub).await,
-                        None => rendered.await,
-                    }
-                })
-                .await;
-            if wants_html_errors && response.status().as_u16() >= 400 {
-                response = state.error_pages.render(response);
-            }
-            response.headers_mut().insert(REQUEST_ID_HEADER, id.0.clone());
-
-            let status = response.status().as_u16();
-            let elapsed = started.elapsed();
-            if state.metrics_enabled {
-                metrics::record_request(&method, route, status, elapsed);
-            }
-            let latency_ms = elapsed.as_micros() as f64 / 1000.0;
-            // Platform probes hit health routes every few seconds; their successes would drown the log.
-            // Text fields as `&str`: the line copies them, where `%value` would run `Display`.
-            let method_text = cut(method.as_str(), MAX_METHOD_BYTES);
-            let (request_id, method) = (id.as_str(), method_text.as_ref());
-            if status == 200 && (route == "/healthz" || route == "/readyz") {
-                tracing::debug!(target: "http", request_id, method, route, status, latency_ms, client_ip = %ip, "request");
-            } else {
-                tracing::info!(target: "http", request_id, method, route, status, latency_ms, client_ip = %ip, "request");
-            }
-            Ok(response)
-        })
-    }
 }

@@ -1,5 +1,5 @@
 //! Sentry error reporting, on only when `SENTRY_DSN` is set. Each request runs with its own
-//! hub tagged with its request id; 5xx answers are reported where [`crate::error::ApiError`]
+//! hub tagged with its request id; 5xx answers are reported where `ApiError`
 //! renders them, and panics once, by Sentry's panic hook (with the stack trace).
 
 use std::borrow::Cow;

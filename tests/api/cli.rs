@@ -11,7 +11,7 @@ use crate::helpers::{TEST_SECRET, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shipshape");
 
-/// Every setting (README, "Configuration").
+/// Every setting (docs/configuration.md).
 const SETTINGS: &[&str] = &[
     "APP_ENV",
     "DEBUG",

@@ -1,4 +1,4 @@
-//! The packaging files held against the code (README, "Deploying"): ports, health paths, binary path,
+//! The packaging files held against the code (docs/deploying.md): ports, health paths, binary path,
 //! release command, metrics port, user and variable names cannot drift apart. Plus the VPS
 //! files for real: nginx in front of the app, and `systemd-analyze verify` on the unit.
 

@@ -40,7 +40,7 @@ pub fn notice(key: &'static Once, text: &str) {
 pub fn postgres_admin() -> String {
     match std::env::var("TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => url,
-        _ => panic!("this test needs TEST_DATABASE_URL (a PostgreSQL server): see README, Tests and CI"),
+        _ => panic!("this test needs TEST_DATABASE_URL (a PostgreSQL server): see docs/testing.md"),
     }
 }
 
@@ -48,7 +48,7 @@ pub fn postgres_admin() -> String {
 pub fn redis_url() -> String {
     match std::env::var("TEST_REDIS_URL") {
         Ok(url) if !url.is_empty() => url,
-        _ => panic!("this test needs TEST_REDIS_URL (a Redis server): see README, Tests and CI"),
+        _ => panic!("this test needs TEST_REDIS_URL (a Redis server): see docs/testing.md"),
     }
 }
 
@@ -243,7 +243,7 @@ impl TestApp {
     }
 }
 
-/// Asserts the §4 error shape and code, and returns the body.
+/// Asserts the error shape (docs/api.md, "Errors") and code, and returns the body.
 /// The fields a 422 `validation_failed` names, in order.
 pub async fn refused_fields(response: reqwest::Response) -> Vec<String> {
     let body = assert_error(response, 422, "validation_failed").await;
@@ -488,7 +488,7 @@ impl Drop for RedisProcess {
 }
 
 // example-domain:begin
-/// The `X-Webhook-Signature` (README, "Payment webhook"): `v1=` hex HMAC-SHA256 of `"{timestamp}.{body}"`.
+/// The `X-Webhook-Signature` (docs/example-domain.md, "Payment webhook"): `v1=` hex HMAC-SHA256 of `"{timestamp}.{body}"`.
 pub fn webhook_signature(secret: &str, timestamp: i64, body: &str) -> String {
     use hmac::Mac;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");

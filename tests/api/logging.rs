@@ -1,4 +1,4 @@
-//! The logs (README, "Observability"), through the production subscriber: every line written while a request is
+//! The logs (docs/operations.md, "Observability"), through the production subscriber: every line written while a request is
 //! served carries its `request_id` and the fields of the spans it is in, at any level and in
 //! both formats, and the request line keeps exactly its own fields.
 //!
@@ -16,7 +16,7 @@ use shipshape::error::ApiError;
 
 use crate::helpers::{Backend, Options, TestApp};
 
-/// The request line's keys: the README's list ("Observability") plus `target`.
+/// The request line's keys: the list in docs/operations.md ("Observability") plus `target`.
 const REQUEST_LINE_KEYS: [&str; 10] = [
     "client_ip",
     "latency_ms",

@@ -250,7 +250,7 @@ async fn postgres_stopped_behind_the_pooler_under_load_answers_only_503_and_reco
 
 /// Tries one connection with the service's own reading of `url`.
 async fn connects(url: &str) -> Result<(), String> {
-    let options = shipshape::db::postgres::connect_options(url)?;
+    let options = shipshape::config::postgres::connect_options(url)?;
     let connect = sqlx::postgres::PgConnection::connect_with(&options);
     match tokio::time::timeout(Duration::from_secs(5), connect).await {
         Ok(Ok(connection)) => {
@@ -522,7 +522,7 @@ async fn a_pooler_that_loses_prepared_statements_is_refused_on_every_start_befor
     for _ in 0..3 {
         let (busy, pooled) = (busy.clone(), pooled.clone());
         others.push(tokio::spawn(async move {
-            let options = shipshape::db::postgres::connect_options(&pooled).unwrap();
+            let options = shipshape::config::postgres::connect_options(&pooled).unwrap();
             let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
             while busy.load(std::sync::atomic::Ordering::Relaxed) {
                 let _ = sqlx::raw_sql("SELECT pg_sleep(0.002)").execute(&mut conn).await;

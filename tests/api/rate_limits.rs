@@ -1,4 +1,4 @@
-//! Rate limits (README, "Rate limits"): each limit's 429 with `Retry-After`, the headers, per-user keys, and the
+//! Rate limits (docs/api.md, "Rate limits"): each limit's 429 with `Retry-After`, the headers, per-user keys, and the
 //! Redis-shared limiter (two instances, and Redis going away mid-test).
 
 use serde_json::json;

@@ -1,4 +1,4 @@
-//! Security and static files (README, "Security notes"): headers on every kind of response, hosts, HTTPS redirect, client IP,
+//! Security and static files (docs/api.md, "Security notes"): headers on every kind of response, hosts, HTTPS redirect, client IP,
 //! CORS, header-read timeout, static files.
 
 use std::io::{Read, Write};

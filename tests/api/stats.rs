@@ -132,7 +132,7 @@ async fn random_changes(app: &TestApp, rng: &mut Rng, users: &mut [User], steps:
     }
 }
 
-/// The stats summary (README, "A short tour") computed from every invoice of the user, as plain SQL over `invoices`,
+/// The stats summary (docs/example-domain.md) computed from every invoice of the user, as plain SQL over `invoices`,
 /// and written as the server writes it: compared as text, since parsing JSON numbers back
 /// (serde_json's default) may move a float by its last bit.
 async fn recomputed(db: &Db, user_id: &str) -> String {

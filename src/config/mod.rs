@@ -4,6 +4,8 @@
 //! `APP_ENV` and every error can name the variable it came from. [`Config::from_settings`] turns
 //! those strings into the typed [`Config`] the rest of the program uses. Nothing else reads env vars.
 
+pub mod postgres;
+
 use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -507,7 +509,7 @@ fn validate_database_url(var: &'static str, url: &str) -> Result<(), ConfigError
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "sqlite" => Ok(()),
-        "postgres" | "postgresql" => crate::db::postgres::connect_options(url)
+        "postgres" | "postgresql" => postgres::connect_options(url)
             .map(drop)
             .map_err(|reason| ConfigError::new(var, None, reason)),
         other => Err(ConfigError::new(
@@ -515,6 +517,29 @@ fn validate_database_url(var: &'static str, url: &str) -> Result<(), ConfigError
             None,
             format!("unsupported scheme {other:?}: expected sqlite:, postgres:// or postgresql://"),
         )),
+    }
+}
+
+/// Loopback, private and shared (CGNAT) ranges, and names that resolve only inside a private
+/// network: a bare name (a compose service), `.internal` (Fly, Railway, GCP), Fly's `.flycast`
+/// and managed Postgres `.flympg.net`.
+pub fn is_private_host(host: &str) -> bool {
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => {
+            let shared = ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64;
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || shared
+        }
+        Ok(IpAddr::V6(ip)) => {
+            ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00 || (ip.segments()[0] & 0xffc0) == 0xfe80
+        }
+        Err(_) => {
+            let host = host.trim_end_matches('.').to_ascii_lowercase();
+            host == "localhost"
+                || !host.contains('.')
+                || [".internal", ".flycast", ".flympg.net", ".local", ".localhost"]
+                    .iter()
+                    .any(|s| host.ends_with(s))
+        }
     }
 }
 
@@ -560,6 +585,11 @@ fn random_secret() -> Secret {
 }
 
 impl Config {
+    /// `DEBUG=true` shows internal error detail, but never in production.
+    pub fn expose_internal_errors(&self) -> bool {
+        self.debug && self.app_env == AppEnv::Development
+    }
+
     /// Types and checks every setting. `force_env` overrides `APP_ENV` (used by `check --deploy`,
     /// which judges production defaults whatever the environment says).
     pub fn from_settings(s: &Settings, force_env: Option<AppEnv>) -> Result<Config, ConfigError> {
