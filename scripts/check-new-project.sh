@@ -2,6 +2,8 @@
 # Proves scripts/new-project: generates acme-billing (a name that is neither a prefix nor a
 # suffix of shipshape), full and --bare, into temporary folders, and in each
 #   - finds no "shipshape" in any case (file names and text) but the README's credit line,
+#   - in the bare copy, finds no docs/example-domain.md and no word of the example domain
+#     (invoices, webhook, SSE, stats) in any Markdown file,
 #   - runs cargo fmt --check, cargo clippy --all-targets -- -D warnings,
 #     scripts/ci-github-checks.sh (actionlint, zizmor, schemas, cargo-deny) and cargo test,
 #   - starts the binary on SQLite and gets 200 from /healthz and /readyz, runs check --deploy,
@@ -129,6 +131,12 @@ for variant in "${variants[@]}"; do
     names=$(cd "$dir" && find . -iname '*shipshape*')
     [ -z "$names" ] || fail "file names with shipshape: $names"
     [ "$(grep -ci shipshape "$dir/README.md")" = 1 ] || fail "README.md: not exactly one credit line"
+    if [ "$variant" = bare ]; then
+        say "no example domain left in the documentation"
+        [ ! -e "$dir/docs/example-domain.md" ] || fail "docs/example-domain.md is in the bare copy"
+        left=$(cd "$dir" && { grep -rniI -E 'invoice|webhook|(^|[^a-z])(sse|stats)([^a-z]|$)' --include='*.md' . || true; })
+        [ -z "$left" ] || fail "the documentation still describes the example domain: $left"
+    fi
 
     say "cargo fmt --check"
     (cd "$dir" && cargo_ fmt --check)
