@@ -16,7 +16,9 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::config::RateSetting;
 use crate::observe::{self, Observe};
+use crate::rate_limit::Limit;
 use crate::state::AppState;
 use crate::static_files::{self, ErrorPages};
 use crate::{error, rate_limit, routes, security, telemetry};
@@ -125,6 +127,19 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(user_data)
 }
 
+/// Every rate limit, declared beside the routes it guards: `cli` makes a flag and environment
+/// variable of each, and the configuration reads them. Add a route module's `LIMITS` here.
+pub fn rate_limits() -> Vec<RateSetting> {
+    let limits: &[&[Limit]] = &[
+        &[rate_limit::GLOBAL],
+        routes::auth::LIMITS,
+        // example-domain:begin
+        routes::invoices::LIMITS,
+        // example-domain:end
+    ];
+    limits.concat().iter().map(|limit| limit.setting).collect()
+}
+
 /// Drops `identity;q=0` and `*;q=0` from `Accept-Encoding`. Faced with them, the compression
 /// layer overwrites the status of the response already made (a 201 included) with 406;
 /// RFC 9110 §12.5.3 lets a server disregard the refusal and send the content as it has it.
@@ -156,4 +171,20 @@ fn disregard_identity_refusal<B>(mut req: Request<B>) -> Request<B> {
         _ => req.headers_mut().remove(header::ACCEPT_ENCODING),
     };
     req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rate_limit_has_a_valid_default_and_a_variable_of_its_own() {
+        let limits = rate_limits();
+        let mut vars = std::collections::HashSet::new();
+        for limit in &limits {
+            assert!(crate::config::parse_rate(limit.default).is_ok(), "{}", limit.var);
+            assert!(limit.var.starts_with("RATE_LIMIT_"), "{}", limit.var);
+            assert!(vars.insert(limit.var), "{} declared twice", limit.var);
+        }
+    }
 }

@@ -6,12 +6,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+use crate::app;
 use crate::checks::{self, Report, Severity};
 use crate::config::DatabaseConfig;
 use crate::config::postgres::connect_options;
-use crate::config::{AppEnv, Config, Settings};
+use crate::config::{AppEnv, Config, RateSetting, Settings};
 use crate::db::postgres::{self, Pooling};
 use crate::db::{self, Db};
 use crate::server::{self, Application};
@@ -28,6 +29,22 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub settings: Settings,
+}
+
+/// The command line with a flag for every rate limit (declared beside their routes, listed
+/// by `app::rate_limits`), each also read from its environment variable.
+fn parse_arguments() -> Cli {
+    let limits = app::rate_limits();
+    let matches = Cli::command()
+        .args(limits.iter().map(RateSetting::arg))
+        .get_matches_from(arguments());
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    for limit in &limits {
+        if let Some(value) = matches.get_one::<String>(limit.var) {
+            cli.settings.rate_limits.insert(limit.var, value.clone());
+        }
+    }
+    cli
 }
 
 #[derive(Subcommand)]
@@ -97,7 +114,7 @@ pub fn run() -> ExitCode {
         eprintln!("invalid .env file: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let cli = Cli::parse_from(arguments());
+    let cli = parse_arguments();
     let command = cli.command.unwrap_or(Command::Serve);
     // `check --deploy` judges production defaults whatever APP_ENV says.
     let force_env = matches!(command, Command::Check { .. }).then_some(AppEnv::Production);

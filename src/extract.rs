@@ -1,9 +1,12 @@
 //! Extractors whose every failure is an [`ApiError`]: a JSON body read by its
-//! [`FromJson`](crate::input::FromJson) rules, and a query string.
+//! [`FromJson`](crate::input::FromJson) rules, a query string, and a resource's id.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use std::convert::Infallible;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use serde::de::DeserializeOwned;
+use uuid::Uuid;
 
 use crate::error::{ApiError, FieldError};
 use crate::input::{self, FromJson};
@@ -67,4 +70,18 @@ fn backticked(message: &str) -> Option<&str> {
     let start = message.find('`')? + 1;
     let len = message[start..].find('`')?;
     Some(&message[start..start + len])
+}
+
+/// The `{id}` of a resource's path; `None` when it is not a UUID, including bytes that do not
+/// decode as UTF-8 (`%FF`): such an id names nothing, so it is a 404 like an unknown one (see
+/// `users::own`).
+pub struct PathId(pub Option<Uuid>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Infallible> {
+        let id = Path::<String>::from_request_parts(parts, state).await.ok();
+        Ok(PathId(id.and_then(|Path(id)| Uuid::parse_str(&id).ok())))
+    }
 }

@@ -2,12 +2,14 @@
 //! construction (parse, don't validate), says what is wrong in the 422's message, and describes
 //! itself in the OpenAPI schema, so the three cannot drift apart. A body is read field by field
 //! ([`FromJson`]), so one 422 names every bad field at once: missing, mistyped, repeated or out
-//! of range.
+//! of range. A PATCH body is read the same way, each field as a [`Change`].
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{PartialSchema, ToSchema};
 
 use crate::error::{ApiError, FieldError};
 
@@ -75,6 +77,28 @@ impl Fields {
         }
     }
 
+    /// A required field of a PATCH body: absent leaves it as it is; `null` is refused, since
+    /// the field cannot be cleared.
+    pub fn change<T: Field>(&mut self, name: &str) -> Option<Change<T>> {
+        match self.object.remove(name) {
+            None => Some(Change::Keep),
+            Some(Value::Null) => {
+                self.reject(name, "must not be null");
+                None
+            }
+            Some(value) => self.parse(name, value).map(Change::Set),
+        }
+    }
+
+    /// An optional field of a PATCH body: absent leaves it as it is, `null` clears it.
+    pub fn change_optional<T: Field>(&mut self, name: &str) -> Option<Change<T>> {
+        match self.object.remove(name) {
+            None => Some(Change::Keep),
+            Some(Value::Null) => Some(Change::Clear),
+            Some(value) => self.parse(name, value).map(Change::Set),
+        }
+    }
+
     // example-domain:begin
     /// Leaves the fields not read yet alone, where a sender may add fields of its own (a
     /// payment provider's events); elsewhere they are refused, so a typo is never ignored.
@@ -92,6 +116,42 @@ impl Fields {
         T::parse(value).map_err(|message| self.reject(name, message)).ok()
     }
 }
+
+/// What a PATCH body asks of one field (read by [`Fields::change`] and
+/// [`Fields::change_optional`]).
+pub enum Change<T> {
+    /// The field was absent: left as it is.
+    Keep,
+    /// `null`, for an optional field: cleared.
+    Clear,
+    /// The new value.
+    Set(T),
+}
+
+impl<T> Change<T> {
+    /// Whether the field changes: with [`value`](Self::value), the two parameters of an
+    /// `UPDATE`'s `col = CASE WHEN $changed THEN $value ELSE col END`.
+    pub fn changed(&self) -> bool {
+        !matches!(self, Change::Keep)
+    }
+
+    /// The new value; `None` when cleared (or kept).
+    pub fn value(&self) -> Option<&T> {
+        match self {
+            Change::Set(value) => Some(value),
+            Change::Keep | Change::Clear => None,
+        }
+    }
+}
+
+/// Documented as the field's own type (mark a clearable one `#[schema(nullable)]`).
+impl<T: PartialSchema> PartialSchema for Change<T> {
+    fn schema() -> RefOr<Schema> {
+        T::schema()
+    }
+}
+
+impl<T: ToSchema> ToSchema for Change<T> {}
 
 /// Reads a JSON body into `T`: 400 `invalid_json` when it is not JSON at all, else a 422
 /// naming every bad field, every field that `T` does not have and every key sent twice.
@@ -216,6 +276,68 @@ impl Field for String {
         }
     }
 }
+
+/// `true` or `false`, nothing else (not `"true"`, not `1`).
+impl Field for bool {
+    fn parse(value: Value) -> Result<bool, String> {
+        match value {
+            Value::Bool(flag) => Ok(flag),
+            _ => Err("must be true or false".to_owned()),
+        }
+    }
+}
+
+input_field!(
+    Date(String),
+    |value| {
+        let date = String::parse(value)?;
+        if !is_calendar_date(&date) {
+            return Err("must be a date as YYYY-MM-DD".to_owned());
+        }
+        Ok(date)
+    },
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Date)))
+        .pattern(Some(
+            r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})-[0-9]{2}-[0-9]{2}$"
+        ))
+        .description(Some("`YYYY-MM-DD`, a real date with a year from 0001 to 9999."))
+        .examples(["2026-12-31"])
+);
+
+/// Exactly `YYYY-MM-DD`, a real date, year 0001 to 9999: `time` alone also takes signed,
+/// longer and zero years (`+2026-01-01`, `0000-01-01`), which would be stored as sent.
+fn is_calendar_date(text: &str) -> bool {
+    let shape_ok = text.len() == 10
+        && text.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    shape_ok
+        && !text.starts_with("0000")
+        && time::Date::parse(text, time::macros::format_description!("[year]-[month]-[day]")).is_ok()
+}
+
+input_field!(
+    Timestamp(i64),
+    |value| {
+        let text = String::parse(value)?;
+        let message = || "must be a date and time as RFC 3339, e.g. 2026-12-31T09:30:00Z".to_owned();
+        let parsed = time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| message())?;
+        // Stored as microseconds since 1970 (see `db::rfc3339`); years 0001 to 9999 fit.
+        i64::try_from(parsed.unix_timestamp_nanos() / 1000).map_err(|_| message())
+    },
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+        .description(Some("RFC 3339, with an offset; answered in UTC."))
+        .examples(["2026-12-31T09:30:00Z"])
+);
 
 /// The message for a text field holding a control character (see [`has_control_chars`]).
 pub const NO_CONTROL_CHARS: &str = "must not contain control characters";
@@ -406,6 +528,68 @@ mod tests {
                 count: count?.0,
             })
         }
+    }
+
+    #[test]
+    fn dates_are_exactly_yyyy_mm_dd_and_timestamps_rfc_3339() {
+        for good in ["0001-01-01", "2024-02-29", "9999-12-31"] {
+            assert!(is_calendar_date(good), "{good}");
+        }
+        for bad in [
+            "+2026-01-01",
+            "-0001-01-01",
+            "0000-01-01",
+            "2026-1-01",
+            "2025-02-29",
+            "20260101",
+            "٢٠٢٦-01-01",
+        ] {
+            assert!(!is_calendar_date(bad), "{bad}");
+        }
+        let at = |text: &str| Timestamp::parse(json!(text)).map(|t| t.0);
+        assert_eq!(at("1970-01-01T00:00:01.5+00:00"), Ok(1_500_000));
+        assert_eq!(at("1970-01-01T01:00:00+01:00"), Ok(0));
+        for bad in ["1970-01-01", "2026-13-01T00:00:00Z", "1970-01-01T00:00:00", "yesterday"] {
+            assert!(at(bad).is_err(), "{bad}");
+        }
+        assert_eq!(bool::parse(json!(true)), Ok(true));
+        assert!(bool::parse(json!("true")).is_err() && bool::parse(json!(1)).is_err());
+    }
+
+    struct Patch {
+        name: Change<String>,
+        count: Change<Count>,
+    }
+
+    impl FromJson for Patch {
+        fn from_json(fields: &mut Fields) -> Option<Patch> {
+            let name = fields.change("name");
+            let count = fields.change_optional("count");
+            Some(Patch {
+                name: name?,
+                count: count?,
+            })
+        }
+    }
+
+    #[test]
+    fn a_patch_keeps_what_is_absent_clears_what_is_null_and_refuses_null_for_a_required_field() {
+        let patch = read_body::<Patch>(br#"{}"#).expect("an empty patch is valid");
+        assert!(!patch.name.changed() && !patch.count.changed());
+        let patch = read_body::<Patch>(br#"{"name": "b", "count": null}"#).expect("valid");
+        assert_eq!(patch.name.value().map(String::as_str), Some("b"));
+        assert!(patch.count.changed() && patch.count.value().is_none(), "cleared");
+        let Err(ApiError::Validation(details)) = read_body::<Patch>(br#"{"name": null, "count": 99}"#) else {
+            panic!("a 422 was expected");
+        };
+        let named: Vec<(&str, &str)> = details.iter().map(|d| (d.field.as_str(), d.message.as_str())).collect();
+        assert_eq!(
+            named,
+            [
+                ("name", "must not be null"),
+                ("count", "must be an integer from 1 to 10")
+            ]
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod invoices;
 // example-domain:end
 pub mod lifecycle;
 pub mod observe;
+pub mod pagination;
 pub mod rate_limit;
 pub mod redis_store;
 pub mod routes;

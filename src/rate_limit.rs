@@ -26,7 +26,7 @@ use uuid::Uuid;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 
 use crate::auth::Auth;
-use crate::config::{Rate, RateLimits};
+use crate::config::{Rate, RateLimits, RateSetting};
 use crate::error::ApiError;
 use crate::redis_store;
 use crate::security::client_ip::ClientIp;
@@ -322,16 +322,16 @@ impl SharedStore {
     }
 }
 
-/// A named rate limit: what it counts by, and which setting gives its rate. Declared as a
-/// `const` next to the routes it guards (the global one below), enforced by [`Limit::on`] or
-/// [`Limit::layer`]; its setting lives in `config::RateLimits`.
+/// A named rate limit: what it counts by, and its setting (variable, default, help). Declared
+/// once, as a `const` next to the routes it guards (the global one below), enforced by
+/// [`Limit::on`]; listed in `app::rate_limits` so `--help` and the configuration know it.
 #[derive(Clone, Copy)]
 pub struct Limit {
     /// The metric label (`rate_limited_total{limit}`) and the Redis key part.
     pub name: &'static str,
     per: Per,
-    /// Its rate in the configuration; `None` when set to `off`.
-    rate: fn(&RateLimits) -> Option<Rate>,
+    /// Its variable, default and help.
+    pub setting: RateSetting,
 }
 
 /// Whose budget a request spends.
@@ -344,22 +344,29 @@ enum Per {
 }
 
 /// `RATE_LIMIT_GLOBAL` per client IP, around every route (health probes exempt).
-pub const GLOBAL: Limit = Limit::per_ip("global", |limits| limits.global);
+pub const GLOBAL: Limit = Limit::per_ip(
+    "global",
+    RateSetting {
+        var: "RATE_LIMIT_GLOBAL",
+        default: "600/m",
+        help: "Per client IP, all routes but health",
+    },
+);
 
 impl Limit {
-    pub const fn per_ip(name: &'static str, rate: fn(&RateLimits) -> Option<Rate>) -> Limit {
+    pub const fn per_ip(name: &'static str, setting: RateSetting) -> Limit {
         Limit {
             name,
             per: Per::Ip,
-            rate,
+            setting,
         }
     }
 
-    pub const fn per_user(name: &'static str, rate: fn(&RateLimits) -> Option<Rate>) -> Limit {
+    pub const fn per_user(name: &'static str, setting: RateSetting) -> Limit {
         Limit {
             name,
             per: Per::User,
-            rate,
+            setting,
         }
     }
 
@@ -410,7 +417,7 @@ impl RateLimiters {
 
     /// The limiter of `limit`, one per name however many routes use it; `None` when it is off.
     pub fn get(&self, limit: &Limit) -> Option<Arc<Limiter>> {
-        let rate = (limit.rate)(&self.rates)?;
+        let rate = self.rates.rate(&limit.setting)?;
         let mut made = self.made.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let limiter = made
             .entry(limit.name)

@@ -182,16 +182,27 @@ pub async fn find(db: &Db, id: Uuid) -> Result<Option<UserRow>, ApiError> {
     Ok(with_db!(db, pool => sqlx::query_as(sql).bind(id.to_string()).fetch_optional(pool).await)?)
 }
 
-// example-domain:begin
-/// Whether the account exists: a valid token can outlive its account (deleted, a restored
-/// database, a key shared between environments).
-pub async fn exists(db: &Db, id: Uuid) -> Result<bool, ApiError> {
+/// 401 when the caller's account no longer exists: a valid token can outlive its account
+/// (deleted, a restored database, a key shared between environments).
+pub async fn ensure_exists(db: &Db, id: Uuid) -> Result<(), ApiError> {
     let sql = "SELECT id FROM users WHERE id = $1";
     let found: Option<String> =
         with_db!(db, pool => sqlx::query_scalar(sql).bind(id.to_string()).fetch_optional(pool).await)?;
-    Ok(found.is_some())
+    found.map(drop).ok_or(ApiError::Unauthorized)
 }
-// example-domain:end
+
+/// What a lookup scoped to the caller `user` found: the row; else 404, whether the id is
+/// another user's, malformed or unknown (a caller learns nothing of others' ids), or 401 when
+/// the caller's account no longer exists.
+pub async fn own<T>(db: &Db, user: Uuid, found: Option<T>) -> Result<T, ApiError> {
+    match found {
+        Some(row) => Ok(row),
+        None => {
+            ensure_exists(db, user).await?;
+            Err(ApiError::NotFound)
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

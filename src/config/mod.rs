@@ -6,6 +6,7 @@
 
 pub mod postgres;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -99,20 +100,10 @@ pub struct Settings {
     /// Where the client IP comes from: connect, fly, x-forwarded-for, x-real-ip, cf-connecting-ip [default: connect]
     #[arg(long, env = "CLIENT_IP_SOURCE", global = true)]
     pub client_ip_source: Option<String>,
-    /// Per client IP, all routes but health: `N/s|m|h|d` or `off` [default: 600/m]
-    #[arg(long, env = "RATE_LIMIT_GLOBAL", global = true)]
-    pub rate_limit_global: Option<String>,
-    /// Login attempts per client IP [default: 5/m]
-    #[arg(long, env = "RATE_LIMIT_LOGIN", global = true)]
-    pub rate_limit_login: Option<String>,
-    /// Signups per client IP [default: 3/h]
-    #[arg(long, env = "RATE_LIMIT_SIGNUP", global = true)]
-    pub rate_limit_signup: Option<String>,
-    // example-domain:begin
-    /// Invoices created per user [default: 10/h]
-    #[arg(long, env = "RATE_LIMIT_INVOICE_CREATE", global = true)]
-    pub rate_limit_invoice_create: Option<String>,
-    // example-domain:end
+    /// Each rate limit's value as set (`RATE_LIMIT_*`), by variable: the limits are declared
+    /// beside their routes, and `cli` adds a flag for each (see [`RateSetting`]).
+    #[arg(skip)]
+    pub rate_limits: BTreeMap<&'static str, String>,
     /// Largest request body [default: 1048576]
     #[arg(long, env = "MAX_BODY_BYTES", global = true)]
     pub max_body_bytes: Option<String>,
@@ -322,14 +313,61 @@ impl DatabaseConfig {
     }
 }
 
-#[derive(Clone, Debug)]
+/// The setting of one rate limit, declared beside the routes it guards (`rate_limit::Limit`).
+#[derive(Clone, Copy, Debug)]
+pub struct RateSetting {
+    /// `RATE_LIMIT_*`, also the flag's name.
+    pub var: &'static str,
+    /// `N/s|m|h|d` or `off`, in every environment.
+    pub default: &'static str,
+    /// What is counted, for `--help`.
+    pub help: &'static str,
+}
+
+impl RateSetting {
+    /// Its flag and environment variable, for `--help` and parsing.
+    pub fn arg(&self) -> clap::Arg {
+        clap::Arg::new(self.var)
+            .long(self.var.to_ascii_lowercase().replace('_', "-"))
+            .env(self.var)
+            .global(true)
+            .help(format!(
+                "{}: `N/s|m|h|d` or `off` [default: {}]",
+                self.help, self.default
+            ))
+    }
+}
+
+/// The rate limits set in the configuration, by variable; any other has its declared default.
+#[derive(Clone, Debug, Default)]
 pub struct RateLimits {
-    pub global: Option<Rate>,
-    pub login: Option<Rate>,
-    pub signup: Option<Rate>,
-    // example-domain:begin
-    pub invoice_create: Option<Rate>,
-    // example-domain:end
+    set: BTreeMap<&'static str, Option<Rate>>,
+    /// Every limit not set is off instead of at its default (tests turn them all off).
+    others_off: bool,
+}
+
+impl RateLimits {
+    /// Every limit off but those [`set`](Self::set) afterwards.
+    pub fn all_off() -> RateLimits {
+        RateLimits {
+            set: BTreeMap::new(),
+            others_off: true,
+        }
+    }
+
+    /// Sets one limit (`None`: off).
+    pub fn set(&mut self, var: &'static str, rate: Option<Rate>) {
+        self.set.insert(var, rate);
+    }
+
+    /// The rate of a limit: as set, else its default (checked by a test of every limit).
+    pub fn rate(&self, setting: &RateSetting) -> Option<Rate> {
+        match self.set.get(setting.var) {
+            Some(rate) => *rate,
+            None if self.others_off => None,
+            None => parse_rate(setting.default).ok().flatten(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -498,8 +536,7 @@ pub fn parse_rate(text: &str) -> Result<Option<Rate>, String> {
     }))
 }
 
-fn rate(var: &'static str, value: &Option<String>, default: &str) -> Result<Option<Rate>, ConfigError> {
-    let text = raw(value).unwrap_or(default);
+fn rate(var: &'static str, text: &str) -> Result<Option<Rate>, ConfigError> {
     parse_rate(text).map_err(|reason| ConfigError::new(var, Some(text), reason))
 }
 
@@ -790,12 +827,14 @@ impl Config {
             content_security_policy: raw(&s.content_security_policy).unwrap_or(DEFAULT_CSP).to_owned(),
             client_ip_source,
             rate_limits: RateLimits {
-                global: rate("RATE_LIMIT_GLOBAL", &s.rate_limit_global, "600/m")?,
-                login: rate("RATE_LIMIT_LOGIN", &s.rate_limit_login, "5/m")?,
-                signup: rate("RATE_LIMIT_SIGNUP", &s.rate_limit_signup, "3/h")?,
-                // example-domain:begin
-                invoice_create: rate("RATE_LIMIT_INVOICE_CREATE", &s.rate_limit_invoice_create, "10/h")?,
-                // example-domain:end
+                set: s
+                    .rate_limits
+                    .iter()
+                    // Empty is unset, as for every other setting.
+                    .filter(|(_, text)| !text.trim().is_empty())
+                    .map(|(var, text)| Ok((*var, rate(var, text)?)))
+                    .collect::<Result<_, ConfigError>>()?,
+                others_off: false,
             },
             max_body_bytes,
             request_timeout,

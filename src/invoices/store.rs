@@ -8,6 +8,7 @@ use super::stats::{self, StatsChange};
 use super::{Invoice, InvoiceStatus};
 use crate::db::{self, Constraint, Db, OnConstraint, rfc3339};
 use crate::error::ApiError;
+use crate::pagination::Cursor;
 use crate::{with_db, with_tx};
 
 /// An invoice whose owner does not exist: a valid token of a deleted account.
@@ -91,22 +92,6 @@ pub async fn insert(db: &Db, owner: Uuid, new: &NewInvoice) -> Result<InvoiceRow
     Ok(row)
 }
 
-/// Where a page of a user's invoices starts: after `(created_at, id)`, newest first.
-pub struct PageStart {
-    pub created_at: i64,
-    pub id: String,
-}
-
-impl PageStart {
-    /// Before every invoice: the first page.
-    pub fn first() -> PageStart {
-        PageStart {
-            created_at: i64::MAX,
-            id: String::new(),
-        }
-    }
-}
-
 /// A page after the cursor `($2, $3)`, newest first. The row comparison is what both planners
 /// turn into an index range (PostgreSQL reads `created_at < $2 OR (created_at = $2 AND ...)`
 /// as a filter over every row before the cursor); `tests/api/query_plans.rs` checks the plans.
@@ -135,7 +120,7 @@ pub async fn page(
     db: &Db,
     owner: Uuid,
     status: Option<InvoiceStatus>,
-    start: &PageStart,
+    start: &Cursor,
     limit: i64,
 ) -> Result<Vec<InvoiceRow>, ApiError> {
     let sql = if status.is_some() { LIST_BY_STATUS_SQL } else { LIST_SQL };

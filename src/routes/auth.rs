@@ -9,16 +9,34 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
+use crate::config::RateSetting;
 use crate::error::{ApiError, ErrorBody, JsonBodyErrors};
 use crate::extract::ApiJson;
 use crate::rate_limit::Limit;
 use crate::state::AppState;
 use crate::users::{self, Login, NewAccount, User};
 
-/// `RATE_LIMIT_SIGNUP` per client IP.
-const SIGNUP_LIMIT: Limit = Limit::per_ip("signup", |limits| limits.signup);
-/// `RATE_LIMIT_LOGIN` per client IP: password guessing is slow and expensive.
-const LOGIN_LIMIT: Limit = Limit::per_ip("login", |limits| limits.login);
+/// Per client IP.
+const SIGNUP_LIMIT: Limit = Limit::per_ip(
+    "signup",
+    RateSetting {
+        var: "RATE_LIMIT_SIGNUP",
+        default: "3/h",
+        help: "Signups per client IP",
+    },
+);
+/// Per client IP: password guessing is slow and expensive.
+const LOGIN_LIMIT: Limit = Limit::per_ip(
+    "login",
+    RateSetting {
+        var: "RATE_LIMIT_LOGIN",
+        default: "5/m",
+        help: "Login attempts per client IP",
+    },
+);
+
+/// The limits above, for `app::rate_limits`.
+pub const LIMITS: &[Limit] = &[SIGNUP_LIMIT, LOGIN_LIMIT];
 
 pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

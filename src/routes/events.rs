@@ -37,9 +37,7 @@ pub async fn invoice_events(
     user: AuthUser,
 ) -> Result<Response, ApiError> {
     // Nothing else on a stream would notice a token of an account that does not exist.
-    if !users::exists(state.database()?, user.id).await? {
-        return Err(ApiError::Unauthorized);
-    }
+    users::ensure_exists(state.database()?, user.id).await?;
     let subscription = events.subscribe(user.id).ok_or(ApiError::ServiceUnavailable)?;
     let stream = futures_util::stream::unfold((subscription, 0u64, false), next_event)
         // At shutdown every stream ends at once, so the drain never waits on one.

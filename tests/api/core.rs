@@ -39,7 +39,7 @@ async fn errors_have_one_shape(backend: Backend) {
 
     assert_error(app.get("/api/v1/nope", None).await, 404, "not_found").await;
 
-    let wrong_method = app.client.delete(app.url("/healthz")).send().await.unwrap();
+    let wrong_method = app.delete("/healthz", None).await;
     let allow = wrong_method
         .headers()
         .get("allow")
@@ -49,6 +49,8 @@ async fn errors_have_one_shape(backend: Backend) {
         .to_owned();
     assert!(allow.contains("GET"), "Allow: {allow}");
     assert_error(wrong_method, 405, "method_not_allowed").await;
+    let no_patch = app.patch_json("/api/v1/me", &serde_json::json!({}), None).await;
+    assert_error(no_patch, 405, "method_not_allowed").await;
 
     let broken = app
         .client

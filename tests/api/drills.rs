@@ -159,7 +159,7 @@ async fn redis_outage_under_load_gives_no_5xx() {
     let redis_url_text = redis.url();
     let app = TestApp::spawn_with(Backend::Sqlite, move |c| {
         c.redis_url = Some(SecretUrl::new(redis_url_text));
-        c.rate_limits.global = parse_rate("100000/s").unwrap();
+        c.rate_limits.set("RATE_LIMIT_GLOBAL", parse_rate("100000/s").unwrap());
     })
     .await;
     let load = tokio::spawn({

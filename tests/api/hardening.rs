@@ -379,7 +379,8 @@ async fn one_user_cannot_hold_more_than_ten_event_streams() {
 async fn ipv6_clients_share_the_limit_of_their_64() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
         c.client_ip_source = shipshape::config::ClientIpSource::XForwardedFor;
-        c.rate_limits.login = shipshape::config::parse_rate("2/m").unwrap();
+        c.rate_limits
+            .set("RATE_LIMIT_LOGIN", shipshape::config::parse_rate("2/m").unwrap());
     })
     .await;
     let login = |ip: &'static str| {

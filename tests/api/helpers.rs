@@ -75,14 +75,7 @@ pub async fn test_config(backend: &Backend, dir: &tempfile::TempDir) -> Config {
     config.secret_key = Some(Secret::new(TEST_SECRET));
     config.secret_key_generated = false;
     config.password_hash_concurrency = 2;
-    config.rate_limits = RateLimits {
-        global: None,
-        login: None,
-        signup: None,
-        // example-domain:begin
-        invoice_create: None,
-        // example-domain:end
-    };
+    config.rate_limits = RateLimits::all_off();
     config.static_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("static");
     config.database.url = match backend {
         Backend::Sqlite => SecretUrl::new(format!("sqlite://{}/app.db", dir.path().display())),
@@ -168,13 +161,8 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Builds the request now (so nothing is borrowed) and sends it when awaited.
     pub fn get(&self, path: &str, token: Option<&str>) -> impl Future<Output = reqwest::Response> + use<> {
-        let mut request = self.client.get(self.url(path));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        async move { request.send().await.expect("request sent") }
+        self.send(reqwest::Method::GET, path, None, token)
     }
 
     pub fn post_json(
@@ -183,7 +171,34 @@ impl TestApp {
         body: &Value,
         token: Option<&str>,
     ) -> impl Future<Output = reqwest::Response> + use<> {
-        let mut request = self.client.post(self.url(path)).json(body);
+        self.send(reqwest::Method::POST, path, Some(body), token)
+    }
+
+    pub fn patch_json(
+        &self,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> impl Future<Output = reqwest::Response> + use<> {
+        self.send(reqwest::Method::PATCH, path, Some(body), token)
+    }
+
+    pub fn delete(&self, path: &str, token: Option<&str>) -> impl Future<Output = reqwest::Response> + use<> {
+        self.send(reqwest::Method::DELETE, path, None, token)
+    }
+
+    /// Builds the request now (so nothing is borrowed) and sends it when awaited.
+    fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> impl Future<Output = reqwest::Response> + use<> {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -243,7 +258,6 @@ impl TestApp {
     }
 }
 
-/// Asserts the error shape (docs/api.md, "Errors") and code, and returns the body.
 /// The fields a 422 `validation_failed` names, in order.
 pub async fn refused_fields(response: reqwest::Response) -> Vec<String> {
     let body = assert_error(response, 422, "validation_failed").await;
@@ -258,6 +272,7 @@ pub async fn refused_fields(response: reqwest::Response) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Asserts the error shape (docs/api.md, "Errors") and code, and returns the body.
 pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(response.status().as_u16(), status, "status for expected {code}");
     let request_id = response

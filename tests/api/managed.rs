@@ -425,7 +425,8 @@ async fn tls_redis_instance(url: &str, ca: &std::path::Path) -> TestApp {
     TestApp::spawn_with(Backend::Sqlite, move |c| {
         c.redis_url = Some(SecretUrl::new(url));
         c.redis_ca_cert = Some(ca);
-        c.rate_limits.login = shipshape::config::parse_rate("5/m").unwrap();
+        c.rate_limits
+            .set("RATE_LIMIT_LOGIN", shipshape::config::parse_rate("5/m").unwrap());
         c.client_ip_source = shipshape::config::ClientIpSource::XForwardedFor;
     })
     .await

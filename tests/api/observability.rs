@@ -17,7 +17,8 @@ fn series(text: &str, metric: &str) -> HashSet<String> {
 async fn metrics_list_every_series_on_their_own_port_with_route_labels() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
         c.metrics_port = Some(0);
-        c.rate_limits.login = shipshape::config::parse_rate("1/m").unwrap();
+        c.rate_limits
+            .set("RATE_LIMIT_LOGIN", shipshape::config::parse_rate("1/m").unwrap());
     })
     .await;
     let metrics_url = format!("http://{}/metrics", app.metrics_addr.expect("metrics listener"));

@@ -19,7 +19,10 @@ async fn login(app: &TestApp, client_ip: Option<&str>) -> reqwest::Response {
 
 #[tokio::test]
 async fn the_sixth_login_in_a_minute_waits_twelve_seconds() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.rate_limits.login = parse_rate("5/m").unwrap()).await;
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.rate_limits.set("RATE_LIMIT_LOGIN", parse_rate("5/m").unwrap())
+    })
+    .await;
     for remaining in (0..5).rev() {
         let response = login(&app, None).await;
         assert_eq!(response.status(), 401);
@@ -40,9 +43,10 @@ async fn the_sixth_login_in_a_minute_waits_twelve_seconds() {
 #[tokio::test]
 async fn signup_global_and_per_user_limits() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
-        c.rate_limits.signup = parse_rate("3/h").unwrap();
-        c.rate_limits.invoice_create = parse_rate("2/h").unwrap();
-        c.rate_limits.global = parse_rate("30/m").unwrap();
+        c.rate_limits.set("RATE_LIMIT_SIGNUP", parse_rate("3/h").unwrap());
+        c.rate_limits
+            .set("RATE_LIMIT_INVOICE_CREATE", parse_rate("2/h").unwrap());
+        c.rate_limits.set("RATE_LIMIT_GLOBAL", parse_rate("30/m").unwrap());
     })
     .await;
     let alice = app.signup("alice@example.com").await;
@@ -100,7 +104,7 @@ async fn instance(redis: &str, login_rate: &str) -> TestApp {
     let rate = parse_rate(login_rate).unwrap();
     TestApp::spawn_with(Backend::Sqlite, move |c| {
         c.redis_url = Some(SecretUrl::new(redis));
-        c.rate_limits.login = rate;
+        c.rate_limits.set("RATE_LIMIT_LOGIN", rate);
         c.client_ip_source = ClientIpSource::XForwardedFor;
     })
     .await

@@ -49,7 +49,7 @@ async fn every_kind_of_response_carries_the_security_headers() {
     };
     let app = TestApp::start(options, |c| {
         c.max_body_bytes = 100;
-        c.rate_limits.login = parse_rate("1/m").unwrap();
+        c.rate_limits.set("RATE_LIMIT_LOGIN", parse_rate("1/m").unwrap());
         c.secure_ssl_redirect = true;
     })
     .await;
@@ -221,7 +221,10 @@ async fn login_statuses(app: &TestApp, forwarded_for: &[&str]) -> Vec<u16> {
 
 #[tokio::test]
 async fn a_forged_x_forwarded_for_changes_nothing_under_connect() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.rate_limits.login = parse_rate("2/m").unwrap()).await;
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.rate_limits.set("RATE_LIMIT_LOGIN", parse_rate("2/m").unwrap())
+    })
+    .await;
     let statuses = login_statuses(&app, &["1.1.1.1", "2.2.2.2", "3.3.3.3"]).await;
     assert_eq!(
         statuses,
@@ -234,7 +237,7 @@ async fn a_forged_x_forwarded_for_changes_nothing_under_connect() {
 #[tokio::test]
 async fn x_forwarded_for_source_uses_the_rightmost_entry() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
-        c.rate_limits.login = parse_rate("2/m").unwrap();
+        c.rate_limits.set("RATE_LIMIT_LOGIN", parse_rate("2/m").unwrap());
         c.client_ip_source = shipshape::config::ClientIpSource::XForwardedFor;
     })
     .await;
