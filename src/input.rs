@@ -8,8 +8,6 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
-use utoipa::openapi::{RefOr, Schema};
-use utoipa::{PartialSchema, ToSchema};
 
 use crate::error::{ApiError, FieldError};
 
@@ -143,15 +141,6 @@ impl<T> Change<T> {
         }
     }
 }
-
-/// Documented as the field's own type (mark a clearable one `#[schema(nullable)]`).
-impl<T: PartialSchema> PartialSchema for Change<T> {
-    fn schema() -> RefOr<Schema> {
-        T::schema()
-    }
-}
-
-impl<T: ToSchema> ToSchema for Change<T> {}
 
 /// Reads a JSON body into `T`: 400 `invalid_json` when it is not JSON at all, else a 422
 /// naming every bad field, every field that `T` does not have and every key sent twice.
