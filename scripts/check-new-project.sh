@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Proves scripts/new-project: generates acme-billing (a name that is neither a prefix nor a
-# suffix of shipshape), full and --bare, into temporary folders, and in each
+# Proves scripts/new-project and scripts/new-resource: generates acme-billing (a name that is
+# neither a prefix nor a suffix of shipshape), full and --bare, into temporary folders, adds
+# a resource to each with `scripts/new-resource notes title:text body:text? pinned:bool
+# due_on:date?`, and in each
 #   - finds no "shipshape" in any case (file names and text) but the README's credit line,
 #   - in the bare copy, finds no docs/example-domain.md and no word of the example domain
 #     (invoices, webhook, SSE, stats) in any Markdown file,
-#   - runs cargo fmt --check, cargo clippy --all-targets -- -D warnings,
-#     scripts/ci-github-checks.sh (actionlint, zizmor, schemas, cargo-deny) and cargo test,
-#   - starts the binary on SQLite and gets 200 from /healthz and /readyz, runs check --deploy,
-#   - and, in the bare copy, finds only the account, health and docs routes in /openapi.json,
-#     then runs the copy's own scripts/browser-check.sh (headless Chromium: no CSP violation,
-#     every operation drawn, "Try it out" with a pasted token) and scripts/api-fuzz.sh
-#     (schemathesis, every check), as .ci/run's steps f2 and f3 do for this checkout; they
-#     need chromium and curl, and `st` (installed by api-fuzz.sh with pip when missing).
+#   - runs cargo fmt --check, cargo clippy --all-targets -- -D warnings and
+#     scripts/ci-github-checks.sh (actionlint, zizmor, schemas, cargo-deny);
+#   - in the full copy, builds the tests and lists them (this checkout's own run covers them);
+#   - in the bare copy, runs cargo test (its core tests and the resource's, on both databases
+#     when TEST_DATABASE_URL is set), starts the binary on SQLite and gets 200 from /healthz
+#     and /readyz, finds only the account, health and notes routes in /openapi.json, runs
+#     check --deploy, then the copy's own scripts/browser-check.sh (headless Chromium: no CSP
+#     violation, every operation drawn, "Try it out" with a pasted token) and
+#     scripts/api-fuzz.sh (schemathesis, every check, the notes routes included), as .ci/run's
+#     steps f2 and f3 do for this checkout; they need chromium and curl, and `st` (installed
+#     by api-fuzz.sh with pip when missing);
+#   - with both variants, compares their test names: the bare copy runs every core test the
+#     full copy runs (scripts/compare-core-tests.sh).
 #
 #   bash scripts/check-new-project.sh [VARIANT ...]      variants: full bare   [both]
 #
@@ -60,7 +67,7 @@ fail() {
     exit 1
 }
 
-serve_and_probe() { # dir: starts the binary on SQLite, probes the health routes (and OpenAPI)
+serve_and_probe() { # dir (a bare copy): starts the binary on SQLite, probes health and OpenAPI
     local dir=$1 bin=$CARGO_TARGET_DIR/debug/$NAME port work path
     work=$TMP/run-$variant
     mkdir -p "$work"
@@ -79,24 +86,19 @@ serve_and_probe() { # dir: starts the binary on SQLite, probes the health routes
     done
     curl -fsS "http://127.0.0.1:$port/openapi.json" >"$work/openapi.json" ||
         fail "GET /openapi.json did not answer 200"
-    python3 - "$variant" "$work/openapi.json" <<'EOF'
+    python3 - "$work/openapi.json" <<'EOF'
 import json, sys
-variant, path = sys.argv[1], sys.argv[2]
-spec = json.load(open(path))
+spec = json.load(open(sys.argv[1]))
 paths = sorted(spec["paths"])
 print("OpenAPI paths:", " ".join(paths))
-if variant == "bare":
-    allowed = {"/api/v1/auth/signup", "/api/v1/auth/login", "/api/v1/me",
-               "/healthz", "/readyz", "/openapi.json"}
-    extra = [p for p in paths if p not in allowed]
-    if extra:
-        sys.exit("the bare API has routes beyond accounts and health: %s" % extra)
-    for p in ("/api/v1/auth/signup", "/api/v1/auth/login", "/api/v1/me"):
-        if p not in paths:
-            sys.exit("the bare API lacks %s" % p)
-else:
-    if not any("invoices" in p for p in paths):
-        sys.exit("the full API lacks the invoices")
+allowed = {"/api/v1/auth/signup", "/api/v1/auth/login", "/api/v1/me",
+           "/api/v1/notes", "/api/v1/notes/{id}", "/healthz", "/readyz", "/openapi.json"}
+extra = [p for p in paths if p not in allowed]
+if extra:
+    sys.exit("the bare API has routes beyond accounts, health and notes: %s" % extra)
+for p in ("/api/v1/auth/signup", "/api/v1/auth/login", "/api/v1/me", "/api/v1/notes/{id}"):
+    if p not in paths:
+        sys.exit("the bare API lacks %s" % p)
 EOF
     kill "$APP_PID" && wait "$APP_PID" 2>/dev/null || true
     APP_PID=
@@ -109,7 +111,7 @@ EOF
         fail "$NAME check --deploy: exit $code, expected 1 with E001"
     fi
     echo "$NAME check --deploy: $(grep -c '^[[:space:]]*[EW][0-9][0-9][0-9]' "$work/check.txt" || true) findings, exit 1"
-    if [ "$variant" = bare ] && grep -q 'W008' "$work/check.txt"; then
+    if grep -q 'W008' "$work/check.txt"; then
         fail "check --deploy of the bare copy reports W008 (WEBHOOK_SECRET)"
     fi
 }
@@ -138,22 +140,35 @@ for variant in "${variants[@]}"; do
         [ -z "$left" ] || fail "the documentation still describes the example domain: $left"
     fi
 
+    say "scripts/new-resource notes title:text body:text? pinned:bool due_on:date?"
+    (cd "$dir" && python3 scripts/new-resource notes title:text body:text? pinned:bool due_on:date?)
+
     say "cargo fmt --check"
     (cd "$dir" && cargo_ fmt --check)
     say "cargo clippy --all-targets -- -D warnings"
     (cd "$dir" && cargo_ clippy --all-targets -- -D warnings)
     say "scripts/ci-github-checks.sh (the renamed workflows)"
     (cd "$dir" && bash scripts/ci-github-checks.sh </dev/null)
+    if [ "$variant" = full ]; then
+        say "cargo test --no-run (this checkout's own run covers the tests)"
+        (cd "$dir" && cargo_ test --no-run)
+        say "ok ($(($(date +%s) - start)) s)"
+        continue
+    fi
     say "cargo test"
     (cd "$dir" && cargo_ test)
     say "serve: /healthz, /readyz, /openapi.json"
     serve_and_probe "$dir"
-    if [ "$variant" = bare ]; then
-        # The copy's own scripts, run as .ci/run runs this checkout's (steps f2 and f3).
-        say "scripts/browser-check.sh (the copy's: /docs, Try it out, no CSP violation)"
-        (cd "$dir" && bash scripts/browser-check.sh "$CARGO_TARGET_DIR/debug/$NAME" "$TMP/browser-check-$variant" </dev/null)
-        say "scripts/api-fuzz.sh (the copy's: schemathesis against its /openapi.json)"
-        (cd "$dir" && bash scripts/api-fuzz.sh "$CARGO_TARGET_DIR/debug/$NAME" </dev/null)
-    fi
+    # The copy's own scripts, run as .ci/run runs this checkout's (steps f2 and f3).
+    say "scripts/browser-check.sh (the copy's: /docs, Try it out, no CSP violation)"
+    (cd "$dir" && bash scripts/browser-check.sh "$CARGO_TARGET_DIR/debug/$NAME" "$TMP/browser-check-$variant" </dev/null)
+    say "scripts/api-fuzz.sh (the copy's: schemathesis against its /openapi.json)"
+    (cd "$dir" && bash scripts/api-fuzz.sh "$CARGO_TARGET_DIR/debug/$NAME" </dev/null)
     say "ok ($(($(date +%s) - start)) s)"
 done
+
+if [ -d "$TMP/full/$NAME" ] && [ -d "$TMP/bare/$NAME" ]; then
+    variant=both
+    say "the bare copy runs every core test of the full copy"
+    bash "$ROOT/scripts/compare-core-tests.sh" "$TMP/full/$NAME" "$TMP/bare/$NAME"
+fi
