@@ -2,7 +2,7 @@
 """64 concurrent logins against a real shipshape, then its peak RSS (the kernel's VmHWM).
 
 Usage: bench/login-burst.py [BINARY] [CONCURRENCY]  (PASSWORD_HASH_CONCURRENCY, default 2)
-SPEC §5: a burst of logins must not exhaust a 256 MB VM; the goal is a peak below 100 MB.
+A burst of logins must not exhaust a 256 MB VM (docs/api.md, "Security notes"); the goal is a peak below 100 MB.
 """
 import concurrent.futures, json, os, socket, subprocess, sys, tempfile, time, urllib.request
 
