@@ -6,9 +6,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::postgres::{connect_options, requires_tls};
-use crate::config::{ClientIpSource, Config, Secret, is_private_host};
+use crate::config::{ClientIpSource, Config, DatabaseConfig, Secret, is_private_host};
 use crate::db::postgres::{self, Pooling};
 use crate::db::{self, Db};
+use crate::redis_store;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -109,143 +110,185 @@ pub fn secret_key_problem(key: &str) -> Option<&'static str> {
 
 /// The checks that need no network: every finding but E004 and W011.
 pub fn check_config(config: &Config) -> Vec<Finding> {
-    let mut findings = Vec::new();
-
-    match &config.secret_key {
-        None => findings.push(error("E001", "SECRET_KEY is not set", SECRET_FIX)),
-        Some(key) => {
-            if let Some(problem) = secret_key_problem(key.expose()) {
-                findings.push(error("E001", format!("SECRET_KEY {problem}"), SECRET_FIX));
-            }
-        }
-    }
-    for (i, key) in config.secret_key_fallbacks.iter().enumerate() {
-        if let Some(problem) = secret_key_problem(Secret::expose(key)) {
-            findings.push(error(
-                "E001",
-                format!("SECRET_KEY_FALLBACKS entry {} {problem}", i + 1),
-                "remove weak keys from SECRET_KEY_FALLBACKS; tokens they signed can be forged",
-            ));
-        }
-    }
-    if config.debug {
-        findings.push(error(
-            "E002",
-            "DEBUG=true exposes internal errors",
-            "unset DEBUG (or set DEBUG=false)",
-        ));
-    }
-    if config.allowed_hosts.is_empty() {
-        findings.push(error(
-            "E003",
-            "ALLOWED_HOSTS is empty",
-            "set ALLOWED_HOSTS to your domain(s), e.g. api.example.com",
-        ));
-    } else if config.allowed_hosts.iter().any(|h| h == "*") {
-        findings.push(error(
-            "E003",
-            "ALLOWED_HOSTS contains *, so any Host header is accepted",
-            "list your domain(s) instead of *, e.g. .example.com",
-        ));
-    }
-    if config.database.is_sqlite() {
-        findings.push(warning(
-            "W001",
-            "the database is SQLite: data lives on one machine's disk",
-            "use a managed PostgreSQL with backups (DATABASE_URL=postgres://...)",
-        ));
-    }
-    if !config.secure_ssl_redirect {
-        findings.push(warning(
-            "W002",
-            "SECURE_SSL_REDIRECT is off",
-            "set SECURE_SSL_REDIRECT=true",
-        ));
-    }
-    if config.hsts.seconds < ONE_YEAR_SECS {
-        findings.push(warning(
-            "W003",
-            format!(
-                "HSTS is off or shorter than a year (SECURE_HSTS_SECONDS={})",
-                config.hsts.seconds
-            ),
-            "set SECURE_HSTS_SECONDS=31536000 once HTTPS works everywhere",
-        ));
-    }
-    if config.cors_allowed_origins.iter().any(|o| o == "*") {
-        findings.push(warning(
-            "W004",
-            "CORS_ALLOWED_ORIGINS allows every origin (*)",
-            "list the exact origins of your front-ends",
-        ));
-    }
-    if let Some(host) = postgres_host_without_tls(config.database.url.expose()) {
-        findings.push(warning(
-            "W005",
-            format!("PostgreSQL at {host} is reached without sslmode=require"),
-            "add ?sslmode=require (or verify-full) to DATABASE_URL",
-        ));
-    }
-    if let Some(host) = config
-        .redis_url
-        .as_ref()
-        .and_then(|url| crate::redis_store::plain_to_public_host(url.expose()))
-    {
-        findings.push(warning(
-            "W014",
-            format!("Redis at {host} is reached without TLS (redis://)"),
-            "use the provider's rediss:// URL",
-        ));
-    }
-    if config.sentry.dsn.is_none() {
-        findings.push(warning(
-            "W006",
-            "SENTRY_DSN is not set: errors are not tracked",
-            "set SENTRY_DSN",
-        ));
-    }
-    if config.redis_url.is_none() {
-        findings.push(warning(
-            "W007",
-            "REDIS_URL is not set: rate limits are per instance",
-            "set REDIS_URL so every instance shares one limit",
-        ));
-    }
-    // example-domain:begin
-    match &config.webhook_secret {
-        None => findings.push(warning(
-            "W008",
-            "WEBHOOK_SECRET is not set: the payment webhook is off",
-            WEBHOOK_FIX,
-        )),
-        Some(s) if s.expose().chars().count() < 32 => findings.push(warning(
-            "W008",
-            "WEBHOOK_SECRET is shorter than 32 characters",
-            WEBHOOK_FIX,
-        )),
-        Some(_) => {}
-    }
-    // example-domain:end
-    if config.client_ip_source == ClientIpSource::Connect {
-        findings.push(warning(
-            "W009",
-            "CLIENT_IP_SOURCE=connect: behind a proxy every client shares the proxy's IP",
-            "set CLIENT_IP_SOURCE to your platform's header (fly, x-forwarded-for, ...)",
-        ));
-    }
-    if config.run_migrations_on_start {
-        findings.push(warning(
-            "W010",
-            "RUN_MIGRATIONS_ON_START=true: every instance migrates as it starts",
-            "run `shipshape migrate` as the release step and set RUN_MIGRATIONS_ON_START=false",
-        ));
-    }
-    findings
+    RULES
+        .iter()
+        .flat_map(|rule| {
+            let severity = match rule.code.starts_with('E') {
+                true => Severity::Error,
+                false => Severity::Warning,
+            };
+            (rule.problems)(config).into_iter().map(move |message| Finding {
+                id: rule.code,
+                severity,
+                message,
+                fix: rule.fix,
+            })
+        })
+        .collect()
 }
 
-// example-domain:begin
-const WEBHOOK_FIX: &str = "set WEBHOOK_SECRET to the 32+ character secret your payment provider gives you";
-// example-domain:end
+/// One production rule of the configuration: its finding's code (`E…` an error, `W…` a
+/// warning) and fix, and the problems it finds (none when the configuration passes). Add your
+/// own to [`RULES`].
+struct Rule {
+    code: &'static str,
+    fix: &'static str,
+    problems: fn(&Config) -> Vec<String>,
+}
+
+/// `problem` when `condition` holds.
+fn when(condition: bool, problem: &str) -> Vec<String> {
+    condition.then(|| problem.to_owned()).into_iter().collect()
+}
+
+/// Every rule, in the order `check --deploy` reports them.
+const RULES: &[Rule] = &[
+    Rule {
+        code: "E001",
+        fix: SECRET_FIX,
+        problems: |c| match &c.secret_key {
+            None => vec!["SECRET_KEY is not set".to_owned()],
+            Some(key) => secret_key_problem(key.expose())
+                .map(|problem| format!("SECRET_KEY {problem}"))
+                .into_iter()
+                .collect(),
+        },
+    },
+    Rule {
+        code: "E001",
+        fix: "remove weak keys from SECRET_KEY_FALLBACKS; tokens they signed can be forged",
+        problems: |c| {
+            let weak = c.secret_key_fallbacks.iter().enumerate();
+            weak.filter_map(|(i, key)| {
+                secret_key_problem(Secret::expose(key)).map(|p| format!("SECRET_KEY_FALLBACKS entry {} {p}", i + 1))
+            })
+            .collect()
+        },
+    },
+    Rule {
+        code: "E002",
+        fix: "unset DEBUG (or set DEBUG=false)",
+        problems: |c| when(c.debug, "DEBUG=true exposes internal errors"),
+    },
+    Rule {
+        code: "E003",
+        fix: "set ALLOWED_HOSTS to your domain(s), e.g. api.example.com",
+        problems: |c| when(c.allowed_hosts.is_empty(), "ALLOWED_HOSTS is empty"),
+    },
+    Rule {
+        code: "E003",
+        fix: "list your domain(s) instead of *, e.g. .example.com",
+        problems: |c| {
+            let any_host = c.allowed_hosts.iter().any(|h| h == "*");
+            when(any_host, "ALLOWED_HOSTS contains *, so any Host header is accepted")
+        },
+    },
+    Rule {
+        code: "W001",
+        fix: "use a managed PostgreSQL with backups (DATABASE_URL=postgres://...)",
+        problems: |c| {
+            let sqlite = c.database.is_sqlite();
+            when(sqlite, "the database is SQLite: data lives on one machine's disk")
+        },
+    },
+    Rule {
+        code: "W002",
+        fix: "set SECURE_SSL_REDIRECT=true",
+        problems: |c| when(!c.secure_ssl_redirect, "SECURE_SSL_REDIRECT is off"),
+    },
+    Rule {
+        code: "W003",
+        fix: "set SECURE_HSTS_SECONDS=31536000 once HTTPS works everywhere",
+        problems: |c| {
+            let problem = format!(
+                "HSTS is off or shorter than a year (SECURE_HSTS_SECONDS={})",
+                c.hsts.seconds
+            );
+            when(c.hsts.seconds < ONE_YEAR_SECS, &problem)
+        },
+    },
+    Rule {
+        code: "W004",
+        fix: "list the exact origins of your front-ends",
+        problems: |c| {
+            let any_origin = c.cors_allowed_origins.iter().any(|o| o == "*");
+            when(any_origin, "CORS_ALLOWED_ORIGINS allows every origin (*)")
+        },
+    },
+    Rule {
+        code: "W005",
+        fix: "add ?sslmode=require (or verify-full) to DATABASE_URL",
+        problems: |c| {
+            let host = postgres_host_without_tls(c.database.url.expose());
+            host.map(|host| format!("PostgreSQL at {host} is reached without sslmode=require"))
+                .into_iter()
+                .collect()
+        },
+    },
+    Rule {
+        code: "W014",
+        fix: "use the provider's rediss:// URL",
+        problems: |c| {
+            let host = c
+                .redis_url
+                .as_ref()
+                .and_then(|url| redis_store::plain_to_public_host(url.expose()));
+            host.map(|host| format!("Redis at {host} is reached without TLS (redis://)"))
+                .into_iter()
+                .collect()
+        },
+    },
+    Rule {
+        code: "W006",
+        fix: "set SENTRY_DSN",
+        problems: |c| when(c.sentry.dsn.is_none(), "SENTRY_DSN is not set: errors are not tracked"),
+    },
+    Rule {
+        code: "W007",
+        fix: "set REDIS_URL so every instance shares one limit",
+        problems: |c| {
+            when(
+                c.redis_url.is_none(),
+                "REDIS_URL is not set: rate limits are per instance",
+            )
+        },
+    },
+    // example-domain:begin
+    Rule {
+        code: "W008",
+        fix: "set WEBHOOK_SECRET to the 32+ character secret your payment provider gives you",
+        problems: |c| match &c.webhook_secret {
+            None => vec!["WEBHOOK_SECRET is not set: the payment webhook is off".to_owned()],
+            Some(s) => when(
+                s.expose().chars().count() < 32,
+                "WEBHOOK_SECRET is shorter than 32 characters",
+            ),
+        },
+    },
+    // example-domain:end
+    Rule {
+        code: "W009",
+        fix: "set CLIENT_IP_SOURCE to your platform's header (fly, x-forwarded-for, ...)",
+        problems: |c| {
+            let connect = c.client_ip_source == ClientIpSource::Connect;
+            when(
+                connect,
+                "CLIENT_IP_SOURCE=connect: behind a proxy every client shares the proxy's IP",
+            )
+        },
+    },
+    Rule {
+        code: "W010",
+        fix: "run `shipshape migrate` as the release step and set RUN_MIGRATIONS_ON_START=false",
+        problems: |c| {
+            let on_start = c.run_migrations_on_start;
+            when(
+                on_start,
+                "RUN_MIGRATIONS_ON_START=true: every instance migrates as it starts",
+            )
+        },
+    },
+];
 
 /// The host of a `postgres://` URL that is public and reached without `sslmode=require` or
 /// stricter, read as the driver reads the URL (the last `sslmode` wins, in any case).
@@ -283,45 +326,57 @@ const UNREACHABLE_FIX: &str = "check the URL, and that the database accepts conn
 /// queries get) and W013 (migrations would go through a transaction pooler). Also logged by
 /// `serve` at start.
 pub async fn database_findings(config: &Config) -> Vec<Finding> {
-    let mut findings = Vec::new();
-    let database = &config.database;
+    let mut database = config.database.clone();
+    database.acquire_timeout = CONNECT_LIMIT;
     if database.is_sqlite() {
-        let mut database = database.clone();
-        database.acquire_timeout = CONNECT_LIMIT;
-        match Db::connect_lazy(&database) {
-            Ok(db) => {
-                match db.ping(CONNECT_LIMIT).await {
-                    Ok(_) => findings.extend(migration_findings(&db).await),
-                    Err(e) => findings.push(error(
-                        "E004",
-                        format!("the database is unreachable: {}", db::faults::describe(&e)),
-                        UNREACHABLE_FIX,
-                    )),
-                }
-                db.close().await;
-            }
-            Err(e) => findings.push(error(
-                "E004",
-                format!("the database is unreachable: {e}"),
-                UNREACHABLE_FIX,
-            )),
-        }
-        return findings;
+        return sqlite_findings(&database).await;
     }
-    let Ok(options) = connect_options(database.url.expose()) else {
-        return findings; // refused when the configuration was read
+    let mut findings = match postgres_findings(&database).await {
+        Some(Ok(findings)) => findings,
+        Some(Err(unreachable)) => return vec![unreachable],
+        None => return Vec::new(), // a URL refused when the configuration was read
     };
+    if let Ok(db) = Db::connect_lazy(&database) {
+        findings.extend(migration_findings(&db).await);
+        db.close().await;
+    }
+    findings
+}
+
+/// E004 when the SQLite file cannot be opened, else what its migrations say.
+async fn sqlite_findings(database: &DatabaseConfig) -> Vec<Finding> {
+    let db = match Db::connect_lazy(database) {
+        Ok(db) => db,
+        Err(e) => return vec![unreachable(format!("the database is unreachable: {e}"))],
+    };
+    let findings = match db.ping(CONNECT_LIMIT).await {
+        Ok(_) => migration_findings(&db).await,
+        Err(e) => vec![unreachable(format!(
+            "the database is unreachable: {}",
+            db::faults::describe(&e)
+        ))],
+    };
+    db.close().await;
+    findings
+}
+
+fn unreachable(message: String) -> Finding {
+    error("E004", message, UNREACHABLE_FIX)
+}
+
+/// What connecting to PostgreSQL finds, before the migrations: the E004 of an unreachable
+/// `DATABASE_URL` (`Err`: nothing else can be known), or E005 and W013 behind a transaction
+/// pooler, W012 for a statement timeout that does not apply, E004 for `DATABASE_DIRECT_URL`.
+async fn postgres_findings(database: &DatabaseConfig) -> Option<Result<Vec<Finding>, Finding>> {
+    let options = connect_options(database.url.expose()).ok()?;
     let diagnosis = match postgres::diagnose(&options, database.statement_timeout).await {
         Ok(diagnosis) => diagnosis,
         Err(reason) => {
-            findings.push(error(
-                "E004",
-                format!("the database (DATABASE_URL) is unreachable: {reason}"),
-                UNREACHABLE_FIX,
-            ));
-            return findings;
+            let message = format!("the database (DATABASE_URL) is unreachable: {reason}");
+            return Some(Err(unreachable(message)));
         }
     };
+    let mut findings = Vec::new();
     if let Pooling::Transaction { prepared_statements } = diagnosis.pooling {
         if !prepared_statements {
             findings.push(error(
@@ -357,19 +412,11 @@ pub async fn database_findings(config: &Config) -> Vec<Finding> {
         && let Ok(direct) = connect_options(direct.expose())
         && let Err(reason) = postgres::diagnose(&direct, database.statement_timeout).await
     {
-        findings.push(error(
-            "E004",
-            format!("the database (DATABASE_DIRECT_URL) is unreachable: {reason}"),
-            UNREACHABLE_FIX,
-        ));
+        findings.push(unreachable(format!(
+            "the database (DATABASE_DIRECT_URL) is unreachable: {reason}"
+        )));
     }
-    let mut database = database.clone();
-    database.acquire_timeout = CONNECT_LIMIT;
-    if let Ok(db) = Db::connect_lazy(&database) {
-        findings.extend(migration_findings(&db).await);
-        db.close().await;
-    }
-    findings
+    Some(Ok(findings))
 }
 
 /// E006 (migrations this binary needs are not applied: instances will not be ready) and W015

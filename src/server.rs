@@ -227,100 +227,34 @@ impl Application {
 /// and half-open connections close at once, in-flight requests finish (for at most
 /// `SHUTDOWN_TIMEOUT_SECS`), and the pool closes.
 pub async fn serve(listener: TcpListener, router: Router, state: AppState, shutdown: impl Future<Output = ()>) {
-    let config = state.config.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Each connection's watchdog enforces HEADER_READ_TIMEOUT_SECS, for HTTP/1 and HTTP/2 and
-    // before the protocol is known. hyper's own HTTP/1 timer would also run between requests,
-    // from the end of each response, and close idle keep-alive connections after 10 s: a client
-    // reusing one just then loses a request it has already sent.
-    builder.http1().header_read_timeout(None);
-    // Pings find HTTP/2 peers that went away without closing. Each open stream holds its
-    // request's memory: 100 per connection is what RFC 9113 asks a server to allow at least.
-    builder
-        .http2()
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .timer(TokioTimer::new())
-        .keep_alive_interval(H2_PING_INTERVAL)
-        .keep_alive_timeout(H2_PING_TIMEOUT);
+    let builder = connection_builder();
     // Every connection task holds a sender; the drain is over when the last one is dropped.
     let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let mut accept_failures = AcceptFailures::default();
     let mut shutdown = std::pin::pin!(shutdown);
-
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(connection) => connection,
                 Err(error) => {
-                    // Out of file descriptors and the like: back off rather than spin.
-                    if let Some(count) = accept_failures.record(Instant::now()) {
-                        tracing::warn!(%error, count, "accept failed (logged at most once per {} s)", ACCEPT_LOG_INTERVAL.as_secs());
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    accept_failures.back_off(&error).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
-        let router = router.clone();
-        let service = hyper::service::service_fn({
-            let activity = activity.clone();
-            move |mut request: hyper::Request<Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                let in_flight = InFlight::start(activity.clone(), request.version());
-                router
-                    .clone()
-                    .oneshot(request)
-                    .map(move |result| result.map(|response| response.map(|body| TrackedBody::new(body, in_flight))))
-            }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(TrackedIo {
-                    io: stream,
-                    activity: activity.clone(),
-                }),
-                service,
-            )
-            .into_owned();
-        let draining = state.lifecycle.draining();
-        let (alive, header_timeout) = (alive.clone(), config.header_read_timeout);
-        tokio::spawn(async move {
-            let _alive = alive;
-            let mut connection = std::pin::pin!(connection);
-            let mut draining = std::pin::pin!(draining);
-            let mut shutting_down = false;
-            loop {
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(error) = result {
-                            note_connection_error(&*error, peer);
-                        }
-                        break;
-                    }
-                    // Silent, half-open, idle, or not reading a response for too long: dropping
-                    // the connection closes it (while draining too: a stalled response never ends).
-                    () = activity.expired(header_timeout) => break,
-                    () = &mut draining, if !shutting_down => {
-                        // Idle and half-open connections close at once. Busy ones finish their
-                        // requests first, then HTTP/1 closes and HTTP/2 sends GOAWAY (hyper
-                        // closes them itself, after the last response is written out).
-                        if activity.in_flight.load(Ordering::Acquire) == 0 {
-                            break;
-                        }
-                        connection.as_mut().graceful_shutdown();
-                        shutting_down = true;
-                    }
-                }
-            }
-        });
+        let watch = Watch {
+            alive: alive.clone(),
+            draining: state.lifecycle.draining(),
+            header_timeout: state.config.header_read_timeout,
+        };
+        spawn_connection(&builder, stream, peer, router.clone(), watch);
     }
 
     state.lifecycle.start_draining();
     drop(listener);
     drop(alive);
+    let config = &state.config;
     tracing::info!(
         timeout_secs = config.shutdown_timeout.as_secs(),
         "shutting down: draining in-flight requests"
@@ -337,6 +271,95 @@ pub async fn serve(listener: TcpListener, router: Router, state: AppState, shutd
         tracing::warn!("database connections still busy at exit; their queries are abandoned");
     }
     tracing::info!("shutdown complete");
+}
+
+/// hyper's settings for every connection, HTTP/1 or HTTP/2.
+fn connection_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Each connection's watchdog enforces HEADER_READ_TIMEOUT_SECS, for HTTP/1 and HTTP/2 and
+    // before the protocol is known. hyper's own HTTP/1 timer would also run between requests,
+    // from the end of each response, and close idle keep-alive connections after 10 s: a client
+    // reusing one just then loses a request it has already sent.
+    builder.http1().header_read_timeout(None);
+    // Pings find HTTP/2 peers that went away without closing. Each open stream holds its
+    // request's memory: 100 per connection is what RFC 9113 asks a server to allow at least.
+    builder
+        .http2()
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    builder
+}
+
+/// What a connection's watchdog needs from the server.
+struct Watch<D> {
+    /// Dropped when the connection ends: the drain waits for every one.
+    alive: tokio::sync::mpsc::Sender<()>,
+    /// Resolves when the drain starts.
+    draining: D,
+    header_timeout: Duration,
+}
+
+/// Serves one connection on its own task, under its watchdog.
+fn spawn_connection<D>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    watch: Watch<D>,
+) where
+    D: Future<Output = ()> + Send + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::new());
+    let service = hyper::service::service_fn({
+        let activity = activity.clone();
+        move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let in_flight = InFlight::start(activity.clone(), request.version());
+            router
+                .clone()
+                .oneshot(request)
+                .map(move |result| result.map(|response| response.map(|body| TrackedBody::new(body, in_flight))))
+        }
+    });
+    let io = TrackedIo {
+        io: stream,
+        activity: activity.clone(),
+    };
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    tokio::spawn(async move {
+        let _alive = watch.alive;
+        let mut connection = std::pin::pin!(connection);
+        let mut draining = std::pin::pin!(watch.draining);
+        let mut shutting_down = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        note_connection_error(&*error, peer);
+                    }
+                    break;
+                }
+                // Silent, half-open, idle, or not reading a response for too long: dropping
+                // the connection closes it (while draining too: a stalled response never ends).
+                () = activity.expired(watch.header_timeout) => break,
+                () = &mut draining, if !shutting_down => {
+                    // Idle and half-open connections close at once. Busy ones finish their
+                    // requests first, then HTTP/1 closes and HTTP/2 sends GOAWAY (hyper
+                    // closes them itself, after the last response is written out).
+                    if activity.in_flight.load(Ordering::Acquire) == 0 {
+                        break;
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+            }
+        }
+    });
 }
 
 /// hyper answers a request it cannot parse itself (400, or 431 for too many or too large
@@ -375,6 +398,15 @@ struct AcceptFailures {
 }
 
 impl AcceptFailures {
+    /// Out of file descriptors and the like: logs (at most once per interval) and backs off
+    /// rather than spin.
+    async fn back_off(&mut self, error: &std::io::Error) {
+        if let Some(count) = self.record(Instant::now()) {
+            tracing::warn!(%error, count, "accept failed (logged at most once per {} s)", ACCEPT_LOG_INTERVAL.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     /// Records one failure; `Some(count of failures since the last line)` when a line is due.
     fn record(&mut self, now: Instant) -> Option<u64> {
         self.unlogged += 1;

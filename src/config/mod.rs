@@ -452,6 +452,191 @@ impl ConfigError {
     }
 }
 
+impl DatabaseConfig {
+    fn read(s: &Settings) -> Result<DatabaseConfig, ConfigError> {
+        let database_url = raw(&s.database_url).unwrap_or(DEFAULT_DATABASE_URL);
+        validate_database_url("DATABASE_URL", database_url)?;
+        let direct_url = raw(&s.database_direct_url);
+        if let Some(url) = direct_url {
+            validate_database_url("DATABASE_DIRECT_URL", url)?;
+        }
+        let max_connections: u32 = parse_num(
+            "DATABASE_MAX_CONNECTIONS",
+            &s.database_max_connections,
+            10,
+            1..=1000,
+            "a whole number",
+        )?;
+        let min_connections: u32 = parse_num(
+            "DATABASE_MIN_CONNECTIONS",
+            &s.database_min_connections,
+            0,
+            0..=1000,
+            "a whole number",
+        )?;
+        if min_connections > max_connections {
+            return Err(ConfigError::new(
+                "DATABASE_MIN_CONNECTIONS",
+                raw(&s.database_min_connections),
+                "must not exceed DATABASE_MAX_CONNECTIONS",
+            ));
+        }
+        Ok(DatabaseConfig {
+            url: SecretUrl(database_url.to_owned()),
+            direct_url: direct_url.map(SecretUrl::new),
+            max_connections,
+            min_connections,
+            acquire_timeout: parse_secs(
+                "DATABASE_ACQUIRE_TIMEOUT_SECS",
+                &s.database_acquire_timeout_secs,
+                5,
+                1..=300,
+            )?,
+            idle_timeout: parse_secs(
+                "DATABASE_IDLE_TIMEOUT_SECS",
+                &s.database_idle_timeout_secs,
+                600,
+                0..=ONE_DAY,
+            )?,
+            max_lifetime: parse_secs(
+                "DATABASE_MAX_LIFETIME_SECS",
+                &s.database_max_lifetime_secs,
+                1800,
+                0..=7 * ONE_DAY,
+            )?,
+            statement_timeout: parse_secs(
+                "DATABASE_STATEMENT_TIMEOUT_SECS",
+                &s.database_statement_timeout_secs,
+                30,
+                0..=ONE_DAY,
+            )?,
+        })
+    }
+}
+
+impl Hsts {
+    fn read(s: &Settings, prod: bool) -> Result<Hsts, ConfigError> {
+        Ok(Hsts {
+            seconds: parse_num(
+                "SECURE_HSTS_SECONDS",
+                &s.secure_hsts_seconds,
+                if prod { ONE_YEAR } else { 0 },
+                0..=2 * ONE_YEAR,
+                "a whole number of seconds",
+            )?,
+            include_subdomains: parse_bool(
+                "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+                &s.secure_hsts_include_subdomains,
+                true,
+            )?,
+            preload: parse_bool("SECURE_HSTS_PRELOAD", &s.secure_hsts_preload, prod)?,
+        })
+    }
+}
+
+impl RateLimits {
+    fn read(s: &Settings) -> Result<RateLimits, ConfigError> {
+        Ok(RateLimits {
+            set: s
+                .rate_limits
+                .iter()
+                // Empty is unset, as for every other setting.
+                .filter(|(_, text)| !text.trim().is_empty())
+                .map(|(var, text)| Ok((*var, rate(var, text)?)))
+                .collect::<Result<_, ConfigError>>()?,
+            others_off: false,
+        })
+    }
+}
+
+impl SentryConfig {
+    fn read(s: &Settings, app_env: AppEnv) -> Result<SentryConfig, ConfigError> {
+        let traces_sample_rate: f32 = parse_num(
+            "SENTRY_TRACES_SAMPLE_RATE",
+            &s.sentry_traces_sample_rate,
+            0.0,
+            0.0..=1.0,
+            "a number",
+        )?;
+        Ok(SentryConfig {
+            dsn: secret_url("SENTRY_DSN", raw(&s.sentry_dsn), &["http", "https"])?,
+            environment: raw(&s.sentry_environment).unwrap_or(app_env.as_str()).to_owned(),
+            traces_sample_rate,
+        })
+    }
+}
+
+fn read_app_env(s: &Settings) -> Result<AppEnv, ConfigError> {
+    match raw(&s.app_env) {
+        None | Some("development") => Ok(AppEnv::Development),
+        Some("production") => Ok(AppEnv::Production),
+        Some(v) => Err(ConfigError::new(
+            "APP_ENV",
+            Some(v),
+            "expected development or production",
+        )),
+    }
+}
+
+/// The address to listen on: every interface in production (a container's port is mapped),
+/// loopback in development.
+fn read_host(s: &Settings, prod: bool) -> Result<IpAddr, ConfigError> {
+    let text = raw(&s.host).unwrap_or(if prod { "0.0.0.0" } else { "127.0.0.1" });
+    text.trim_matches(|c| c == '[' || c == ']')
+        .parse::<IpAddr>()
+        .map_err(|_| ConfigError::new("HOST", Some(text), "expected an IP address such as 0.0.0.0 or ::"))
+}
+
+fn read_client_ip_source(s: &Settings) -> Result<ClientIpSource, ConfigError> {
+    match raw(&s.client_ip_source).map(str::to_ascii_lowercase).as_deref() {
+        None | Some("connect") => Ok(ClientIpSource::Connect),
+        Some("fly") => Ok(ClientIpSource::Fly),
+        Some("x-forwarded-for") => Ok(ClientIpSource::XForwardedFor),
+        Some("x-real-ip") => Ok(ClientIpSource::XRealIp),
+        Some("cf-connecting-ip") => Ok(ClientIpSource::CfConnectingIp),
+        Some(_) => Err(ConfigError::new(
+            "CLIENT_IP_SOURCE",
+            raw(&s.client_ip_source),
+            "expected connect, fly, x-forwarded-for, x-real-ip or cf-connecting-ip",
+        )),
+    }
+}
+
+/// The log format, and the filter (`RUST_LOG` wins over `LOG_LEVEL`).
+fn read_logging(s: &Settings, prod: bool) -> Result<(LogFormat, String), ConfigError> {
+    let log_format = match raw(&s.log_format).map(str::to_ascii_lowercase).as_deref() {
+        None if prod => LogFormat::Json,
+        None => LogFormat::Pretty,
+        Some("json") => LogFormat::Json,
+        Some("pretty") => LogFormat::Pretty,
+        Some(v) => {
+            return Err(ConfigError::new("LOG_FORMAT", Some(v), "expected pretty or json"));
+        }
+    };
+    let (log_var, log_filter) = match (raw(&s.rust_log), raw(&s.log_level)) {
+        (Some(v), _) => ("RUST_LOG", v),
+        (None, Some(v)) => ("LOG_LEVEL", v),
+        (None, None) => ("LOG_LEVEL", "info"),
+    };
+    tracing_subscriber::EnvFilter::try_new(log_filter)
+        .map_err(|e| ConfigError::new(log_var, Some(log_filter), format!("not a valid filter ({e})")))?;
+    Ok((log_format, log_filter.to_owned()))
+}
+
+fn read_metrics_port(s: &Settings, prod: bool) -> Result<Option<u16>, ConfigError> {
+    Ok(match raw(&s.metrics_port) {
+        None if prod => Some(9091),
+        None => None,
+        Some(v) if v.eq_ignore_ascii_case("off") => None,
+        Some(v) => Some(
+            v.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ConfigError::new("METRICS_PORT", Some(v), "expected a port number 1-65535 or off"))?,
+        ),
+    })
+}
+
 /// Reads one raw value: empty strings count as unset, as `FOO=` in a shell means "no value".
 fn raw(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
@@ -628,147 +813,20 @@ impl Config {
     }
 
     /// Types and checks every setting. `force_env` overrides `APP_ENV` (used by `check --deploy`,
-    /// which judges production defaults whatever the environment says).
+    /// which judges production defaults whatever the environment says). The `Config` literal is
+    /// the list, one field per setting (hence the length); settings with more to them are read
+    /// by the functions after this `impl`.
     pub fn from_settings(s: &Settings, force_env: Option<AppEnv>) -> Result<Config, ConfigError> {
-        let app_env = match raw(&s.app_env) {
-            None | Some("development") => AppEnv::Development,
-            Some("production") => AppEnv::Production,
-            Some(v) => {
-                return Err(ConfigError::new(
-                    "APP_ENV",
-                    Some(v),
-                    "expected development or production",
-                ));
-            }
-        };
-        let app_env = force_env.unwrap_or(app_env);
+        let app_env = force_env.unwrap_or(read_app_env(s)?);
         let prod = app_env == AppEnv::Production;
-
-        let host_default = if prod { "0.0.0.0" } else { "127.0.0.1" };
-        let host_text = raw(&s.host).unwrap_or(host_default);
-        let host = host_text
-            .trim_matches(|c| c == '[' || c == ']')
-            .parse::<IpAddr>()
-            .map_err(|_| ConfigError::new("HOST", Some(host_text), "expected an IP address such as 0.0.0.0 or ::"))?;
-
+        let database = DatabaseConfig::read(s)?;
         let (secret_key, secret_key_generated) = match raw(&s.secret_key) {
             Some(v) => (Some(Secret::new(v)), false),
             None if prod => (None, false),
             None => (Some(random_secret()), true),
         };
 
-        let database_url = raw(&s.database_url).unwrap_or(DEFAULT_DATABASE_URL);
-        validate_database_url("DATABASE_URL", database_url)?;
-        let direct_url = raw(&s.database_direct_url);
-        if let Some(url) = direct_url {
-            validate_database_url("DATABASE_DIRECT_URL", url)?;
-        }
-        let max_connections: u32 = parse_num(
-            "DATABASE_MAX_CONNECTIONS",
-            &s.database_max_connections,
-            10,
-            1..=1000,
-            "a whole number",
-        )?;
-        let min_connections: u32 = parse_num(
-            "DATABASE_MIN_CONNECTIONS",
-            &s.database_min_connections,
-            0,
-            0..=1000,
-            "a whole number",
-        )?;
-        if min_connections > max_connections {
-            return Err(ConfigError::new(
-                "DATABASE_MIN_CONNECTIONS",
-                raw(&s.database_min_connections),
-                "must not exceed DATABASE_MAX_CONNECTIONS",
-            ));
-        }
-        let database = DatabaseConfig {
-            url: SecretUrl(database_url.to_owned()),
-            direct_url: direct_url.map(SecretUrl::new),
-            max_connections,
-            min_connections,
-            acquire_timeout: parse_secs(
-                "DATABASE_ACQUIRE_TIMEOUT_SECS",
-                &s.database_acquire_timeout_secs,
-                5,
-                1..=300,
-            )?,
-            idle_timeout: parse_secs(
-                "DATABASE_IDLE_TIMEOUT_SECS",
-                &s.database_idle_timeout_secs,
-                600,
-                0..=ONE_DAY,
-            )?,
-            max_lifetime: parse_secs(
-                "DATABASE_MAX_LIFETIME_SECS",
-                &s.database_max_lifetime_secs,
-                1800,
-                0..=7 * ONE_DAY,
-            )?,
-            statement_timeout: parse_secs(
-                "DATABASE_STATEMENT_TIMEOUT_SECS",
-                &s.database_statement_timeout_secs,
-                30,
-                0..=ONE_DAY,
-            )?,
-        };
-
-        let client_ip_source = match raw(&s.client_ip_source)
-            .unwrap_or("connect")
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "connect" => ClientIpSource::Connect,
-            "fly" => ClientIpSource::Fly,
-            "x-forwarded-for" => ClientIpSource::XForwardedFor,
-            "x-real-ip" => ClientIpSource::XRealIp,
-            "cf-connecting-ip" => ClientIpSource::CfConnectingIp,
-            _ => {
-                return Err(ConfigError::new(
-                    "CLIENT_IP_SOURCE",
-                    raw(&s.client_ip_source),
-                    "expected connect, fly, x-forwarded-for, x-real-ip or cf-connecting-ip",
-                ));
-            }
-        };
-
-        let log_format = match raw(&s.log_format).map(str::to_ascii_lowercase).as_deref() {
-            None if prod => LogFormat::Json,
-            None => LogFormat::Pretty,
-            Some("json") => LogFormat::Json,
-            Some("pretty") => LogFormat::Pretty,
-            Some(v) => {
-                return Err(ConfigError::new("LOG_FORMAT", Some(v), "expected pretty or json"));
-            }
-        };
-        let (log_var, log_filter) = match (raw(&s.rust_log), raw(&s.log_level)) {
-            (Some(v), _) => ("RUST_LOG", v),
-            (None, Some(v)) => ("LOG_LEVEL", v),
-            (None, None) => ("LOG_LEVEL", "info"),
-        };
-        tracing_subscriber::EnvFilter::try_new(log_filter)
-            .map_err(|e| ConfigError::new(log_var, Some(log_filter), format!("not a valid filter ({e})")))?;
-
-        let traces_sample_rate: f32 = parse_num(
-            "SENTRY_TRACES_SAMPLE_RATE",
-            &s.sentry_traces_sample_rate,
-            0.0,
-            0.0..=1.0,
-            "a number",
-        )?;
-
-        let metrics_port =
-            match raw(&s.metrics_port) {
-                None if prod => Some(9091),
-                None => None,
-                Some(v) if v.eq_ignore_ascii_case("off") => None,
-                Some(v) => Some(v.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-                    ConfigError::new("METRICS_PORT", Some(v), "expected a port number 1-65535 or off")
-                })?),
-            };
-
+        let (log_format, log_filter) = read_logging(s, prod)?;
         let default_hash_concurrency = std::thread::available_parallelism().map_or(1, usize::from);
         let password_hash_concurrency = parse_num(
             "PASSWORD_HASH_CONCURRENCY",
@@ -791,7 +849,7 @@ impl Config {
         Ok(Config {
             app_env,
             debug: parse_bool("DEBUG", &s.debug, false)?,
-            host,
+            host: read_host(s, prod)?,
             port: parse_num("PORT", &s.port, 8080, 0..=u16::MAX, "a port number")?,
             secret_key,
             secret_key_generated,
@@ -809,33 +867,10 @@ impl Config {
                 .collect(),
             cors_allowed_origins: parse_list(raw(&s.cors_allowed_origins)),
             secure_ssl_redirect: parse_bool("SECURE_SSL_REDIRECT", &s.secure_ssl_redirect, prod)?,
-            hsts: Hsts {
-                seconds: parse_num(
-                    "SECURE_HSTS_SECONDS",
-                    &s.secure_hsts_seconds,
-                    if prod { ONE_YEAR } else { 0 },
-                    0..=2 * ONE_YEAR,
-                    "a whole number of seconds",
-                )?,
-                include_subdomains: parse_bool(
-                    "SECURE_HSTS_INCLUDE_SUBDOMAINS",
-                    &s.secure_hsts_include_subdomains,
-                    true,
-                )?,
-                preload: parse_bool("SECURE_HSTS_PRELOAD", &s.secure_hsts_preload, prod)?,
-            },
+            hsts: Hsts::read(s, prod)?,
             content_security_policy: raw(&s.content_security_policy).unwrap_or(DEFAULT_CSP).to_owned(),
-            client_ip_source,
-            rate_limits: RateLimits {
-                set: s
-                    .rate_limits
-                    .iter()
-                    // Empty is unset, as for every other setting.
-                    .filter(|(_, text)| !text.trim().is_empty())
-                    .map(|(var, text)| Ok((*var, rate(var, text)?)))
-                    .collect::<Result<_, ConfigError>>()?,
-                others_off: false,
-            },
+            client_ip_source: read_client_ip_source(s)?,
+            rate_limits: RateLimits::read(s)?,
             max_body_bytes,
             request_timeout,
             header_read_timeout,
@@ -843,13 +878,9 @@ impl Config {
             token_ttl: parse_secs("TOKEN_TTL_SECS", &s.token_ttl_secs, 3600, 1..=ONE_YEAR)?,
             password_hash_concurrency,
             log_format,
-            log_filter: log_filter.to_owned(),
-            sentry: SentryConfig {
-                dsn: secret_url("SENTRY_DSN", raw(&s.sentry_dsn), &["http", "https"])?,
-                environment: raw(&s.sentry_environment).unwrap_or(app_env.as_str()).to_owned(),
-                traces_sample_rate,
-            },
-            metrics_port,
+            log_filter,
+            sentry: SentryConfig::read(s, app_env)?,
+            metrics_port: read_metrics_port(s, prod)?,
             api_docs: parse_bool("API_DOCS", &s.api_docs, !prod)?,
             static_dir: PathBuf::from(raw(&s.static_dir).unwrap_or("static")),
             static_max_age_secs: parse_num(
