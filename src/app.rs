@@ -17,10 +17,10 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::RateSetting;
-use crate::observe::{self, Observe};
+use crate::observe::Observe;
 use crate::rate_limit::Limit;
 use crate::state::AppState;
-use crate::static_files::{self, ErrorPages};
+use crate::static_files::{self, HtmlErrorPages};
 use crate::{error, rate_limit, routes, security, telemetry};
 
 /// The application: every route inside the whole middleware stack.
@@ -56,12 +56,9 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         // The client's address, from CLIENT_IP_SOURCE alone: what logs and rate limits see.
         .map_request(move |req| security::client_ip::attach(client_ip_source, req))
         // Request id, Sentry hub, metrics and the one log line of each request.
-        .layer(middleware::from_fn_with_state(observe, observe::observe))
+        .layer(observe.layer())
         // A browser asking for a page outside /api/ gets an error as the HTML error page.
-        .layer(middleware::from_fn_with_state(
-            ErrorPages::load(&config.static_dir),
-            static_files::html_error_pages,
-        ))
+        .layer(HtmlErrorPages::layer(&config.static_dir))
         // Error responses made below without `ApiError` (axum's 404, a timeout) get its JSON.
         .map_response(error::render_bare_error)
         // Sentry performance transactions, only when sampled (SENTRY_TRACES_SAMPLE_RATE > 0).
@@ -70,19 +67,13 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                 .then(|| sentry::integrations::tower::SentryHttpLayer::new().enable_transaction()),
         )
         // Host check, HTTPS redirect, and the security headers on every response below.
-        .layer(middleware::from_fn_with_state(
-            security::Guard::from_config(config),
-            security::guard,
-        ))
+        .layer(security::Guard::from_config(config).layer())
         // A panicking handler becomes a 500 of the usual shape; the server keeps serving.
         .layer(CatchPanicLayer::custom(error::panic_response))
         // CORS for the configured origins only (absent when none are).
         .option_layer(security::cors::layer(&config.cors_allowed_origins))
         // RATE_LIMIT_GLOBAL per client IP, health probes exempt.
-        .layer(middleware::from_fn_with_state(
-            rate_limit::GLOBAL.enforcer(&state),
-            rate_limit::enforce,
-        ))
+        .layer(rate_limit::GLOBAL.layer(&state))
         // Whole-request deadline; its 408 is rendered as 503 `timeout`.
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

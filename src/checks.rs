@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
+use sqlx::postgres::PgConnectOptions;
 
 use crate::config::postgres::{connect_options, requires_tls};
 use crate::config::{ClientIpSource, Config, DatabaseConfig, Secret, is_private_host};
@@ -307,8 +308,8 @@ fn postgres_host_without_tls(url: &str) -> Option<String> {
 /// `--connect`: reaches the database (and the direct URL migrations use) and Redis, and says
 /// what is wrong in words an operator can act on.
 pub async fn check_connections(config: &Config) -> Vec<Finding> {
-    let mut findings = database_findings(config).await;
-    if let Err(reason) = crate::redis_store::connect_and_ping(config, CONNECT_LIMIT).await {
+    let mut findings = check_database(config).await.findings;
+    if let Err(reason) = redis_store::connect_and_ping(config, CONNECT_LIMIT).await {
         findings.push(warning(
             "W011",
             format!("Redis is unreachable: {reason}"),
@@ -321,64 +322,95 @@ pub async fn check_connections(config: &Config) -> Vec<Finding> {
 const CONNECT_LIMIT: Duration = Duration::from_secs(3);
 const UNREACHABLE_FIX: &str = "check the URL, and that the database accepts connections from here";
 
+/// What the database checks found, and what it means for serving.
+pub struct DatabaseCheck {
+    pub findings: Vec<Finding>,
+    pub verdict: Verdict,
+}
+
+/// Whether requests may use the database: `server::watch_database` keeps the pooler gate
+/// closed until it is [`Verdict::Usable`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// `DATABASE_URL` does not answer: nothing is known of the way to it yet.
+    Unreachable,
+    /// Through a transaction pooler that loses prepared statements (E005).
+    UnsafePooler,
+    Usable,
+}
+
 /// E004 (unreachable, with the cause), E005 (a transaction pooler that loses prepared
 /// statements), E006 and W015 (migrations), W012 (`statement_timeout` not what the service's
 /// queries get) and W013 (migrations would go through a transaction pooler). Also logged by
 /// `serve` at start.
-pub async fn database_findings(config: &Config) -> Vec<Finding> {
+pub async fn check_database(config: &Config) -> DatabaseCheck {
     let mut database = config.database.clone();
     database.acquire_timeout = CONNECT_LIMIT;
     if database.is_sqlite() {
         return sqlite_findings(&database).await;
     }
-    let mut findings = match postgres_findings(&database).await {
-        Some(Ok(findings)) => findings,
-        Some(Err(unreachable)) => return vec![unreachable],
-        None => return Vec::new(), // a URL refused when the configuration was read
+    let Ok(options) = connect_options(database.url.expose()) else {
+        // Refused when the configuration was read.
+        return DatabaseCheck {
+            findings: Vec::new(),
+            verdict: Verdict::Unreachable,
+        };
     };
-    if let Ok(db) = Db::connect_lazy(&database) {
-        findings.extend(migration_findings(&db).await);
+    let mut check = postgres_findings(&database, &options).await;
+    if check.verdict != Verdict::Unreachable
+        && let Ok(db) = Db::connect_lazy(&database)
+    {
+        check.findings.extend(migration_findings(&db).await);
         db.close().await;
     }
-    findings
+    check
 }
 
 /// E004 when the SQLite file cannot be opened, else what its migrations say.
-async fn sqlite_findings(database: &DatabaseConfig) -> Vec<Finding> {
+async fn sqlite_findings(database: &DatabaseConfig) -> DatabaseCheck {
+    let unreachable_because = |reason: String| DatabaseCheck {
+        findings: vec![unreachable(format!("the database is unreachable: {reason}"))],
+        verdict: Verdict::Unreachable,
+    };
     let db = match Db::connect_lazy(database) {
         Ok(db) => db,
-        Err(e) => return vec![unreachable(format!("the database is unreachable: {e}"))],
+        Err(e) => return unreachable_because(e.to_string()),
     };
-    let findings = match db.ping(CONNECT_LIMIT).await {
-        Ok(_) => migration_findings(&db).await,
-        Err(e) => vec![unreachable(format!(
-            "the database is unreachable: {}",
-            db::faults::describe(&e)
-        ))],
+    let check = match db.ping(CONNECT_LIMIT).await {
+        Ok(_) => DatabaseCheck {
+            findings: migration_findings(&db).await,
+            verdict: Verdict::Usable,
+        },
+        Err(e) => unreachable_because(db::faults::describe(&e)),
     };
     db.close().await;
-    findings
+    check
 }
 
 fn unreachable(message: String) -> Finding {
     error("E004", message, UNREACHABLE_FIX)
 }
 
-/// What connecting to PostgreSQL finds, before the migrations: the E004 of an unreachable
-/// `DATABASE_URL` (`Err`: nothing else can be known), or E005 and W013 behind a transaction
-/// pooler, W012 for a statement timeout that does not apply, E004 for `DATABASE_DIRECT_URL`.
-async fn postgres_findings(database: &DatabaseConfig) -> Option<Result<Vec<Finding>, Finding>> {
-    let options = connect_options(database.url.expose()).ok()?;
-    let diagnosis = match postgres::diagnose(&options, database.statement_timeout).await {
+/// What connecting to PostgreSQL finds, before the migrations: E004 when `DATABASE_URL` is
+/// unreachable (nothing else can be known then), E005 and W013 behind a transaction pooler,
+/// W012 for a statement timeout that does not apply, E004 for `DATABASE_DIRECT_URL` (which
+/// only `migrate` uses, so serving does not wait for it).
+async fn postgres_findings(database: &DatabaseConfig, options: &PgConnectOptions) -> DatabaseCheck {
+    let diagnosis = match postgres::diagnose(options, database.statement_timeout).await {
         Ok(diagnosis) => diagnosis,
         Err(reason) => {
             let message = format!("the database (DATABASE_URL) is unreachable: {reason}");
-            return Some(Err(unreachable(message)));
+            return DatabaseCheck {
+                findings: vec![unreachable(message)],
+                verdict: Verdict::Unreachable,
+            };
         }
     };
     let mut findings = Vec::new();
+    let mut verdict = Verdict::Usable;
     if let Pooling::Transaction { prepared_statements } = diagnosis.pooling {
         if !prepared_statements {
+            verdict = Verdict::UnsafePooler;
             findings.push(error(
                 "E005",
                 "DATABASE_URL goes through a transaction pooler that loses prepared statements: \
@@ -416,7 +448,7 @@ async fn postgres_findings(database: &DatabaseConfig) -> Option<Result<Vec<Findi
             "the database (DATABASE_DIRECT_URL) is unreachable: {reason}"
         )));
     }
-    Some(Ok(findings))
+    DatabaseCheck { findings, verdict }
 }
 
 /// E006 (migrations this binary needs are not applied: instances will not be ready) and W015

@@ -13,6 +13,7 @@ pub mod input;
 pub mod invoices;
 // example-domain:end
 pub mod lifecycle;
+pub mod middleware;
 pub mod observe;
 pub mod pagination;
 pub mod rate_limit;

@@ -8,11 +8,11 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Mutex;
 
-use axum::extract::{FromRef, Request, State};
+use axum::extract::{FromRef, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -21,6 +21,7 @@ use governor::state::StateStore;
 use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::{Quota, RateLimiter};
 use redis::aio::ConnectionManager;
+use tower::Service;
 use uuid::Uuid;
 
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
@@ -28,6 +29,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use crate::auth::Auth;
 use crate::config::{Rate, RateLimits, RateSetting};
 use crate::error::ApiError;
+use crate::middleware::{BoxResponseFuture, Middleware, MiddlewareLayer};
 use crate::redis_store;
 use crate::security::client_ip::ClientIp;
 use crate::security::is_health_path;
@@ -370,18 +372,17 @@ impl Limit {
         }
     }
 
-    /// The state of the middleware that enforces this limit ([`enforce`]); it passes everything
-    /// when the limit is off.
-    pub fn enforcer<S>(&self, state: &S) -> Enforce
+    /// The middleware that enforces this limit; it passes everything when the limit is off.
+    pub fn layer<S>(&self, state: &S) -> MiddlewareLayer<Enforce>
     where
         Arc<RateLimiters>: FromRef<S>,
         Arc<Auth>: FromRef<S>,
     {
-        Enforce {
+        MiddlewareLayer(Enforce {
             limiter: Arc::<RateLimiters>::from_ref(state).get(self),
             per: self.per,
             auth: Arc::<Auth>::from_ref(state),
-        }
+        })
     }
 
     /// `routes` under this limit, to merge into a route module's router.
@@ -391,8 +392,7 @@ impl Limit {
         Arc<RateLimiters>: FromRef<S>,
         Arc<Auth>: FromRef<S>,
     {
-        let layer = middleware::from_fn_with_state(self.enforcer(state), enforce);
-        OpenApiRouter::new().routes(routes).route_layer(layer)
+        OpenApiRouter::new().routes(routes).route_layer(self.layer(state))
     }
 }
 
@@ -455,36 +455,62 @@ pub struct Enforce {
     auth: Arc<Auth>,
 }
 
-/// For `axum::middleware::from_fn_with_state`: the 429, or the response from below with the
-/// limit headers.
-pub async fn enforce(State(enforce): State<Enforce>, mut req: Request, next: Next) -> Response {
-    let key = match &enforce.limiter {
-        Some(_) if is_health_path(req.uri().path()) => None,
-        Some(_) => match enforce.per {
-            Per::Ip => {
-                let ip = req
-                    .extensions()
-                    .get::<ClientIp>()
-                    .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
-                Some(LimitKey::client(ip))
-            }
-            Per::User => enforce.auth.resolve(&mut req).map(LimitKey::User),
-        },
-        None => None,
-    };
-    let (Some(limiter), Some(key)) = (enforce.limiter, key) else {
-        return next.run(req).await;
-    };
-    let decision = limiter.check(key).await;
-    if !decision.allowed {
-        return refuse(&limiter, decision);
+impl Middleware for Enforce {
+    fn handle<S>(&self, inner: &mut S, mut req: Request) -> BoxResponseFuture
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let key = match &self.limiter {
+            Some(_) if is_health_path(req.uri().path()) => None,
+            Some(_) => match self.per {
+                Per::Ip => {
+                    let ip = req
+                        .extensions()
+                        .get::<ClientIp>()
+                        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
+                    Some(LimitKey::client(ip))
+                }
+                Per::User => self.auth.resolve(&mut req).map(LimitKey::User),
+            },
+            None => None,
+        };
+        let (Some(limiter), Some(key)) = (self.limiter.clone(), key) else {
+            return Box::pin(inner.call(req));
+        };
+        if limiter.shared.is_none() {
+            // Decided at once: the ready inner service is called now, without a clone.
+            let decision = limiter.check_local(key);
+            let pending = decision.allowed.then(|| inner.call(req));
+            return Box::pin(async move { finish(&limiter, decision, pending).await });
+        }
+        // The check may wait for Redis, so the inner service is called later: take the one that
+        // is ready and leave a clone in its place (the usual tower pattern).
+        let clone = inner.clone();
+        let mut inner = std::mem::replace(inner, clone);
+        Box::pin(async move {
+            let decision = limiter.check(key).await;
+            let pending = decision.allowed.then(|| inner.call(req));
+            finish(&limiter, decision, pending).await
+        })
     }
-    let mut response = next.run(req).await;
+}
+
+/// The response to a checked request: the 429, or the inner service's with the limit headers.
+async fn finish(
+    limiter: &Limiter,
+    decision: Decision,
+    pending: Option<impl Future<Output = Result<Response, Infallible>>>,
+) -> Result<Response, Infallible> {
+    let Some(pending) = pending else {
+        return Ok(refuse(limiter, decision));
+    };
+    let mut response = pending.await?;
     // A stricter, route-specific limit inside this one has already reported itself.
     if !response.headers().contains_key(X_RATELIMIT_LIMIT) {
         limiter.apply_headers(decision, response.headers_mut());
     }
-    response
+    Ok(response)
 }
 
 /// The 429 for a request over its limit, counted.
@@ -576,9 +602,8 @@ mod tests {
             per: Per::User,
             auth: auth.clone(),
         };
-        let handler =
-            tower::service_fn(|_: Request| async { Ok::<_, std::convert::Infallible>(Response::new(Body::empty())) });
-        let service = middleware::from_fn_with_state(enforce, super::enforce).layer(handler);
+        let handler = tower::service_fn(|_: Request| async { Ok::<_, Infallible>(Response::new(Body::empty())) });
+        let service = MiddlewareLayer(enforce).layer(handler);
         let token = auth.issue_token(Uuid::new_v4()).expect("token");
         let status = |bearer: Option<String>| {
             let service = service.clone();

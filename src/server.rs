@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
-use crate::checks;
+use crate::checks::{self, DatabaseCheck, Verdict};
 use crate::config::Config;
 use crate::db::{Db, Schema};
 use crate::state::AppState;
@@ -38,16 +38,6 @@ const POOLER_RECHECK_UNDECIDED: Duration = Duration::from_secs(2);
 /// How long the start waits for the first verdict before listening with the gate closed.
 const POOLER_FIRST_VERDICT: Duration = Duration::from_secs(3);
 
-/// What a diagnosis says about the pooler in front of the database.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum PoolerVerdict {
-    /// Unreachable: nothing known yet.
-    Undecided,
-    /// A transaction pooler that loses prepared statements.
-    Unsafe,
-    Safe,
-}
-
 /// Says what is wrong with the database (unreachable and why, pooler mode, `statement_timeout`),
 /// in the background, so an absent database delays the start by [`POOLER_FIRST_VERDICT`] at
 /// most. On PostgreSQL the [`crate::db::PoolerGate`] stays closed (503s, not ready) until a
@@ -56,7 +46,7 @@ enum PoolerVerdict {
 /// is in, or after [`POOLER_FIRST_VERDICT`].
 async fn watch_database(state: AppState) {
     if state.config.database.is_sqlite() {
-        tokio::spawn(async move { log_findings(&checks::database_findings(&state.config).await) });
+        tokio::spawn(async move { log_findings(&checks::check_database(&state.config).await.findings) });
         return;
     }
     state.pooler_gate.close();
@@ -65,33 +55,26 @@ async fn watch_database(state: AppState) {
         let mut first_verdict = Some(first_verdict);
         let mut last = None;
         while !state.lifecycle.is_draining() {
-            let findings = checks::database_findings(&state.config).await;
-            let verdict = if findings.iter().any(|f| f.id == "E004") {
-                PoolerVerdict::Undecided
-            } else if findings.iter().any(|f| f.id == "E005") {
-                PoolerVerdict::Unsafe
-            } else {
-                PoolerVerdict::Safe
-            };
+            let DatabaseCheck { findings, verdict } = checks::check_database(&state.config).await;
             // Logged when something changed, not at every recheck of a database that is down.
             if last != Some(verdict) {
                 log_findings(&findings);
             }
-            if verdict != PoolerVerdict::Undecided
+            if verdict != Verdict::Unreachable
                 && let Some(sender) = first_verdict.take()
             {
                 let _ = sender.send(());
             }
             match verdict {
-                PoolerVerdict::Safe => {
+                Verdict::Usable => {
                     state.pooler_gate.open();
                     if last.is_some() {
                         tracing::info!("the database pooler is safe for prepared statements: serving");
                     }
                     return;
                 }
-                PoolerVerdict::Unsafe => tokio::time::sleep(POOLER_RECHECK).await,
-                PoolerVerdict::Undecided => tokio::time::sleep(POOLER_RECHECK_UNDECIDED).await,
+                Verdict::UnsafePooler => tokio::time::sleep(POOLER_RECHECK).await,
+                Verdict::Unreachable => tokio::time::sleep(POOLER_RECHECK_UNDECIDED).await,
             }
             last = Some(verdict);
         }

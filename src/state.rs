@@ -91,7 +91,7 @@ impl AppState {
 }
 
 // What extractors and middleware take from the state (`State<Arc<Auth>>`, `AuthUser`, a rate
-// limit's `enforcer`), so they need not know the whole of it.
+// limit's `layer`), so they need not know the whole of it.
 
 impl FromRef<AppState> for Arc<Auth> {
     fn from_ref(state: &AppState) -> Arc<Auth> {

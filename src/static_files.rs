@@ -1,6 +1,7 @@
 //! Static files (docs/api.md, "Security notes"), the HTML error pages for browsers, and
 //! `shipshape compress-static`.
 
+use std::convert::Infallible;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,14 +9,16 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use tower::Service;
 use tower_http::services::{ServeDir, ServeFile};
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::middleware::{BoxResponseFuture, Middleware, MiddlewareLayer};
 
 /// `/` (the landing page) and `/static/*` from `STATIC_DIR`, with precompressed `.br`/`.gz`
 /// siblings, ETag/Last-Modified and 304s (all from tower-http), and our cache policy.
@@ -119,7 +122,6 @@ fn has_content_hash(file_name: &str) -> bool {
 }
 
 /// `404.html` and `500.html` from `STATIC_DIR`, read once at start (built-in pages when missing).
-#[derive(Clone)]
 pub struct ErrorPages {
     // `Bytes`, so each response shares the page instead of copying it.
     not_found: Bytes,
@@ -160,14 +162,36 @@ impl ErrorPages {
     }
 }
 
-/// For `axum::middleware::from_fn_with_state`: a browser asking for a page outside `/api/`
-/// gets an error as an HTML page instead of JSON.
-pub async fn html_error_pages(State(pages): State<ErrorPages>, req: Request, next: Next) -> Response {
-    let wants_html = !req.uri().path().starts_with("/api/") && prefers_html(req.headers().get(header::ACCEPT));
-    let response = next.run(req).await;
-    match wants_html && response.status().as_u16() >= 400 {
-        true => pages.render(response),
-        false => response,
+/// The middleware that gives a browser asking for a page outside `/api/` its error as an
+/// HTML page instead of JSON.
+#[derive(Clone)]
+pub struct HtmlErrorPages(Arc<ErrorPages>);
+
+impl HtmlErrorPages {
+    pub fn layer(static_dir: &Path) -> MiddlewareLayer<HtmlErrorPages> {
+        MiddlewareLayer(HtmlErrorPages(Arc::new(ErrorPages::load(static_dir))))
+    }
+}
+
+impl Middleware for HtmlErrorPages {
+    fn handle<S>(&self, inner: &mut S, req: Request) -> BoxResponseFuture
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let wants_html = !req.uri().path().starts_with("/api/") && prefers_html(req.headers().get(header::ACCEPT));
+        let below = inner.call(req);
+        if !wants_html {
+            return Box::pin(below);
+        }
+        let pages = self.0.clone();
+        Box::pin(async move {
+            let response = below.await?;
+            Ok(match response.status().as_u16() >= 400 {
+                true => pages.render(response),
+                false => response,
+            })
+        })
     }
 }
 

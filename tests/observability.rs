@@ -138,12 +138,15 @@ async fn sentry_gets_one_event_per_panic_and_500_and_none_for_4xx() {
     let failure_id = failure.headers()["x-request-id"].to_str().unwrap().to_owned();
     let not_found = app.get("/api/v1/nope", None).await;
     let not_found_id = not_found.headers()["x-request-id"].to_str().unwrap().to_owned();
-    // example-domain:begin
-    let invalid = app
-        .post_json("/api/v1/invoices", &json!({"amount_cents": "x"}), Some(&token))
-        .await;
+    let invalid = app.post_json("/api/v1/auth/signup", &json!({"email": 5}), None).await;
     assert_eq!(invalid.status(), 422);
     let invalid_id = invalid.headers()["x-request-id"].to_str().unwrap().to_owned();
+    // example-domain:begin
+    let invalid_invoice = app
+        .post_json("/api/v1/invoices", &json!({"amount_cents": "x"}), Some(&token))
+        .await;
+    assert_eq!(invalid_invoice.status(), 422);
+    let invalid_invoice_id = invalid_invoice.headers()["x-request-id"].to_str().unwrap().to_owned();
     // example-domain:end
 
     wait_for(|| !ingest.events_for(&panic_id).is_empty() && !ingest.events_for(&failure_id).is_empty()).await;
@@ -156,8 +159,12 @@ async fn sentry_gets_one_event_per_panic_and_500_and_none_for_4xx() {
     assert_eq!(failure_events.len(), 1, "one event per 500");
     assert!(failure_events[0].to_string().contains("ledger is out of balance"));
     assert!(ingest.events_for(&not_found_id).is_empty(), "a 404 is not reported");
-    // example-domain:begin
     assert!(ingest.events_for(&invalid_id).is_empty(), "a 422 is not reported");
+    // example-domain:begin
+    assert!(
+        ingest.events_for(&invalid_invoice_id).is_empty(),
+        "an invoice's 422 is not reported"
+    );
     // example-domain:end
     for event in [&panic_events[0], &failure_events[0]] {
         assert_eq!(event["environment"], "development");
@@ -192,7 +199,8 @@ async fn sentry_gets_one_event_per_panic_and_500_and_none_for_4xx() {
 }
 
 /// The binary with a distinctive value for every secret and `LOG_LEVEL=debug`, driven
-/// through signup, login, a bad token and shutdown: no secret in any line.
+/// through signup, login, a bad token, a signup the database fails (a 500) and shutdown: no
+/// secret in any line.
 // example-domain:begin
 /// Before shutdown, also an invoice, a signed payment webhook the database fails (a 500) and
 /// one with a forged signature.
@@ -265,6 +273,21 @@ async fn no_secret_reaches_any_log_line() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 401);
+    // A real 500: the database refuses the next account, whose password is in the body.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path.display()))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TRIGGER refuse_signup BEFORE INSERT ON users BEGIN SELECT RAISE(ABORT, 'boom'); END")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let refused = client
+        .post(format!("{base}/api/v1/auth/signup"))
+        .json(&json!({"email": "refused@example.com", "password": USER_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 500);
     // example-domain:begin
     let invoice: Value = client
         .post(format!("{base}/api/v1/invoices"))
@@ -276,10 +299,7 @@ async fn no_secret_reaches_any_log_line() {
         .json()
         .await
         .unwrap();
-    // A real 500: the database refuses the payment update.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path.display()))
-        .await
-        .unwrap();
+    // Another real 500: the database refuses the payment update.
     sqlx::query("CREATE TRIGGER fail BEFORE UPDATE ON invoices BEGIN SELECT RAISE(ABORT, 'boom'); END")
         .execute(&pool)
         .await
@@ -326,8 +346,12 @@ async fn no_secret_reaches_any_log_line() {
     assert!(output.0.success());
     let logs = output.1;
     assert!(logs.lines().count() > 20, "debug logging was on");
-    // example-domain:begin
     assert!(logs.contains("\"status\":500"), "the 500 was logged");
+    // example-domain:begin
+    assert!(
+        logs.matches("\"status\":500").count() >= 2,
+        "the webhook's 500 was logged too"
+    );
     // example-domain:end
     for secret in [
         TEST_SECRET,

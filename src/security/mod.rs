@@ -7,15 +7,17 @@ pub mod headers;
 pub mod hosts;
 pub mod https;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tower::Service;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::middleware::{BoxResponseFuture, Middleware, MiddlewareLayer};
 use headers::SecurityHeaders;
 use hosts::AllowedHosts;
 
@@ -45,19 +47,37 @@ impl Guard {
     }
 }
 
-/// For `axum::middleware::from_fn_with_state`: the refusal or the response from below, with
-/// the security headers either way.
-pub async fn guard(State(guard): State<Guard>, req: Request, next: Next) -> Response {
-    let was_https = https::is_https(req.headers());
-    let refusal = (!is_health_path(req.uri().path()))
-        .then(|| guard.refusal(&req))
-        .flatten();
-    let mut response = match refusal {
-        Some(refusal) => refusal,
-        None => next.run(req).await,
-    };
-    guard.headers.apply(response.headers_mut(), was_https);
-    response
+impl Guard {
+    pub fn layer(self) -> MiddlewareLayer<Guard> {
+        MiddlewareLayer(self)
+    }
+}
+
+/// The refusal or the response from below, with the security headers either way.
+impl Middleware for Guard {
+    fn handle<S>(&self, inner: &mut S, req: Request) -> BoxResponseFuture
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let was_https = https::is_https(req.headers());
+        let refusal = (!is_health_path(req.uri().path()))
+            .then(|| self.refusal(&req))
+            .flatten();
+        let pending = match refusal {
+            Some(response) => Err(response),
+            None => Ok(inner.call(req)),
+        };
+        let headers = self.headers.clone();
+        Box::pin(async move {
+            let mut response = match pending {
+                Ok(inner) => inner.await?,
+                Err(refusal) => refusal,
+            };
+            headers.apply(response.headers_mut(), was_https);
+            Ok(response)
+        })
+    }
 }
 
 impl Guard {

@@ -116,6 +116,11 @@ tokio::task_local! {
 }
 
 impl RequestContext {
+    /// Runs `start` (which starts the work) as this request's: see [`scope`](Self::scope).
+    pub fn sync_scope<R>(&self, start: impl FnOnce() -> R) -> R {
+        CURRENT_REQUEST.sync_scope(self.clone(), start)
+    }
+
     /// Runs `work` as this request's: every line it logs carries the id, and an error it
     /// renders carries it in the body.
     pub fn scope<F: Future>(self, work: F) -> tokio::task::futures::TaskLocalFuture<RequestContext, F> {

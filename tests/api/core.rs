@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use shipshape::state::AppState;
 
-use crate::helpers::{Backend, Options, TestApp, assert_error};
+use crate::helpers::{Backend, Options, TEST_ITEMS, TestApp, assert_error, refused_fields, test_items};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -104,14 +104,9 @@ async fn pool_exhausted_is_a_quick_503(backend: Backend) {
     app.stop().await;
 }
 
-// example-domain:begin
 #[tokio::test]
 async fn openapi_documents_every_api_route() {
-    // With WEBHOOK_SECRET, so that the webhook is mounted and documented too.
-    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
-        c.webhook_secret = Some(shipshape::config::Secret::new("whsec_openapi_0123456789abcdef0123"))
-    })
-    .await;
+    let app = TestApp::spawn(Backend::Sqlite).await;
     let doc: Value = app.get("/openapi.json", None).await.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     let paths = doc["paths"].as_object().unwrap();
@@ -119,13 +114,14 @@ async fn openapi_documents_every_api_route() {
         ("/api/v1/auth/signup", "post"),
         ("/api/v1/auth/login", "post"),
         ("/api/v1/me", "get"),
+        // example-domain:begin
         ("/api/v1/invoices", "post"),
         ("/api/v1/invoices", "get"),
         ("/api/v1/invoices/{id}", "get"),
         ("/api/v1/invoices/{id}/send", "post"),
         ("/api/v1/invoices/events", "get"),
-        ("/api/v1/webhooks/payments", "post"),
         ("/api/v1/stats/summary", "get"),
+        // example-domain:end
     ] {
         let operation = &paths[path][method];
         assert!(operation.is_object(), "{method} {path} is documented");
@@ -134,14 +130,23 @@ async fn openapi_documents_every_api_route() {
             "{method} {path} lists its errors"
         );
     }
+    for probe in ["/healthz", "/readyz"] {
+        assert!(paths[probe]["get"].is_object(), "GET {probe} is documented");
+    }
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 
     // The schema states the rules the server applies, from the same constants.
+    let new_account = &doc["components"]["schemas"]["NewAccount"]["properties"];
+    assert_eq!(new_account["email"]["maxLength"], 254);
+    assert_eq!(new_account["password"]["minLength"], 12);
+    assert_eq!(new_account["password"]["maxLength"], 128);
+    // example-domain:begin
     let new_invoice = &doc["components"]["schemas"]["NewInvoice"]["properties"];
     assert_eq!(new_invoice["customer_name"]["maxLength"], 200);
     assert_eq!(new_invoice["amount_cents"]["maximum"], 100_000_000_000_i64);
     assert_eq!(new_invoice["amount_cents"]["minimum"], 1);
+    // example-domain:end
     // No property is an `allOf` of a typed schema and another type: no value could match it.
     for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
         for (field, property) in schema["properties"].as_object().into_iter().flatten() {
@@ -161,7 +166,50 @@ async fn openapi_documents_every_api_route() {
     }
     app.stop().await;
 }
+
+// example-domain:begin
+#[tokio::test]
+async fn openapi_documents_the_payment_webhook_when_it_is_mounted() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.webhook_secret = Some(shipshape::config::Secret::new("whsec_openapi_0123456789abcdef0123"))
+    })
+    .await;
+    let doc: Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    let operation = &doc["paths"]["/api/v1/webhooks/payments"]["post"];
+    assert!(operation.is_object(), "post /api/v1/webhooks/payments is documented");
+    assert!(
+        operation["responses"].as_object().unwrap().len() >= 2,
+        "post /api/v1/webhooks/payments lists its errors"
+    );
+    app.stop().await;
+}
 // example-domain:end
+
+// One 422 names every bad field: wrongly typed, missing, out of range and unknown at once.
+#[tokio::test]
+async fn one_422_names_every_bad_field_wrongly_typed_ones_included() {
+    let options = Options {
+        backend: Backend::Sqlite,
+        extra_routes: Some(test_items()),
+    };
+    let app = TestApp::start(options, |_| {}).await;
+    let token = app.signup("every-field@example.com").await;
+    let bad = json!({"name": 5, "description": {"text": "x"}, "due_date": 20261231, "colour": "red"});
+    let response = app.post_json(TEST_ITEMS, &bad, Some(&token)).await;
+    assert_eq!(
+        refused_fields(response).await,
+        ["name", "description", "amount_cents", "due_date", "colour"]
+    );
+    let nothing_valid = json!({"name": null, "amount_cents": 100_000_000_001_i64, "due_date": "2026-02-30"});
+    let response = app.post_json(TEST_ITEMS, &nothing_valid, Some(&token)).await;
+    assert_eq!(refused_fields(response).await, ["name", "amount_cents", "due_date"]);
+    for amount in [json!(0), json!("100"), json!(1.5)] {
+        let body = json!({"name": "A", "amount_cents": amount});
+        let response = app.post_json(TEST_ITEMS, &body, Some(&token)).await;
+        assert_eq!(refused_fields(response).await, ["amount_cents"], "{amount}");
+    }
+    app.stop().await;
+}
 
 #[tokio::test]
 async fn request_id_is_kept_when_sane_and_replaced_when_not() {

@@ -6,20 +6,35 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::helpers::{Backend, PASSWORD, TestApp, assert_error, fresh_postgres_database};
 // example-domain:begin
 use crate::helpers::deliver_webhook;
+// example-domain:end
+use crate::helpers::{
+    Backend, Options, PASSWORD, TEST_ITEMS, TestApp, assert_error, fresh_postgres_database, test_items,
+};
 use crate::on_both_databases;
 
 on_both_databases!(
     control_characters_are_refused_naming_the_field,
     a_token_of_a_user_that_does_not_exist_is_401_everywhere,
+    // example-domain:begin
+    control_characters_are_refused_in_invoices_and_payment_events,
+    // example-domain:end
 );
 
+// example-domain:begin
 const WEBHOOK_SECRET: &str = "whsec_test_7d9f2a4c6e8b0d1f3a5c7e9b1d3f5a7c";
 // example-domain:end
 
-// example-domain:begin
+/// The app with the tests' own resource, [`test_items`], mounted.
+async fn spawn_with_items(backend: Backend) -> TestApp {
+    let options = Options {
+        backend,
+        extra_routes: Some(test_items()),
+    };
+    TestApp::start(options, |_| {}).await
+}
+
 /// Posts `body` as raw JSON text.
 async fn post_raw(app: &TestApp, path: &str, body: &str, token: Option<&str>) -> reqwest::Response {
     let mut request = app
@@ -32,9 +47,7 @@ async fn post_raw(app: &TestApp, path: &str, body: &str, token: Option<&str>) ->
     }
     request.send().await.expect("request sent")
 }
-// example-domain:end
 
-// example-domain:begin
 /// The field named by the first detail of a 422.
 async fn refused_field(response: reqwest::Response) -> String {
     let body = assert_error(response, 422, "validation_failed").await;
@@ -43,7 +56,6 @@ async fn refused_field(response: reqwest::Response) -> String {
         .unwrap_or_default()
         .to_owned()
 }
-// example-domain:end
 
 // RFC 6749 §5.1: token responses must not be cached.
 #[tokio::test]
@@ -59,16 +71,30 @@ async fn signup_and_login_responses_are_not_stored() {
     app.stop().await;
 }
 
-// example-domain:begin
 #[tokio::test]
 async fn json_arrays_are_not_objects() {
+    let app = spawn_with_items(Backend::Sqlite).await;
+    let credentials = json!(["a@example.com", PASSWORD]).to_string();
+    for path in ["/api/v1/auth/signup", "/api/v1/auth/login"] {
+        let response = post_raw(&app, path, &credentials, None).await;
+        assert_eq!(refused_field(response).await, "body", "{path}");
+    }
+    let token = app.signup("arrays@example.com").await;
+    let item = json!(["Acme Ltd", null, 100, null]).to_string();
+    assert_eq!(
+        refused_field(post_raw(&app, TEST_ITEMS, &item, Some(&token)).await).await,
+        "body"
+    );
+    app.stop().await;
+}
+
+// example-domain:begin
+#[tokio::test]
+async fn json_arrays_are_not_invoices_or_payment_events() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
         c.webhook_secret = Some(shipshape::config::Secret::new(WEBHOOK_SECRET))
     })
     .await;
-    let credentials = json!(["a@example.com", PASSWORD]).to_string();
-    let signup = post_raw(&app, "/api/v1/auth/signup", &credentials, None).await;
-    assert_eq!(refused_field(signup).await, "body");
     let token = app.signup("arrays@example.com").await;
     let invoice = json!(["Acme Ltd", null, 100, "USD", null, null]).to_string();
     assert_eq!(
@@ -87,12 +113,14 @@ async fn json_arrays_are_not_objects() {
 }
 // example-domain:end
 
-// example-domain:begin
-#[tokio::test]
-async fn due_date_is_exactly_yyyy_mm_dd_with_a_year_from_1_to_9999() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
-    let token = app.signup("dates@example.com").await;
-    let invoice = |due: &str| json!({"customer_name": "Acme", "amount_cents": 100, "currency": "USD", "due_date": due});
+/// A due date is `YYYY-MM-DD` exactly, a real date, year 0001 to 9999, on `path`, whose body is
+/// `body` with a `due_date`; one taken is answered as sent.
+async fn due_dates_are_read_exactly(app: &TestApp, token: &str, path: &str, body: Value) {
+    let with_due_date = |due: &str| {
+        let mut body = body.clone();
+        body["due_date"] = json!(due);
+        body
+    };
     for bad in [
         "+2026-01-01",
         "-0001-01-01",
@@ -103,40 +131,51 @@ async fn due_date_is_exactly_yyyy_mm_dd_with_a_year_from_1_to_9999() {
         "2026-02-30",
         " 2026-01-01",
     ] {
-        let response = app.post_json("/api/v1/invoices", &invoice(bad), Some(&token)).await;
-        assert_eq!(refused_field(response).await, "due_date", "{bad:?}");
+        let response = app.post_json(path, &with_due_date(bad), Some(token)).await;
+        assert_eq!(refused_field(response).await, "due_date", "{path} {bad:?}");
     }
     for good in ["0001-01-01", "2028-02-29", "9999-12-31"] {
-        let response = app.post_json("/api/v1/invoices", &invoice(good), Some(&token)).await;
-        assert_eq!(response.status(), 201, "{good}");
+        let response = app.post_json(path, &with_due_date(good), Some(token)).await;
+        assert_eq!(response.status(), 201, "{path} {good}");
         assert_eq!(response.json::<Value>().await.unwrap()["due_date"], good);
     }
+}
+
+#[tokio::test]
+async fn due_date_is_exactly_yyyy_mm_dd_with_a_year_from_1_to_9999() {
+    let app = spawn_with_items(Backend::Sqlite).await;
+    let token = app.signup("dates@example.com").await;
+    let item = json!({"name": "Acme", "amount_cents": 100});
+    due_dates_are_read_exactly(&app, &token, TEST_ITEMS, item).await;
+    // example-domain:begin
+    let invoice = json!({"customer_name": "Acme", "amount_cents": 100, "currency": "USD"});
+    due_dates_are_read_exactly(&app, &token, "/api/v1/invoices", invoice).await;
+    // example-domain:end
     app.stop().await;
 }
-// example-domain:end
 
-// example-domain:begin
 #[tokio::test]
 async fn unclosed_json_is_400_and_an_undecodable_id_is_404() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    let app = spawn_with_items(Backend::Sqlite).await;
     let token = app.signup("unclosed@example.com").await;
     for body in ["[[[[", "[[[[[[[[[[[[[[[[[[[[", "{\"email\": [[[", "[\"a@example.com\""] {
         let response = post_raw(&app, "/api/v1/auth/signup", body, None).await;
         assert_error(response, 400, "invalid_json").await;
     }
+    let read = app.get(&format!("{TEST_ITEMS}/%FF"), Some(&token)).await;
+    assert_error(read, 404, "not_found").await;
+    let delete = app.delete(&format!("{TEST_ITEMS}/%FF%FE"), Some(&token)).await;
+    assert_error(delete, 404, "not_found").await;
+    // example-domain:begin
     assert_error(app.get("/api/v1/invoices/%FF", Some(&token)).await, 404, "not_found").await;
     let send = post_raw(&app, "/api/v1/invoices/%FF%FE/send", "", Some(&token)).await;
     assert_error(send, 404, "not_found").await;
+    // example-domain:end
     app.stop().await;
 }
-// example-domain:end
 
-// example-domain:begin
 async fn control_characters_are_refused_naming_the_field(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |c| {
-        c.webhook_secret = Some(shipshape::config::Secret::new(WEBHOOK_SECRET))
-    })
-    .await;
+    let app = spawn_with_items(backend).await;
     for path in ["/api/v1/auth/signup", "/api/v1/auth/login"] {
         for email in ["nul\u{0}@example.com", "bell\u{7}@example.com", "del\u{7f}@example.com"] {
             let response = app
@@ -145,6 +184,37 @@ async fn control_characters_are_refused_naming_the_field(backend: Backend) {
             assert_eq!(refused_field(response).await, "email", "{path} {email:?}");
         }
     }
+    let token = app.signup("controls@example.com").await;
+    let item = |field: &str, value: &str| {
+        let mut body = json!({"name": "Acme", "amount_cents": 100});
+        body[field] = json!(value);
+        body
+    };
+    for (field, value) in [
+        ("name", "Ac\u{0}me"),
+        ("name", "Acme\nLtd"),
+        ("name", "Acme\u{1b}[31m"),
+        ("description", "nul \u{0} here"),
+        ("description", "escape \u{1b}[2J"),
+    ] {
+        let response = app.post_json(TEST_ITEMS, &item(field, value), Some(&token)).await;
+        assert_eq!(refused_field(response).await, field, "{value:?}");
+    }
+    // A description may span lines.
+    let multiline = item("description", "line one\r\nline two\tindented");
+    let created = app.post_json(TEST_ITEMS, &multiline, Some(&token)).await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(created["description"], "line one\r\nline two\tindented");
+    app.stop().await;
+}
+
+// example-domain:begin
+async fn control_characters_are_refused_in_invoices_and_payment_events(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.webhook_secret = Some(shipshape::config::Secret::new(WEBHOOK_SECRET))
+    })
+    .await;
     let token = app.signup("controls@example.com").await;
     let invoice = |field: &str, value: &str| {
         let mut body = json!({"customer_name": "Acme", "amount_cents": 100, "currency": "USD"});
@@ -177,43 +247,55 @@ async fn control_characters_are_refused_naming_the_field(backend: Backend) {
 }
 // example-domain:end
 
-// example-domain:begin
 async fn a_token_of_a_user_that_does_not_exist_is_401_everywhere(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = spawn_with_items(backend).await;
     let ghost = app.state.auth.issue_token(uuid::Uuid::now_v7()).expect("token");
+    let item = format!("{TEST_ITEMS}/{}", uuid::Uuid::now_v7());
+    let new_item = json!({"name": "Acme", "amount_cents": 100});
+    // example-domain:begin
     let invoice_id = uuid::Uuid::now_v7();
     let new_invoice = json!({"customer_name": "Acme", "amount_cents": 100, "currency": "USD"});
+    // example-domain:end
     let requests = [
         ("me", app.get("/api/v1/me", Some(&ghost)).await),
+        ("create", app.post_json(TEST_ITEMS, &new_item, Some(&ghost)).await),
+        ("get", app.get(&item, Some(&ghost)).await),
+        ("delete", app.delete(&item, Some(&ghost)).await),
+        // example-domain:begin
         (
-            "create",
+            "create invoice",
             app.post_json("/api/v1/invoices", &new_invoice, Some(&ghost)).await,
         ),
-        ("list", app.get("/api/v1/invoices", Some(&ghost)).await),
+        ("list invoices", app.get("/api/v1/invoices", Some(&ghost)).await),
         (
-            "get",
+            "get invoice",
             app.get(&format!("/api/v1/invoices/{invoice_id}"), Some(&ghost)).await,
         ),
         (
-            "send",
+            "send invoice",
             post_raw(&app, &format!("/api/v1/invoices/{invoice_id}/send"), "", Some(&ghost)).await,
         ),
         ("stats", app.get("/api/v1/stats/summary", Some(&ghost)).await),
         ("events", app.get("/api/v1/invoices/events", Some(&ghost)).await),
+        // example-domain:end
     ];
     for (name, response) in requests {
         assert_eq!(response.status(), 401, "{name}");
         assert_eq!(response.headers()["www-authenticate"], "Bearer", "{name}");
         assert_error(response, 401, "unauthorized").await;
     }
-    // A real user's empty list and missing invoice are still 200 and 404.
+    // A real user's missing item is still 404, and their account 200.
     let token = app.signup("real@example.com").await;
+    assert_eq!(app.get("/api/v1/me", Some(&token)).await.status(), 200);
+    assert_error(app.get(&item, Some(&token)).await, 404, "not_found").await;
+    // example-domain:begin
+    // A real user's empty list and missing invoice are still 200 and 404.
     assert_eq!(app.get("/api/v1/invoices", Some(&token)).await.status(), 200);
     let missing = app.get(&format!("/api/v1/invoices/{invoice_id}"), Some(&token)).await;
     assert_error(missing, 404, "not_found").await;
+    // example-domain:end
     app.stop().await;
 }
-// example-domain:end
 
 /// A static folder with one stylesheet (and its precompressed siblings) for the static tests.
 fn static_folder() -> tempfile::TempDir {
@@ -321,7 +403,6 @@ async fn symlinks_out_of_the_static_folder_are_neither_served_nor_compressed() {
     app.stop().await;
 }
 
-// example-domain:begin
 #[test]
 fn every_numeric_setting_has_a_range_and_out_of_it_exits_2_naming_it() {
     for (var, value) in [
@@ -339,7 +420,9 @@ fn every_numeric_setting_has_a_range_and_out_of_it_exits_2_naming_it() {
         ("STATIC_MAX_AGE_SECS", "18446744073709551615"),
         ("MAX_BODY_BYTES", "18446744073709551615"),
         ("PASSWORD_HASH_CONCURRENCY", "18446744073709551615"),
+        // example-domain:begin
         ("MAX_SSE_STREAMS", "18446744073709551615"),
+        // example-domain:end
         ("SENTRY_TRACES_SAMPLE_RATE", "NaN"),
     ] {
         // `check --deploy` reads the same settings and exits: a value taken would not start a server.
@@ -353,7 +436,6 @@ fn every_numeric_setting_has_a_range_and_out_of_it_exits_2_naming_it() {
         );
     }
 }
-// example-domain:end
 
 // example-domain:begin
 #[tokio::test]
@@ -594,16 +676,11 @@ async fn draining_closes_idle_and_half_open_connections_at_once() {
     assert!(closed.iter().all(|c| *c), "{closed:?}");
 }
 
-// example-domain:begin
-/// A long run of keep-alive clients creating, sending and paying invoices: not one request
-/// may be lost (the drill for the keep-alive race above).
+/// A long run of keep-alive clients creating and reading items and reading their account:
+/// not one request may be lost (the drill for the keep-alive race above).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_soak_loses_no_request() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
-        c.webhook_secret = Some(shipshape::config::Secret::new(WEBHOOK_SECRET))
-    })
-    .await;
-    let app = std::sync::Arc::new(app);
+    let app = std::sync::Arc::new(spawn_with_items(Backend::Sqlite).await);
     let mut workers = Vec::new();
     for worker in 0..8 {
         let app = app.clone();
@@ -611,18 +688,19 @@ async fn keep_alive_soak_loses_no_request() {
             let token = app.signup(&format!("soak{worker}@example.com")).await;
             let mut failures = Vec::new();
             for n in 0..60 {
-                let created = app.create_invoice(&token, 100 + n).await;
+                let item = json!({"name": format!("soak {worker}-{n}"), "amount_cents": 100 + n});
+                let created = app.post_json(TEST_ITEMS, &item, Some(&token)).await;
+                let status = created.status();
+                let created: Value = created.json().await.expect("json");
+                assert_eq!(status, 201, "{created}");
                 let id = created["id"].as_str().unwrap().to_owned();
-                let sent = post_raw(&app, &format!("/api/v1/invoices/{id}/send"), "", Some(&token)).await;
-                if sent.status() != 200 {
-                    failures.push(format!("send {}", sent.status()));
+                let read = app.get(&format!("{TEST_ITEMS}/{id}"), Some(&token)).await;
+                if read.status() != 200 {
+                    failures.push(format!("get {}", read.status()));
                 }
-                let event = json!({"event_id": format!("soak-{worker}-{n}"), "type": "payment.succeeded",
-                    "invoice_id": id, "amount_cents": 100 + n});
-                let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                let paid = deliver_webhook(&app, &event, now, WEBHOOK_SECRET).await;
-                if paid.status() != 200 {
-                    failures.push(format!("webhook {}", paid.status()));
+                let me = app.get("/api/v1/me", Some(&token)).await;
+                if me.status() != 200 {
+                    failures.push(format!("me {}", me.status()));
                 }
             }
             failures
@@ -636,7 +714,6 @@ async fn keep_alive_soak_loses_no_request() {
         app.stop().await;
     }
 }
-// example-domain:end
 
 // --- Round three (issue 24) ----------------------------------------------------------------
 
@@ -1049,22 +1126,30 @@ async fn a_readyz_flood_does_not_make_a_healthy_database_look_down() {
     }
 }
 
-// example-domain:begin
+/// An `amount_cents` that is not a whole number is refused on `path`, however close to one;
+/// `body` makes the body around an amount written as JSON text.
+async fn amounts_are_whole_numbers(app: &TestApp, token: &str, path: &str, body: fn(&str) -> String) {
+    for amount in ["99.99999999999999999", "100.5", "1e400"] {
+        let response = post_raw(app, path, &body(amount), Some(token)).await;
+        assert_eq!(refused_field(response).await, "amount_cents", "{path} {amount}");
+    }
+    assert_eq!(
+        post_raw(app, path, &body("100.0"), Some(token)).await.status(),
+        201,
+        "{path}: a whole number written with a fraction"
+    );
+}
+
 // 99.99999999999999999 was read as the float 100.0 and stored as 100.
 #[tokio::test]
 async fn an_amount_that_is_not_a_whole_number_is_refused_however_close() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    let app = spawn_with_items(Backend::Sqlite).await;
     let token = app.signup("fraction@example.com").await;
-    for amount in ["99.99999999999999999", "100.5", "1e400"] {
-        let body = format!(r#"{{"customer_name":"Ada","amount_cents":{amount},"currency":"EUR"}}"#);
-        let response = post_raw(&app, "/api/v1/invoices", &body, Some(&token)).await;
-        assert_eq!(refused_field(response).await, "amount_cents", "{amount}");
-    }
-    let whole = r#"{"customer_name":"Ada","amount_cents":100.0,"currency":"EUR"}"#;
-    assert_eq!(
-        post_raw(&app, "/api/v1/invoices", whole, Some(&token)).await.status(),
-        201
-    );
+    let item = |amount: &str| format!(r#"{{"name":"Ada","amount_cents":{amount}}}"#);
+    amounts_are_whole_numbers(&app, &token, TEST_ITEMS, item).await;
+    // example-domain:begin
+    let invoice = |amount: &str| format!(r#"{{"customer_name":"Ada","amount_cents":{amount},"currency":"EUR"}}"#);
+    amounts_are_whole_numbers(&app, &token, "/api/v1/invoices", invoice).await;
+    // example-domain:end
     app.stop().await;
 }
-// example-domain:end

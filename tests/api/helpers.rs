@@ -126,8 +126,33 @@ impl TestApp {
         TestApp::start_with_config(options, config, dir).await
     }
 
+    /// [`TestApp::start`] with extra routes made from the application's state, for a route
+    /// that needs it when it is built (one under a rate limit of its own: [`Limit::layer`]).
+    ///
+    /// [`Limit::layer`]: shipshape::rate_limit::Limit::layer
+    pub async fn start_with_state_routes(
+        backend: Backend,
+        configure: impl FnOnce(&mut Config),
+        routes: impl FnOnce(&AppState) -> Router<AppState>,
+    ) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(&backend, &dir).await;
+        configure(&mut config);
+        TestApp::launch(backend, config, dir, |state| Some(routes(state))).await
+    }
+
     pub async fn start_with_config(options: Options, config: Config, dir: tempfile::TempDir) -> TestApp {
-        let postgres_database = match &options.backend {
+        let extra = options.extra_routes;
+        TestApp::launch(options.backend, config, dir, |_| extra).await
+    }
+
+    async fn launch(
+        backend: Backend,
+        config: Config,
+        dir: tempfile::TempDir,
+        extra_routes: impl FnOnce(&AppState) -> Option<Router<AppState>>,
+    ) -> TestApp {
+        let postgres_database = match &backend {
             Backend::Postgres(admin) => url::Url::parse(config.database.url.expose())
                 .ok()
                 .map(|url| (admin.clone(), url.path().trim_start_matches('/').to_owned())),
@@ -135,7 +160,7 @@ impl TestApp {
         };
         let mut application = Application::build(config).await.expect("application builds");
         let state = application.state().clone();
-        if let Some(extra) = options.extra_routes {
+        if let Some(extra) = extra_routes(&state) {
             application = application.with_router(app::router_with(state.clone(), extra));
         }
         let addr = application.local_addr();
@@ -537,4 +562,138 @@ pub async fn table_exists(db: &Db, table: &str) -> bool {
     let count: i64 =
         shipshape::with_db!(db, pool => sqlx::query_scalar(sql).bind(table).fetch_one(pool).await).unwrap();
     count > 0
+}
+
+/// Where [`test_items`] is mounted.
+pub const TEST_ITEMS: &str = "/api/v1/test-items";
+
+/// Items: a small resource of the tests' own, made of the core's building blocks (input rules
+/// read by `ApiJson`, `AuthUser`, `PathId`, `users::own`) and kept in memory, so the tests of
+/// those mechanisms need no example domain. Mount it with [`Options::extra_routes`]:
+/// `POST /api/v1/test-items` (201 with the item), `GET` (200) and `DELETE` (204)
+/// `/api/v1/test-items/{id}`; another user's, an unknown or a malformed id is 404, and a token
+/// whose account does not exist is 401 on each.
+pub fn test_items() -> Router<AppState> {
+    use axum::routing::{get, post};
+    Router::new()
+        .route(TEST_ITEMS, post(test_item::create))
+        .route(
+            &format!("{TEST_ITEMS}/{{id}}"),
+            get(test_item::read).delete(test_item::delete),
+        )
+        .layer(axum::Extension(test_item::Items::default()))
+}
+
+mod test_item {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::Json;
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use serde_json::{Value, json};
+    use shipshape::auth::AuthUser;
+    use shipshape::error::ApiError;
+    use shipshape::extract::{ApiJson, PathId};
+    use shipshape::input::{Date, Fields, FromJson, Integer, Text};
+    use shipshape::state::AppState;
+    use shipshape::users;
+    use uuid::Uuid;
+
+    /// Each item's owner and JSON, by id.
+    pub type Items = Arc<Mutex<HashMap<Uuid, (Uuid, Value)>>>;
+
+    const NAME: Text = Text {
+        min: 1,
+        max: 200,
+        not_blank: true,
+        multiline: false,
+    };
+    const DESCRIPTION: Text = Text {
+        min: 0,
+        max: 2000,
+        not_blank: false,
+        multiline: true,
+    };
+    const AMOUNT: Integer = Integer {
+        min: 1,
+        max: 100_000_000_000,
+    };
+
+    shipshape::input_field!(Name(String), |value| NAME.parse(value), NAME.schema());
+    shipshape::input_field!(
+        Description(String),
+        |value| DESCRIPTION.parse(value),
+        DESCRIPTION.schema()
+    );
+    shipshape::input_field!(Amount(i64), |value| AMOUNT.parse(value), AMOUNT.schema());
+
+    /// A new item: a one-line name, an optional description that may span lines, a whole
+    /// amount and an optional due date.
+    pub struct NewItem {
+        name: String,
+        description: Option<String>,
+        amount_cents: i64,
+        due_date: Option<String>,
+    }
+
+    impl FromJson for NewItem {
+        fn from_json(fields: &mut Fields) -> Option<NewItem> {
+            let name: Option<Name> = fields.required("name");
+            let description: Option<Option<Description>> = fields.optional("description");
+            let amount_cents: Option<Amount> = fields.required("amount_cents");
+            let due_date: Option<Option<Date>> = fields.optional("due_date");
+            Some(NewItem {
+                name: name?.0,
+                description: description?.map(|d| d.0),
+                amount_cents: amount_cents?.0,
+                due_date: due_date?.map(|d| d.0),
+            })
+        }
+    }
+
+    pub async fn create(
+        State(state): State<AppState>,
+        axum::Extension(items): axum::Extension<Items>,
+        user: AuthUser,
+        ApiJson(item): ApiJson<NewItem>,
+    ) -> Result<(StatusCode, Json<Value>), ApiError> {
+        users::ensure_exists(state.database()?, user.id).await?;
+        let id = Uuid::now_v7();
+        let item = json!({"id": id, "name": item.name, "description": item.description,
+            "amount_cents": item.amount_cents, "due_date": item.due_date});
+        items.lock().unwrap().insert(id, (user.id, item.clone()));
+        Ok((StatusCode::CREATED, Json(item)))
+    }
+
+    /// The caller's item `id`, if there is one.
+    fn own(items: &Items, user: AuthUser, id: Option<Uuid>) -> Option<Value> {
+        let items = items.lock().unwrap();
+        let (owner, item) = items.get(&id?)?;
+        (*owner == user.id).then(|| item.clone())
+    }
+
+    pub async fn read(
+        State(state): State<AppState>,
+        axum::Extension(items): axum::Extension<Items>,
+        user: AuthUser,
+        PathId(id): PathId,
+    ) -> Result<Json<Value>, ApiError> {
+        let found = own(&items, user, id);
+        Ok(Json(users::own(state.database()?, user.id, found).await?))
+    }
+
+    pub async fn delete(
+        State(state): State<AppState>,
+        axum::Extension(items): axum::Extension<Items>,
+        user: AuthUser,
+        PathId(id): PathId,
+    ) -> Result<StatusCode, ApiError> {
+        let found = own(&items, user, id);
+        users::own(state.database()?, user.id, found).await?;
+        if let Some(id) = id {
+            items.lock().unwrap().remove(&id);
+        }
+        Ok(StatusCode::NO_CONTENT)
+    }
 }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use serde_json::json;
 
-use crate::helpers::{Backend, PASSWORD, TestApp};
+use crate::helpers::{Backend, Options, PASSWORD, TEST_ITEMS, TestApp, test_items};
 
 fn series(text: &str, metric: &str) -> HashSet<String> {
     text.lines()
@@ -15,7 +15,11 @@ fn series(text: &str, metric: &str) -> HashSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_list_every_series_on_their_own_port_with_route_labels() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+    let options = Options {
+        backend: Backend::Sqlite,
+        extra_routes: Some(test_items()),
+    };
+    let app = TestApp::start(options, |c| {
         c.metrics_port = Some(0);
         c.rate_limits
             .set("RATE_LIMIT_LOGIN", shipshape::config::parse_rate("1/m").unwrap());
@@ -23,6 +27,19 @@ async fn metrics_list_every_series_on_their_own_port_with_route_labels() {
     .await;
     let metrics_url = format!("http://{}/metrics", app.metrics_addr.expect("metrics listener"));
     let token = app.signup("metrics@example.com").await;
+    let item = app
+        .post_json(
+            TEST_ITEMS,
+            &json!({"name": "metered", "amount_cents": 10}),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(item.status(), 201);
+    let item: serde_json::Value = item.json().await.unwrap();
+    let read = app
+        .get(&format!("{TEST_ITEMS}/{}", item["id"].as_str().unwrap()), Some(&token))
+        .await;
+    assert_eq!(read.status(), 200);
     // example-domain:begin
     let invoice = app.create_invoice(&token, 10).await;
     app.get(
@@ -40,6 +57,9 @@ async fn metrics_list_every_series_on_their_own_port_with_route_labels() {
     let text = app.client.get(&metrics_url).send().await.unwrap().text().await.unwrap();
     for expected in [
         r#"http_requests_total{method="GET",route="/api/v1/me",status="200"}"#,
+        r#"http_requests_total{method="POST",route="/api/v1/test-items",status="201"}"#,
+        r#"http_requests_total{method="GET",route="/api/v1/test-items/{id}",status="200"}"#,
+        r#"http_request_duration_seconds_bucket{method="GET",route="/api/v1/test-items/{id}",le="0.005"}"#,
         // example-domain:begin
         r#"http_requests_total{method="POST",route="/api/v1/invoices",status="201"}"#,
         r#"http_requests_total{method="GET",route="/api/v1/invoices/{id}",status="200"}"#,
@@ -53,6 +73,7 @@ async fn metrics_list_every_series_on_their_own_port_with_route_labels() {
     ] {
         assert!(text.contains(expected), "{expected} in\n{text}");
     }
+    assert!(!text.contains("/api/v1/test-items/0"), "no raw paths in labels");
     // example-domain:begin
     assert!(!text.contains("/api/v1/invoices/0"), "no raw paths in labels");
     // example-domain:end

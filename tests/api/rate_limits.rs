@@ -2,9 +2,10 @@
 //! Redis-shared limiter (two instances, and Redis going away mid-test).
 
 use serde_json::json;
-use shipshape::config::{ClientIpSource, SecretUrl, parse_rate};
+use shipshape::config::{ClientIpSource, RateSetting, SecretUrl, parse_rate};
+use shipshape::rate_limit::Limit;
 
-use crate::helpers::{Backend, PASSWORD, RedisProcess, TestApp, assert_error, redis_url};
+use crate::helpers::{Backend, PASSWORD, RedisProcess, TEST_ITEMS, TestApp, assert_error, redis_url, test_items};
 
 async fn login(app: &TestApp, client_ip: Option<&str>) -> reqwest::Response {
     let mut request = app
@@ -39,15 +40,28 @@ async fn the_sixth_login_in_a_minute_waits_twelve_seconds() {
     app.stop().await;
 }
 
-// example-domain:begin
+/// A per-user limit of the tests' own, on [`test_items`]: each user's budget of creations.
+const TEST_ITEM_LIMIT: Limit = Limit::per_user(
+    "test_item_create",
+    RateSetting {
+        var: "RATE_LIMIT_TEST_ITEM_CREATE",
+        default: "10/h",
+        help: "Test items created per user",
+    },
+);
+
 #[tokio::test]
 async fn signup_global_and_per_user_limits() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
-        c.rate_limits.set("RATE_LIMIT_SIGNUP", parse_rate("3/h").unwrap());
-        c.rate_limits
-            .set("RATE_LIMIT_INVOICE_CREATE", parse_rate("2/h").unwrap());
-        c.rate_limits.set("RATE_LIMIT_GLOBAL", parse_rate("30/m").unwrap());
-    })
+    let app = TestApp::start_with_state_routes(
+        Backend::Sqlite,
+        |c| {
+            c.rate_limits.set("RATE_LIMIT_SIGNUP", parse_rate("3/h").unwrap());
+            c.rate_limits
+                .set("RATE_LIMIT_TEST_ITEM_CREATE", parse_rate("2/h").unwrap());
+            c.rate_limits.set("RATE_LIMIT_GLOBAL", parse_rate("30/m").unwrap());
+        },
+        |state| test_items().route_layer(TEST_ITEM_LIMIT.layer(state)),
+    )
     .await;
     let alice = app.signup("alice@example.com").await;
     let bob = app.signup("bob@example.com").await;
@@ -65,6 +79,46 @@ async fn signup_global_and_per_user_limits() {
     );
     assert_error(fourth, 429, "rate_limited").await;
 
+    let item = json!({"name": "A", "amount_cents": 1});
+    for _ in 0..2 {
+        assert_eq!(app.post_json(TEST_ITEMS, &item, Some(&alice)).await.status(), 201);
+    }
+    let third = app.post_json(TEST_ITEMS, &item, Some(&alice)).await;
+    assert_eq!(
+        third.headers()["retry-after"],
+        "1800",
+        "2/h refills one every 30 minutes"
+    );
+    assert_error(third, 429, "rate_limited").await;
+    assert_eq!(
+        app.post_json(TEST_ITEMS, &item, Some(&bob)).await.status(),
+        201,
+        "per user, not per IP"
+    );
+
+    // Global limit: 30 per minute per IP, health probes exempt. 8 requests so far.
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(app.get("/api/v1/nope", None).await.status().as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 404).count(), 22, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 3);
+    let nope = app.get("/api/v1/nope", None).await;
+    assert_eq!(nope.headers()["x-ratelimit-limit"], "30");
+    assert_eq!(app.get("/healthz", None).await.status(), 200, "health is exempt");
+    app.stop().await;
+}
+
+// example-domain:begin
+#[tokio::test]
+async fn invoice_creation_is_limited_per_user() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.rate_limits
+            .set("RATE_LIMIT_INVOICE_CREATE", parse_rate("2/h").unwrap());
+    })
+    .await;
+    let alice = app.signup("alice@example.com").await;
+    let bob = app.signup("bob@example.com").await;
     let invoice = json!({"customer_name": "A", "amount_cents": 1, "currency": "USD"});
     for _ in 0..2 {
         assert_eq!(
@@ -83,17 +137,6 @@ async fn signup_global_and_per_user_limits() {
         201,
         "per user, not per IP"
     );
-
-    // Global limit: 30 per minute per IP, health probes exempt. 8 requests so far.
-    let mut statuses = Vec::new();
-    for _ in 0..25 {
-        statuses.push(app.get("/api/v1/nope", None).await.status().as_u16());
-    }
-    assert_eq!(statuses.iter().filter(|s| **s == 404).count(), 22, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 3);
-    let nope = app.get("/api/v1/nope", None).await;
-    assert_eq!(nope.headers()["x-ratelimit-limit"], "30");
-    assert_eq!(app.get("/healthz", None).await.status(), 200, "health is exempt");
     app.stop().await;
 }
 // example-domain:end

@@ -163,13 +163,12 @@ async fn allowed_hosts_match_names_domains_and_ipv6_and_spare_health_checks() {
     app.stop().await;
 }
 
-// example-domain:begin
 #[tokio::test]
 async fn https_redirect_only_when_the_proxy_says_http() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| c.secure_ssl_redirect = true).await;
     let redirected = app
         .client
-        .get(app.url("/api/v1/invoices?status=draft"))
+        .get(app.url("/api/v1/me?status=draft"))
         .header("x-forwarded-proto", "http")
         .header("host", "localhost:8080")
         .send()
@@ -178,7 +177,8 @@ async fn https_redirect_only_when_the_proxy_says_http() {
     assert_eq!(redirected.status(), 308);
     assert_eq!(
         redirected.headers()["location"],
-        "https://localhost/api/v1/invoices?status=draft"
+        "https://localhost/api/v1/me?status=draft",
+        "same path and query, on https"
     );
     let direct = app.get("/api/v1/nope", None).await;
     assert_eq!(direct.status(), 404, "no header: served, not redirected");
@@ -200,7 +200,6 @@ async fn https_redirect_only_when_the_proxy_says_http() {
     assert_eq!(probe.status(), 200, "health probes are never redirected");
     app.stop().await;
 }
-// example-domain:end
 
 async fn login_statuses(app: &TestApp, forwarded_for: &[&str]) -> Vec<u16> {
     let body = json!({"email": "nobody@example.com", "password": PASSWORD});
@@ -252,7 +251,6 @@ async fn x_forwarded_for_source_uses_the_rightmost_entry() {
     app.stop().await;
 }
 
-// example-domain:begin
 #[tokio::test]
 async fn cors_answers_preflight_for_listed_origins_only() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
@@ -261,7 +259,7 @@ async fn cors_answers_preflight_for_listed_origins_only() {
     .await;
     let preflight = |origin: &str| {
         app.client
-            .request(reqwest::Method::OPTIONS, app.url("/api/v1/invoices"))
+            .request(reqwest::Method::OPTIONS, app.url("/api/v1/auth/signup"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
             .header("access-control-request-headers", "authorization, content-type")
@@ -298,7 +296,6 @@ async fn cors_answers_preflight_for_listed_origins_only() {
     );
     no_cors.stop().await;
 }
-// example-domain:end
 
 // Blocking std I/O below: the server needs a worker thread of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
