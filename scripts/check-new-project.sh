@@ -156,7 +156,12 @@ for variant in "${variants[@]}"; do
         continue
     fi
     say "cargo test"
-    (cd "$dir" && cargo_ test)
+    (cd "$dir" && cargo_ test) 2>&1 | tee "$TMP/test-$variant.log"
+    # With TEST_DATABASE_URL and TEST_REDIS_URL given (as .ci/run gives them), none may be skipped.
+    if [ -n "${TEST_DATABASE_URL:-}" ] && [ -n "${TEST_REDIS_URL:-}" ]; then
+        ignored=$(grep -Eo '[0-9]+ ignored' "$TMP/test-$variant.log" | awk '{ total += $1 } END { print total + 0 }')
+        [ "$ignored" = 0 ] || fail "$ignored tests were skipped (ignored) in the $variant copy"
+    fi
     say "serve: /healthz, /readyz, /openapi.json"
     serve_and_probe "$dir"
     # The copy's own scripts, run as .ci/run runs this checkout's (steps f2 and f3).
