@@ -3,7 +3,7 @@
 use tokio::sync::watch;
 
 /// Flipped once, at the first SIGTERM/SIGINT. `/readyz` reads it; long-lived responses
-/// (event streams) wait on it to end themselves so the drain is never held up.
+/// (server-sent streams) wait on it to end themselves so the drain is never held up.
 #[derive(Debug)]
 pub struct Lifecycle {
     draining: watch::Sender<bool>,

@@ -70,7 +70,7 @@ pub struct Settings {
     /// Apply migrations before listening [default: development true, production false]
     #[arg(long, env = "RUN_MIGRATIONS_ON_START", global = true)]
     pub run_migrations_on_start: Option<String>,
-    /// Redis shared by every instance for rate limits and events [default: unset]
+    /// Redis shared by every instance (rate limits, and whatever else they share) [default: unset]
     #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
     pub redis_url: Option<String>,
     /// PEM file of a private CA trusted for `rediss://`, beside the public roots [default: unset]
