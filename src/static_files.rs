@@ -122,7 +122,7 @@ fn has_content_hash(file_name: &str) -> bool {
 }
 
 /// `404.html` and `500.html` from `STATIC_DIR`, read once at start (built-in pages when missing).
-pub struct ErrorPages {
+struct ErrorPages {
     // `Bytes`, so each response shares the page instead of copying it.
     not_found: Bytes,
     server_error: Bytes,
@@ -134,7 +134,7 @@ const BUILTIN_500: &str = "<!doctype html><html lang=\"en\"><meta charset=\"utf-
     <h1>Something went wrong</h1><p>Please try again later.</p></html>";
 
 impl ErrorPages {
-    pub fn load(static_dir: &Path) -> ErrorPages {
+    fn load(static_dir: &Path) -> ErrorPages {
         let read = |name: &str, builtin: &'static str| {
             std::fs::read(static_dir.join(name)).map_or(Bytes::from_static(builtin.as_bytes()), Bytes::from)
         };
@@ -146,7 +146,7 @@ impl ErrorPages {
 
     /// The HTML version of an error response for a browser, keeping status and headers;
     /// statuses without a page of their own stay JSON.
-    pub fn render(&self, response: Response) -> Response {
+    fn render(&self, response: Response) -> Response {
         let page = match response.status() {
             StatusCode::NOT_FOUND => self.not_found.clone(),
             status if status.is_server_error() => self.server_error.clone(),
@@ -196,7 +196,7 @@ impl Middleware for HtmlErrorPages {
 }
 
 /// Whether an `Accept` header prefers HTML over JSON, as a browser's navigation does.
-pub fn prefers_html(accept: Option<&HeaderValue>) -> bool {
+fn prefers_html(accept: Option<&HeaderValue>) -> bool {
     let Some(accept) = accept.and_then(|v| v.to_str().ok()) else {
         return false;
     };
