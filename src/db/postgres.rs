@@ -68,9 +68,7 @@ async fn show_statement_timeout(conn: &mut PgConnection) -> Result<String, Strin
 }
 
 /// Connections the probe holds in a transaction at most, beside `a`.
-const HOLDERS: usize = 4;
-/// Times each holder takes a session.
-const ROUNDS: usize = 5;
+const HOLDERS: usize = 8;
 
 /// Whether a connection keeps one server session (PostgreSQL itself, a session pooler) or its
 /// statements move between sessions (a transaction pooler), and if so whether named prepared
@@ -106,48 +104,45 @@ async fn probe_pooling(options: &PgConnectOptions, a: &mut PgConnection) -> Resu
     verdict
 }
 
-/// The holders' part of [`probe_pooling`]. Other clients of the pooler can hand sessions back
-/// between `a`'s statement and a holder's `BEGIN`, so one holder may miss `a`'s session: each
-/// round, every holder gives its session back and takes one again, up to [`ROUNDS`] times
-/// ([`HOLDERS`] × [`ROUNDS`] chances, on [`HOLDERS`] connections).
+/// The holders' part of [`probe_pooling`]. No holder gives its session back before the probe
+/// ends, so each one takes a session out of the pooler's reach: however busy other clients
+/// keep it, `a` either moves, or its session goes to a holder, within as many holders as the
+/// pooler has sessions ([`HOLDERS`] at most; a pooler with more usually hands `a`'s session,
+/// the one it got back last, to the very next holder).
 async fn hold_sessions_until_moved(
     options: &PgConnectOptions,
     a: &mut PgConnection,
     first: i32,
     holders: &mut Vec<PgConnection>,
 ) -> Result<Pooling, String> {
-    for round in 0..ROUNDS {
-        for index in 0..HOLDERS {
-            if round == 0 {
-                holders.push(step(PgConnection::connect_with(options)).await?);
+    for _ in 0..HOLDERS {
+        let mut holder = step(PgConnection::connect_with(options)).await?;
+        // One round trip: the transaction, then the session it holds.
+        let held = step(sqlx::raw_sql("BEGIN; SELECT pg_backend_pid()").fetch_all(&mut holder)).await;
+        // A session pooler with every server session taken queues `holder`: not a transaction pooler.
+        let Ok(rows) = held else {
+            return Ok(Pooling::Session);
+        };
+        holders.push(holder);
+        let held_pid = rows.first().map(|row| row.try_get::<i32, _>(0));
+        let held_first = held_pid.transpose().map_err(|e| e.to_string())? == Some(first);
+        match prepared_backend_pid(a).await {
+            Ok(pid) if pid == first && !held_first => {}
+            // Run on another session, with the statement it prepared: carried by the pooler.
+            Ok(pid) if pid != first => {
+                return Ok(Pooling::Transaction {
+                    prepared_statements: true,
+                });
             }
-            let holder = &mut holders[index];
-            // A session pooler with every server session taken queues `holder`: not a transaction pooler.
-            if step(sqlx::raw_sql("BEGIN").execute(&mut *holder)).await.is_err() {
-                return Ok(Pooling::Session);
+            // `a`'s session is held, yet `a` answered from it: impossible for any pooler.
+            Ok(_) => return Err("the probe found one server session in two connections".to_owned()),
+            // Lost, or waiting while every session is held: a transaction pooler, and one
+            // that cannot be trusted with prepared statements.
+            Err(_) => {
+                return Ok(Pooling::Transaction {
+                    prepared_statements: false,
+                });
             }
-            let held_first = backend_pid(holder).await? == first;
-            match prepared_backend_pid(a).await {
-                Ok(pid) if pid == first && !held_first => {}
-                // Run on another session, with the statement it prepared: carried by the pooler.
-                Ok(pid) if pid != first => {
-                    return Ok(Pooling::Transaction {
-                        prepared_statements: true,
-                    });
-                }
-                // `a`'s session is held, yet `a` answered from it: impossible for any pooler.
-                Ok(_) => return Err("the probe found one server session in two connections".to_owned()),
-                // Lost, or waiting while every session is held: a transaction pooler, and one
-                // that cannot be trusted with prepared statements.
-                Err(_) => {
-                    return Ok(Pooling::Transaction {
-                        prepared_statements: false,
-                    });
-                }
-            }
-        }
-        for holder in holders.iter_mut() {
-            step(sqlx::raw_sql("ROLLBACK").execute(&mut *holder)).await?;
         }
     }
     Ok(Pooling::Session)
