@@ -609,17 +609,21 @@ def ab_run(out, other, other_label):
     with open(static_file, "w") as f:
         f.write(("shipshape benchmark payload " * 800)[:20480])
     paths = [("/healthz", "/healthz"), ("GET /api/v1/nope (404, logged)", "/api/v1/nope"),
-             ("/readyz (SQLite)", "/readyz"), ("20 KB static file", "/static/bench-20k.txt")]
+             ("/readyz (SQLite)", "/readyz"), ("20 KB static file", "/static/bench-20k.txt"),
+             ("GET /api/v1/me (SQLite, signed in)", "/api/v1/me")]
     rows = []
     try:
         this = Server("shipshape", f"sqlite://{work}/ab-this.db")
         that = Server("shipshape", f"sqlite://{work}/ab-other.db", binary=other)
+        # /api/v1/me with each server's own token: the cost of authenticating a request.
+        auth = {id(server): (f"Authorization: Bearer {signup(server)}",) for server in (this, that)}
         for label, path in paths:
             ratios, this_rps, that_rps = [], [], []
             for round_ in range(ROUNDS):
                 order = [(this, this_rps), (that, that_rps)]
                 for server, results in (order if round_ % 2 else order[::-1]):
-                    results.append(wrk(server.url(path))["rps"])
+                    headers = auth[id(server)] if path == "/api/v1/me" else ()
+                    results.append(wrk(server.url(path), headers=headers)["rps"])
                 ratios.append(this_rps[-1] / that_rps[-1])
             rows.append((label, statistics.median(this_rps), statistics.median(that_rps), ratios))
         this.stop()

@@ -106,6 +106,7 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
     // browsers or proxies.
     let user_data = OpenApiRouter::new()
         .merge(routes::auth::router(state))
+        .merge(routes::admin::router())
         // example-domain:begin
         .merge(routes::invoices::example_domain(state))
         // example-domain:end

@@ -1,10 +1,12 @@
-//! Authentication: Argon2id password hashes (bounded concurrency, on the blocking pool) and
-//! HS256 bearer tokens, with the [`AuthUser`] extractor for protected routes.
+//! Authentication: Argon2id password hashes (bounded concurrency, on the blocking pool),
+//! HS256 bearer tokens naming their session, and the callers of protected routes
+//! ([`AuthUser`], [`AdminUser`]), whose extractors check that the session still runs.
 //!
 //! There are no cookies, so there is no ambient credential for a CSRF attack to ride on.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -16,7 +18,10 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::db::Db;
 use crate::error::ApiError;
+use crate::sessions;
+use crate::users::Role;
 
 /// Longest bearer token looked at: several times the size of the ones this service issues.
 const MAX_TOKEN_BYTES: usize = 4096;
@@ -37,12 +42,21 @@ fn hasher() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
-/// Token claims: subject (user id), issued-at and expiry, in unix seconds.
+/// Token claims: subject (user id), session id, issued-at and expiry, in unix seconds.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
+    pub sid: String,
     pub iat: i64,
     pub exp: i64,
+}
+
+/// Who a valid access token says the caller is; whether its session still runs is checked
+/// by the extractors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenClaims {
+    pub user: Uuid,
+    pub session: Uuid,
 }
 
 /// Signing and verification keys, the token lifetime, and the password-hash gate.
@@ -52,8 +66,12 @@ pub struct Auth {
     decoding: Vec<DecodingKey>,
     validation: Validation,
     pub token_ttl: Duration,
+    /// A session's life without a refresh (`REFRESH_TOKEN_TTL_SECS`).
+    pub refresh_ttl: Duration,
     /// At most `PASSWORD_HASH_CONCURRENCY` hashes at once: each takes 19 MiB and a core.
     hash_permits: Arc<Semaphore>,
+    /// What this instance last read of each session (see [`SessionCache`]).
+    pub sessions: SessionCache,
 }
 
 impl Auth {
@@ -75,14 +93,18 @@ impl Auth {
             decoding,
             validation,
             token_ttl: config.token_ttl,
+            refresh_ttl: config.refresh_token_ttl,
             hash_permits: Arc::new(Semaphore::new(config.password_hash_concurrency)),
+            sessions: SessionCache::default(),
         })
     }
 
-    pub fn issue_token(&self, user_id: Uuid) -> Result<String, ApiError> {
+    /// An access token for `user` in `session`.
+    pub fn issue_token(&self, user: Uuid, session: Uuid) -> Result<String, ApiError> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let claims = Claims {
-            sub: user_id.to_string(),
+            sub: user.to_string(),
+            sid: session.to_string(),
             iat: now,
             exp: now + self.token_ttl.as_secs() as i64,
         };
@@ -90,8 +112,8 @@ impl Auth {
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot sign token: {e}")))
     }
 
-    /// The user id of a valid token signed by the current key or any fallback key.
-    pub fn verify_token(&self, token: &str) -> Option<Uuid> {
+    /// The user and session of a valid token signed by the current key or any fallback key.
+    pub fn verify_token(&self, token: &str) -> Option<TokenClaims> {
         // Ours are about 200 bytes; a large one is refused before any work is done on it.
         if token.len() > MAX_TOKEN_BYTES {
             return None;
@@ -103,11 +125,14 @@ impl Auth {
                 .unwrap_or(false)
         })?;
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).ok()?;
-        Uuid::parse_str(&data.claims.sub).ok()
+        Some(TokenClaims {
+            user: Uuid::parse_str(&data.claims.sub).ok()?,
+            session: Uuid::parse_str(&data.claims.sid).ok()?,
+        })
     }
 
-    /// The user id carried by a request's `Authorization: Bearer` header, if valid.
-    fn user_from_headers(&self, headers: &HeaderMap) -> Option<Uuid> {
+    /// The claims of a request's `Authorization: Bearer` header, if valid.
+    fn claims_from_headers(&self, headers: &HeaderMap) -> Option<TokenClaims> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let (scheme, token) = value.split_once(' ')?;
         scheme
@@ -159,43 +184,182 @@ impl Auth {
     }
 }
 
-/// The authenticated caller of a protected route. Missing, malformed, expired or forged
-/// tokens are 401 `unauthorized` with `WWW-Authenticate: Bearer`.
+/// The authenticated caller of a protected route: a valid token whose session still runs,
+/// of an account that is not disabled. Anything else is 401 `unauthorized` with
+/// `WWW-Authenticate: Bearer`.
 #[derive(Clone, Copy, Debug)]
 pub struct AuthUser {
     pub id: Uuid,
+    pub session: Uuid,
+    pub role: Role,
 }
+
+/// The caller of an admin route: an [`AuthUser`] whose role is `admin`, else 403 `forbidden`.
+#[derive(Clone, Copy, Debug)]
+pub struct AdminUser(pub AuthUser);
 
 /// A request's bearer token, verified once and remembered on the request: a per-user rate
 /// limit and the handler's [`AuthUser`] both ask, and the HMAC runs once.
 #[derive(Clone, Copy)]
-struct Resolved(Option<Uuid>);
+struct Resolved(Option<TokenClaims>);
 
 impl Auth {
-    /// The user of the request's bearer token, if it is valid (for a middleware).
+    /// The user of the request's bearer token, if it is valid (for a middleware; the session
+    /// is not looked at).
     pub fn resolve(&self, req: &mut Request) -> Option<Uuid> {
-        if let Some(Resolved(user)) = req.extensions().get() {
-            return *user;
+        if let Some(Resolved(claims)) = req.extensions().get() {
+            return claims.map(|c| c.user);
         }
-        let user = self.user_from_headers(req.headers());
-        req.extensions_mut().insert(Resolved(user));
-        user
+        let claims = self.claims_from_headers(req.headers());
+        req.extensions_mut().insert(Resolved(claims));
+        claims.map(|c| c.user)
+    }
+
+    /// The claims of a request's bearer token, verified at most once per request.
+    fn claims(&self, parts: &Parts) -> Option<TokenClaims> {
+        match parts.extensions.get() {
+            Some(Resolved(claims)) => *claims,
+            None => self.claims_from_headers(&parts.headers),
+        }
     }
 }
+
+/// The database as the session check reaches it: `None` while it cannot serve requests
+/// (see `AppState::database`), which is 503.
+pub struct SessionDb(pub Option<Db>);
 
 impl<S> FromRequestParts<S> for AuthUser
 where
     S: Send + Sync,
     Arc<Auth>: FromRef<S>,
+    SessionDb: FromRef<S>,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let user = match parts.extensions.get() {
-            Some(Resolved(user)) => *user,
-            None => Arc::<Auth>::from_ref(state).user_from_headers(&parts.headers),
+        let auth = Arc::<Auth>::from_ref(state);
+        let claims = auth.claims(parts).ok_or(ApiError::Unauthorized)?;
+        let role = match auth.sessions.get(claims) {
+            Ok(role) => role,
+            Err(ticket) => {
+                let SessionDb(db) = SessionDb::from_ref(state);
+                let db = db.ok_or(ApiError::DatabaseUnavailable)?;
+                let role = sessions::read(&db, claims.session, claims.user, auth.refresh_ttl).await?;
+                auth.sessions.put(claims, role, ticket);
+                role
+            }
         };
-        user.map(|id| AuthUser { id }).ok_or(ApiError::Unauthorized)
+        let role = role.ok_or(ApiError::Unauthorized)?;
+        Ok(AuthUser {
+            id: claims.user,
+            session: claims.session,
+            role,
+        })
+    }
+}
+
+impl<S> FromRequestParts<S> for AdminUser
+where
+    S: Send + Sync,
+    Arc<Auth>: FromRef<S>,
+    SessionDb: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        match user.role {
+            Role::Admin => Ok(AdminUser(user)),
+            Role::User => Err(ApiError::Forbidden),
+        }
+    }
+}
+
+/// How long this instance trusts what it read of a session. Another instance that ends a
+/// session or disables an account is obeyed here within this time plus one database read,
+/// inside the 5 s that docs/accounts.md promises.
+const SESSION_CACHE_FOR: Duration = Duration::from_secs(4);
+
+/// Sessions remembered at most; past it the memory is cleared and refilled from the database.
+const SESSION_CACHE_ENTRIES: usize = 100_000;
+
+/// What this instance last read of each session: the role its account has while it runs,
+/// or `None` once it has ended (an ended session never comes back). Saves the database read
+/// per request that checking sessions would otherwise cost (docs/accounts.md has the
+/// figures). Whatever this instance ends itself it forgets at once.
+#[derive(Default)]
+pub struct SessionCache(Mutex<CacheState>);
+
+#[derive(Default)]
+struct CacheState {
+    entries: HashMap<Uuid, CachedSession>,
+    /// Counts [`SessionCache::forget_user`] calls: a read that began before one is not kept,
+    /// as it may predate what was ended.
+    forgets: u64,
+}
+
+#[derive(Clone, Copy)]
+struct CachedSession {
+    user: Uuid,
+    role: Option<Role>,
+    read_at: Instant,
+}
+
+/// Taken before a database read of a session, handed back with its result to
+/// [`SessionCache::put`].
+#[derive(Clone, Copy)]
+pub struct ReadTicket(u64);
+
+impl SessionCache {
+    fn state(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The session's state as read less than [`SESSION_CACHE_FOR`] ago, or a ticket for
+    /// reading it.
+    pub fn get(&self, claims: TokenClaims) -> Result<Option<Role>, ReadTicket> {
+        let state = self.state();
+        match state.entries.get(&claims.session) {
+            Some(entry) if entry.user == claims.user && entry.read_at.elapsed() < SESSION_CACHE_FOR => Ok(entry.role),
+            _ => Err(ReadTicket(state.forgets)),
+        }
+    }
+
+    /// Remembers what a read begun with `ticket` found, unless something was ended since.
+    pub fn put(&self, claims: TokenClaims, role: Option<Role>, ticket: ReadTicket) {
+        let mut state = self.state();
+        if state.forgets != ticket.0 {
+            return;
+        }
+        if state.entries.len() >= SESSION_CACHE_ENTRIES {
+            state
+                .entries
+                .retain(|_, entry| entry.read_at.elapsed() < SESSION_CACHE_FOR);
+            if state.entries.len() >= SESSION_CACHE_ENTRIES {
+                state.entries.clear();
+            }
+        }
+        let entry = CachedSession {
+            user: claims.user,
+            role,
+            read_at: Instant::now(),
+        };
+        state.entries.insert(claims.session, entry);
+    }
+
+    /// Forgets `session`: a refresh was just refused here, which may have ended it.
+    pub fn forget_session(&self, session: Uuid) {
+        let mut state = self.state();
+        state.forgets += 1;
+        state.entries.remove(&session);
+    }
+
+    /// Forgets every session of `user`: one was just ended, or the account disabled or given
+    /// another role, here.
+    pub fn forget_user(&self, user: Uuid) {
+        let mut state = self.state();
+        state.forgets += 1;
+        state.entries.retain(|_, entry| entry.user != user);
     }
 }
 

@@ -1,5 +1,8 @@
 //! The command line: `serve` (default), `migrate`, `check --deploy`, `healthcheck`,
-//! `compress-static`. Parses the configuration once and hands it to the command.
+//! `compress-static`, `user` (in `cli/user.rs`). Parses the configuration once and hands it to
+//! the command.
+
+mod user;
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -74,6 +77,11 @@ pub enum Command {
     CompressStatic {
         /// Folder to compress
         dir: Option<std::path::PathBuf>,
+    },
+    /// Create an account (the first admin), change its role, disable or enable it
+    User {
+        #[command(subcommand)]
+        action: user::UserAction,
     },
 }
 
@@ -154,6 +162,7 @@ pub fn run() -> ExitCode {
                 let dir = dir.unwrap_or_else(|| config.static_dir.clone());
                 crate::static_files::compress_dir_command(&dir)
             }
+            Command::User { action } => user::run(config, action).await,
         }
     });
     // Tasks still running (a request cut off by the drain limit, a password hash on the blocking

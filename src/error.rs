@@ -37,6 +37,10 @@ pub enum ApiError {
     Unauthorized,
     #[error("the email or password is wrong")]
     InvalidCredentials,
+    #[error("this route is for administrators")]
+    Forbidden,
+    #[error("this account is disabled")]
+    AccountDisabled,
     // example-domain:begin
     #[error("the webhook signature or timestamp is not valid")]
     InvalidSignature,
@@ -49,6 +53,8 @@ pub enum ApiError {
     Timeout,
     #[error("this email is already registered")]
     EmailTaken,
+    #[error("this is the only enabled administrator: make another one first")]
+    LastAdmin,
     // example-domain:begin
     #[error("{0}")]
     InvalidTransition(&'static str),
@@ -140,6 +146,8 @@ impl ApiError {
             InvalidCursor => (StatusCode::BAD_REQUEST, "invalid_cursor"),
             Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            AccountDisabled => (StatusCode::FORBIDDEN, "account_disabled"),
             // example-domain:begin
             InvalidSignature => (StatusCode::UNAUTHORIZED, "invalid_signature"),
             // example-domain:end
@@ -147,6 +155,7 @@ impl ApiError {
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Timeout | DatabaseTimeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             EmailTaken => (StatusCode::CONFLICT, "email_taken"),
+            LastAdmin => (StatusCode::CONFLICT, "last_admin"),
             // example-domain:begin
             InvalidTransition(_) => (StatusCode::CONFLICT, "invalid_transition"),
             // example-domain:end

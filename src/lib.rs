@@ -21,6 +21,7 @@ pub mod redis_store;
 pub mod routes;
 pub mod security;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod static_files;
 pub mod telemetry;

@@ -604,7 +604,7 @@ mod tests {
         };
         let handler = tower::service_fn(|_: Request| async { Ok::<_, Infallible>(Response::new(Body::empty())) });
         let service = MiddlewareLayer(enforce).layer(handler);
-        let token = auth.issue_token(Uuid::new_v4()).expect("token");
+        let token = auth.issue_token(Uuid::new_v4(), Uuid::new_v4()).expect("token");
         let status = |bearer: Option<String>| {
             let service = service.clone();
             async move {
@@ -623,7 +623,7 @@ mod tests {
         assert_eq!(status(Some(token.clone())).await, 200);
         assert_eq!(status(Some(token)).await, 429, "the user's budget of one is spent");
         assert_eq!(status(None).await, 200, "no token: not limited here");
-        let other = auth.issue_token(Uuid::new_v4()).expect("token");
+        let other = auth.issue_token(Uuid::new_v4(), Uuid::new_v4()).expect("token");
         assert_eq!(status(Some(other)).await, 200, "another user has a budget of their own");
     }
 }

@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::db::{Db, Schema};
 use crate::state::AppState;
 use crate::telemetry;
-use crate::{app, routes};
+use crate::{app, routes, sessions};
 
 /// How often the database is diagnosed again while the pooler is known to lose prepared
 /// statements, and while no verdict could be reached (the database unreachable).
@@ -120,6 +120,29 @@ async fn spawn_schema_watch(state: AppState) {
     });
 }
 
+/// How often `serve` deletes sessions unused for `REFRESH_TOKEN_TTL_SECS`. They are refused
+/// from the moment they expire whatever this says: the sweep only keeps the table small.
+const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// Deletes expired sessions on a timer (docs/accounts.md).
+fn spawn_session_sweep(state: AppState) {
+    tokio::spawn(async move {
+        let mut timer = tokio::time::interval(SESSION_SWEEP_EVERY);
+        while !state.lifecycle.is_draining() {
+            timer.tick().await;
+            // Not through a pooler that would mix up prepared statements (see `PoolerGate`).
+            let Ok(db) = state.database() else { continue };
+            match sessions::delete_expired(db, state.auth.refresh_ttl).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "expired sessions deleted"),
+                Err(error) => {
+                    tracing::warn!(error = %crate::db::faults::describe(&error), "expired sessions not deleted")
+                }
+            }
+        }
+    });
+}
+
 /// A bound, ready-to-run server (zero2prod style: binding first lets tests use port 0).
 pub struct Application {
     listener: TcpListener,
@@ -148,6 +171,7 @@ impl Application {
         let state = AppState::new(config.clone(), db, readiness_db)?;
         watch_database(state.clone()).await;
         spawn_schema_watch(state.clone()).await;
+        spawn_session_sweep(state.clone());
         let router = app::router(state.clone());
         let listener = TcpListener::bind((config.host, config.port))
             .await

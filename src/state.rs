@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use axum::extract::FromRef;
 use redis::aio::ConnectionManager;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, SessionDb};
 use crate::config::Config;
 use crate::db::{Db, PoolerGate, Schema, SharedPing};
 use crate::error::ApiError;
@@ -96,6 +96,12 @@ impl AppState {
 impl FromRef<AppState> for Arc<Auth> {
     fn from_ref(state: &AppState) -> Arc<Auth> {
         state.auth.clone()
+    }
+}
+
+impl FromRef<AppState> for SessionDb {
+    fn from_ref(state: &AppState) -> SessionDb {
+        SessionDb(state.database().ok().cloned())
     }
 }
 

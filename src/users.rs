@@ -1,26 +1,67 @@
-//! Accounts: the user model, its input rules and its SQL. The routes are in `routes/auth.rs`.
+//! Accounts: the user model, its input rules and its SQL. The routes are in `routes/auth.rs`
+//! and `routes/admin.rs`; sessions in `sessions.rs`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use uuid::Uuid;
 
-use crate::db::{self, Constraint, Db, OnConstraint, rfc3339};
+use crate::db::{self, Constraint, Db, OnConstraint, Tx, rfc3339};
 use crate::error::ApiError;
 use crate::input::{Fields, FromJson, NO_CONTROL_CHARS, Text, has_control_chars};
-use crate::{input_field, with_db};
+use crate::pagination::{Page, PageRequest};
+use crate::{input_field, with_db, with_tx};
 
 /// A second account with an email already registered.
 const EMAIL_TAKEN: Constraint = Constraint::unique("users_email_key", "users.email");
+
+/// What an account may do: `admin` adds the `/api/v1/admin` routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Admin,
+}
+
+impl Role {
+    /// As stored in `users.role`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(stored: &str) -> Option<Role> {
+        match stored {
+            "user" => Some(Role::User),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Serialize, ToSchema)]
 pub struct User {
     pub id: Uuid,
     email: String,
+    role: Role,
     /// RFC 3339 UTC.
     created_at: String,
 }
+
+/// A user as the admin routes show it.
+#[derive(Serialize, ToSchema)]
+pub struct AdminView {
+    #[serde(flatten)]
+    user: User,
+    /// RFC 3339 UTC, or null while the account is enabled.
+    disabled_at: Option<String>,
+}
+
+/// The columns every query of a user reads, in [`UserRow`]'s order.
+const COLUMNS: &str = "id, email, password_hash, role, disabled_at, created_at";
 
 /// A user as stored, with the password hash that never leaves this module's callers.
 #[derive(sqlx::FromRow)]
@@ -28,16 +69,38 @@ pub struct UserRow {
     id: String,
     email: String,
     pub password_hash: String,
+    role: String,
+    disabled_at: Option<i64>,
     created_at: i64,
 }
 
 impl UserRow {
+    pub fn id(&self) -> Result<Uuid, ApiError> {
+        Uuid::parse_str(&self.id).map_err(|e| ApiError::Internal(e.into()))
+    }
+
+    pub fn role(&self) -> Role {
+        Role::parse(&self.role).unwrap_or(Role::User)
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        self.disabled_at.is_some()
+    }
+
     pub fn into_user(self) -> Result<User, ApiError> {
-        let id = Uuid::parse_str(&self.id).map_err(|e| ApiError::Internal(e.into()))?;
         Ok(User {
-            id,
+            id: self.id()?,
+            role: self.role(),
             email: self.email,
             created_at: rfc3339(self.created_at),
+        })
+    }
+
+    pub fn into_admin_view(self) -> Result<AdminView, ApiError> {
+        let disabled_at = self.disabled_at.map(rfc3339);
+        Ok(AdminView {
+            user: self.into_user()?,
+            disabled_at,
         })
     }
 }
@@ -156,30 +219,166 @@ impl FromJson for Login {
     }
 }
 
-/// Stores a new account; 409 `email_taken` when the email is registered already.
-pub async fn insert(db: &Db, email: &Email, password_hash: &str) -> Result<UserRow, ApiError> {
-    let sql = "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4) \
-               RETURNING id, email, password_hash, created_at";
-    with_db!(db, pool => {
-        sqlx::query_as(sql)
+/// A password change: the current password, and a new one under the signup rules.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    #[schema(example = "correct horse battery staple")]
+    pub current_password: String,
+    #[schema(inline)]
+    pub new_password: Password,
+}
+
+impl FromJson for PasswordChange {
+    fn from_json(fields: &mut Fields) -> Option<PasswordChange> {
+        let current_password = fields.required("current_password");
+        let new_password = fields.required("new_password");
+        Some(PasswordChange {
+            current_password: current_password?,
+            new_password: new_password?,
+        })
+    }
+}
+
+impl PasswordChange {
+    /// The new password, unless it is the account's email (422, as at signup).
+    pub fn new_password_for(&self, account: &UserRow) -> Result<String, ApiError> {
+        let Password(password) = &self.new_password;
+        if password.trim().to_lowercase() == account.email {
+            return Err(ApiError::validation("new_password", "must not be the email address"));
+        }
+        Ok(password.clone())
+    }
+}
+
+/// A refresh: the refresh token of the last signup, login or refresh.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+impl FromJson for RefreshRequest {
+    fn from_json(fields: &mut Fields) -> Option<RefreshRequest> {
+        Some(RefreshRequest {
+            refresh_token: fields.required("refresh_token")?,
+        })
+    }
+}
+
+/// Stores a new account inside the caller's transaction (its first session goes in the same
+/// one); 409 `email_taken` when the email is registered already.
+pub async fn insert(tx: &mut Tx, email: &Email, password_hash: &str, role: Role) -> Result<UserRow, ApiError> {
+    let sql = format!(
+        "INSERT INTO users (id, email, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+    );
+    with_tx!(tx, conn => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(Uuid::now_v7().to_string())
             .bind(&email.0)
             .bind(password_hash)
+            .bind(role.as_str())
             .bind(db::now_micros())
-            .fetch_one(pool)
+            .fetch_one(&mut **conn)
             .await
     })
     .on_constraint(EMAIL_TAKEN, || ApiError::EmailTaken)
 }
 
 pub async fn find_by_email(db: &Db, email: &str) -> Result<Option<UserRow>, ApiError> {
-    let sql = "SELECT id, email, password_hash, created_at FROM users WHERE email = $1";
-    Ok(with_db!(db, pool => sqlx::query_as(sql).bind(email).fetch_optional(pool).await)?)
+    let sql = format!("SELECT {COLUMNS} FROM users WHERE email = $1");
+    Ok(with_db!(db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(email).fetch_optional(pool).await)?)
 }
 
 pub async fn find(db: &Db, id: Uuid) -> Result<Option<UserRow>, ApiError> {
-    let sql = "SELECT id, email, password_hash, created_at FROM users WHERE id = $1";
-    Ok(with_db!(db, pool => sqlx::query_as(sql).bind(id.to_string()).fetch_optional(pool).await)?)
+    let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
+    Ok(with_db!(db, pool => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(pool).await
+    })?)
+}
+
+/// Replaces the password hash, inside the caller's transaction (which ends the other sessions).
+pub async fn set_password(tx: &mut Tx, id: Uuid, password_hash: &str) -> Result<(), ApiError> {
+    let sql = "UPDATE users SET password_hash = $1 WHERE id = $2";
+    with_tx!(tx, conn => sqlx::query(sql).bind(password_hash).bind(id.to_string()).execute(&mut **conn).await.map(drop))?;
+    Ok(())
+}
+
+/// Accounts newest first, those whose email starts with `email_prefix` (any case) when given.
+pub async fn page(db: &Db, email_prefix: Option<&str>, page: &PageRequest) -> Result<Page<AdminView>, ApiError> {
+    // Emails are stored lower-cased; `\` escapes LIKE's wildcards in the prefix.
+    let pattern = email_prefix.map(|prefix| {
+        let escaped = prefix
+            .trim()
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("{escaped}%")
+    });
+    let sql = format!(
+        "SELECT {COLUMNS} FROM users WHERE ($1 IS NULL OR email LIKE $1 ESCAPE '\\') \
+         AND (created_at < $2 OR (created_at = $2 AND id < $3)) ORDER BY created_at DESC, id DESC LIMIT $4"
+    );
+    let rows: Vec<UserRow> = with_db!(db, pool => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(pattern.as_deref())
+            .bind(page.start.created_at)
+            .bind(&page.start.id)
+            .bind(page.fetch())
+            .fetch_all(pool)
+            .await
+    })?;
+    page.page(rows, |row| (row.created_at, &row.id), UserRow::into_admin_view)
+}
+
+/// What an operator does to an account.
+#[derive(Clone, Copy, Debug)]
+pub enum Standing {
+    Disable,
+    Enable,
+    SetRole(Role),
+}
+
+/// Applies `change` to the account `id` inside the caller's transaction (which ends a
+/// disabled account's sessions: `sessions::change_standing`). The only enabled admin can be
+/// neither disabled nor demoted (409 `last_admin`). `None` when there is no such account.
+/// Disabling twice keeps the first time.
+pub async fn change_standing(tx: &mut Tx, id: Uuid, change: Standing) -> Result<Option<UserRow>, ApiError> {
+    // The enabled admins, locked on PostgreSQL so that two admins demoting each other at once
+    // cannot both pass the check below (SQLite's one writer already runs them in turn).
+    let lock = match *tx {
+        Tx::Postgres(_) => " FOR UPDATE",
+        Tx::Sqlite(..) => "",
+    };
+    let sql = format!("SELECT id FROM users WHERE role = 'admin' AND disabled_at IS NULL{lock}");
+    let admins: Vec<String> =
+        with_tx!(tx, conn => sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&mut **conn).await)?;
+    let target = id.to_string();
+    let loses_an_admin = matches!(change, Standing::Disable | Standing::SetRole(Role::User));
+    if loses_an_admin && admins == [target.as_str()] {
+        return Err(ApiError::LastAdmin);
+    }
+    let target_bound = |sql: &str| format!("{sql} RETURNING {COLUMNS}");
+    let row: Option<UserRow> = match change {
+        Standing::Disable => {
+            let sql = target_bound("UPDATE users SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1");
+            with_tx!(tx, conn => {
+                sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&target).bind(db::now_micros()).fetch_optional(&mut **conn).await
+            })?
+        }
+        Standing::Enable => {
+            let sql = target_bound("UPDATE users SET disabled_at = NULL WHERE id = $1");
+            with_tx!(tx, conn => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&target).fetch_optional(&mut **conn).await)?
+        }
+        Standing::SetRole(role) => {
+            let sql = target_bound("UPDATE users SET role = $2 WHERE id = $1");
+            with_tx!(tx, conn => {
+                sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&target).bind(role.as_str()).fetch_optional(&mut **conn).await
+            })?
+        }
+    };
+    Ok(row)
 }
 
 /// 401 when the caller's account no longer exists: a valid token can outlive its account

@@ -119,6 +119,9 @@ pub struct Settings {
     /// Lifetime of issued tokens [default: 3600]
     #[arg(long, env = "TOKEN_TTL_SECS", global = true)]
     pub token_ttl_secs: Option<String>,
+    /// A session ends after this long without a refresh [default: 2592000, 30 days]
+    #[arg(long, env = "REFRESH_TOKEN_TTL_SECS", global = true)]
+    pub refresh_token_ttl_secs: Option<String>,
     /// Password hashes computed at once [default: CPU count]
     #[arg(long, env = "PASSWORD_HASH_CONCURRENCY", global = true)]
     pub password_hash_concurrency: Option<String>,
@@ -413,6 +416,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub token_ttl: Duration,
+    /// A session's life without a refresh (see `sessions`).
+    pub refresh_token_ttl: Duration,
     pub password_hash_concurrency: usize,
     pub log_format: LogFormat,
     pub log_filter: String,
@@ -876,6 +881,12 @@ impl Config {
             header_read_timeout,
             shutdown_timeout: parse_secs("SHUTDOWN_TIMEOUT_SECS", &s.shutdown_timeout_secs, 25, 0..=ONE_HOUR)?,
             token_ttl: parse_secs("TOKEN_TTL_SECS", &s.token_ttl_secs, 3600, 1..=ONE_YEAR)?,
+            refresh_token_ttl: parse_secs(
+                "REFRESH_TOKEN_TTL_SECS",
+                &s.refresh_token_ttl_secs,
+                30 * ONE_DAY,
+                60..=ONE_YEAR,
+            )?,
             password_hash_concurrency,
             log_format,
             log_filter,

@@ -1,4 +1,5 @@
-//! Accounts: signup, login, and the caller's own profile.
+//! Accounts: signup, login, refresh and logout, the caller's own profile and password
+//! (docs/accounts.md).
 
 use axum::Json;
 use axum::extract::State;
@@ -13,8 +14,9 @@ use crate::config::RateSetting;
 use crate::error::{ApiError, ErrorBody, JsonBodyErrors};
 use crate::extract::ApiJson;
 use crate::rate_limit::Limit;
+use crate::sessions::{self, RefreshToken};
 use crate::state::AppState;
-use crate::users::{self, Login, NewAccount, User};
+use crate::users::{self, Login, NewAccount, PasswordChange, RefreshRequest, Role, User};
 
 /// Per client IP.
 const SIGNUP_LIMIT: Limit = Limit::per_ip(
@@ -42,16 +44,25 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(SIGNUP_LIMIT.on(state, routes!(signup)))
         .merge(LOGIN_LIMIT.on(state, routes!(login)))
+        // A password change checks the current password: guessing it costs login attempts.
+        .merge(LOGIN_LIMIT.on(state, routes!(change_password)))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
         .routes(routes!(me))
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct Token {
+    /// The access token, for `Authorization: Bearer`.
     token: String,
     /// Always `Bearer`.
     token_type: &'static str,
-    /// Seconds until the token expires.
+    /// Seconds until the access token expires.
     expires_in: u64,
+    /// Exchanged at `POST /api/v1/auth/refresh` for new tokens, once.
+    refresh_token: String,
+    /// Seconds the session lasts without a refresh.
+    refresh_expires_in: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -61,7 +72,7 @@ pub struct SignupResponse {
     token: Token,
 }
 
-/// Creates an account and returns it with a token.
+/// Creates an account, signed in: the account and its first session are stored together.
 #[utoipa::path(post, path = "/api/v1/auth/signup", tag = "auth", request_body = NewAccount, responses(
     (status = 201, body = SignupResponse),
     (status = 409, body = ErrorBody, description = "`email_taken`"),
@@ -73,32 +84,73 @@ pub async fn signup(
     State(state): State<AppState>,
     ApiJson(account): ApiJson<NewAccount>,
 ) -> Result<(StatusCode, Json<SignupResponse>), ApiError> {
-    let email = account.email;
     let password_hash = state.auth.hash_password(account.password.0).await?;
-    let user = users::insert(state.database()?, &email, &password_hash)
+    let mut tx = state.database()?.begin().await?;
+    let user = users::insert(&mut tx, &account.email, &password_hash, Role::User)
         .await?
         .into_user()?;
-    let token = token_for(&state, user.id)?;
+    let started = sessions::start(&mut tx, user.id).await?;
+    tx.commit().await?;
+    let token = token_for(&state, user.id, started.session, &started.refresh)?;
     Ok((StatusCode::CREATED, Json(SignupResponse { user, token })))
 }
 
-/// Exchanges email and password for a token.
+/// Exchanges email and password for tokens, starting a session.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = Login, responses(
     (status = 200, body = Token),
     (status = 401, body = ErrorBody, description = "`invalid_credentials`"),
+    (status = 403, body = ErrorBody, description = "`account_disabled` (said only after a correct password)"),
     (status = 422, body = ErrorBody, description = "`validation_failed`"),
     (status = 429, body = ErrorBody, description = "`rate_limited` (RATE_LIMIT_LOGIN)"),
     JsonBodyErrors,
 ))]
 pub async fn login(State(state): State<AppState>, ApiJson(login): ApiJson<Login>) -> Result<Json<Token>, ApiError> {
-    let row = users::find_by_email(state.database()?, &login.email).await?;
+    let db = state.database()?;
+    let row = users::find_by_email(db, &login.email).await?;
     // Unknown email and wrong password take the same path and the same time.
     let stored_hash = row.as_ref().map(|r| r.password_hash.clone());
     if !state.auth.verify_password(login.password, stored_hash).await? {
         return Err(ApiError::InvalidCredentials);
     }
-    let user = row.ok_or(ApiError::InvalidCredentials)?.into_user()?;
-    Ok(Json(token_for(&state, user.id)?))
+    let row = row.ok_or(ApiError::InvalidCredentials)?;
+    if row.is_disabled() {
+        return Err(ApiError::AccountDisabled);
+    }
+    let user = row.id()?;
+    let mut tx = db.begin().await?;
+    let started = sessions::start(&mut tx, user).await?;
+    tx.commit().await?;
+    Ok(Json(token_for(&state, user, started.session, &started.refresh)?))
+}
+
+/// Spends a refresh token for a new access token and a new refresh token. A refresh token
+/// presented a second time ends its whole session: one of the two presenting it stole it.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest, responses(
+    (status = 200, body = Token),
+    (status = 401, body = ErrorBody, description = "`unauthorized`: unknown, spent or expired refresh token"),
+    (status = 422, body = ErrorBody, description = "`validation_failed`"),
+    JsonBodyErrors,
+))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<RefreshRequest>,
+) -> Result<Json<Token>, ApiError> {
+    let token = RefreshToken::parse(&request.refresh_token).ok_or(ApiError::Unauthorized)?;
+    let refreshed = sessions::refresh(state.database()?, &token, state.auth.refresh_ttl).await;
+    // Whatever the answer, what this instance remembered of the session may be stale now.
+    let (user, next) = refreshed.inspect_err(|_| state.auth.sessions.forget_session(token.session))?;
+    Ok(Json(token_for(&state, user, token.session, &next)?))
+}
+
+/// Ends the caller's session: its access and refresh tokens are refused from now on.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(("bearer" = [])), responses(
+    (status = 204, description = "The session has ended."),
+    (status = 401, body = ErrorBody, description = "`unauthorized`"),
+))]
+pub async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
+    sessions::end(state.database()?, user.session).await?;
+    state.auth.sessions.forget_user(user.id);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The authenticated user.
@@ -112,10 +164,46 @@ pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<Us
     Ok(Json(row.ok_or(ApiError::Unauthorized)?.into_user()?))
 }
 
-fn token_for(state: &AppState, user_id: Uuid) -> Result<Token, ApiError> {
+/// Changes the caller's password, and ends every other session of the account.
+#[utoipa::path(post, path = "/api/v1/me/password", tag = "auth", security(("bearer" = [])),
+    request_body = PasswordChange, responses(
+    (status = 204, description = "Changed; the other sessions have ended."),
+    (status = 401, body = ErrorBody, description = "`unauthorized`, or `invalid_credentials`: the current password is wrong"),
+    (status = 422, body = ErrorBody, description = "`validation_failed`: the new password breaks the signup rules"),
+    (status = 429, body = ErrorBody, description = "`rate_limited` (RATE_LIMIT_LOGIN)"),
+    JsonBodyErrors,
+))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiJson(change): ApiJson<PasswordChange>,
+) -> Result<StatusCode, ApiError> {
+    let db = state.database()?;
+    let row = users::find(db, user.id).await?.ok_or(ApiError::Unauthorized)?;
+    let new_password = change.new_password_for(&row)?;
+    if !state
+        .auth
+        .verify_password(change.current_password, Some(row.password_hash))
+        .await?
+    {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let password_hash = state.auth.hash_password(new_password).await?;
+    let mut tx = db.begin().await?;
+    users::set_password(&mut tx, user.id, &password_hash).await?;
+    let ended = sessions::end_all(&mut tx, user.id, Some(user.session)).await?;
+    tx.commit().await?;
+    state.auth.sessions.forget_user(user.id);
+    tracing::info!(audit = true, actor = %user.id, action = "password.change", target = %user.id, sessions_ended = ended, "audit");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn token_for(state: &AppState, user: Uuid, session: Uuid, refresh: &RefreshToken) -> Result<Token, ApiError> {
     Ok(Token {
-        token: state.auth.issue_token(user_id)?,
+        token: state.auth.issue_token(user, session)?,
         token_type: "Bearer",
         expires_in: state.auth.token_ttl.as_secs(),
+        refresh_token: refresh.expose(),
+        refresh_expires_in: state.auth.refresh_ttl.as_secs(),
     })
 }

@@ -1,6 +1,7 @@
 //! HTTP routes, one module per group: request → domain call → response. Each exposes
 //! `router()` (or `router(state)` when it attaches a rate limit), merged in `app::api`.
 
+pub mod admin;
 pub mod auth;
 pub mod docs;
 // example-domain:begin

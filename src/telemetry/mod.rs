@@ -34,6 +34,14 @@ pub fn init(config: &Config) -> std::io::Result<writer::LogGuard> {
     Ok(guard)
 }
 
+/// Logging for a one-shot command (`shipshape user …`): lines go to stderr as they are
+/// written, so that stdout carries only the command's answer.
+pub fn init_for_command(config: &Config) {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let subscriber = subscriber(config.log_format, &config.log_filter, std::io::stderr, ansi);
+    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(subscriber);
+}
+
 /// The subscriber [`init`] installs, writing to `writer`: public so tests can capture exactly
 /// what production writes.
 pub fn subscriber<W>(format: LogFormat, filter: &str, writer: W, ansi: bool) -> Dispatch

@@ -24,9 +24,10 @@ async fn signup_login_and_me(backend: Backend) {
     assert_eq!(body["user"]["email"], "ada@example.com");
     assert!(uuid::Uuid::parse_str(body["user"]["id"].as_str().unwrap()).is_ok());
     assert!(body["user"]["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(body["user"]["role"], "user");
     assert_eq!(
         body["user"].as_object().unwrap().len(),
-        3,
+        4,
         "no password hash or other fields: {body}"
     );
     assert_eq!(body["token_type"], "Bearer");
@@ -130,9 +131,9 @@ fn sign(claims: &Value, key: &str, algorithm: Algorithm) -> String {
     .unwrap()
 }
 
-fn claims(user: &str, expires_in: i64) -> Value {
+fn claims(user: &str, session: &str, expires_in: i64) -> Value {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    json!({"sub": user, "iat": now, "exp": now + expires_in})
+    json!({"sub": user, "sid": session, "iat": now, "exp": now + expires_in})
 }
 
 #[tokio::test]
@@ -145,11 +146,13 @@ async fn every_bad_token_is_a_401_with_www_authenticate() {
     let token = app.signup("tokens@example.com").await;
     let me: Value = app.get("/api/v1/me", Some(&token)).await.json().await.unwrap();
     let user = me["id"].as_str().unwrap();
+    let session = app.state.auth.verify_token(&token).unwrap().session.to_string();
+    let session = session.as_str();
 
     let alg_none = format!(
         "{}.{}.",
         URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
-        URL_SAFE_NO_PAD.encode(claims(user, 600).to_string())
+        URL_SAFE_NO_PAD.encode(claims(user, session, 600).to_string())
     );
     let mut tampered = token.clone();
     tampered.pop();
@@ -158,11 +161,14 @@ async fn every_bad_token_is_a_401_with_www_authenticate() {
         ("missing", None),
         ("garbage", Some("not.a.token".to_owned())),
         ("alg none", Some(alg_none)),
-        ("HS512", Some(sign(&claims(user, 600), TEST_SECRET, Algorithm::HS512))),
+        (
+            "HS512",
+            Some(sign(&claims(user, session, 600), TEST_SECRET, Algorithm::HS512)),
+        ),
         (
             "other key",
             Some(sign(
-                &claims(user, 600),
+                &claims(user, session, 600),
                 "someone-elses-key-entirely-0123456789abcd",
                 Algorithm::HS256,
             )),
@@ -170,7 +176,23 @@ async fn every_bad_token_is_a_401_with_www_authenticate() {
         ("tampered", Some(tampered)),
         (
             "expired",
-            Some(sign(&claims(user, -600), TEST_SECRET, Algorithm::HS256)),
+            Some(sign(&claims(user, session, -600), TEST_SECRET, Algorithm::HS256)),
+        ),
+        (
+            "no session",
+            Some(sign(
+                &json!({"sub": user, "iat": 0, "exp": 4_000_000_000_i64}),
+                TEST_SECRET,
+                Algorithm::HS256,
+            )),
+        ),
+        (
+            "another session",
+            Some(sign(
+                &claims(user, &uuid::Uuid::new_v4().to_string(), 600),
+                TEST_SECRET,
+                Algorithm::HS256,
+            )),
         ),
     ];
     for (what, bad) in bad_tokens {
@@ -189,7 +211,7 @@ async fn every_bad_token_is_a_401_with_www_authenticate() {
         .send();
     assert_error(basic.await.unwrap(), 401, "unauthorized").await;
 
-    let rotated = sign(&claims(user, 600), OLD_KEY, Algorithm::HS256);
+    let rotated = sign(&claims(user, session, 600), OLD_KEY, Algorithm::HS256);
     assert_eq!(
         app.get("/api/v1/me", Some(&rotated)).await.status(),
         200,

@@ -249,7 +249,11 @@ async fn control_characters_are_refused_in_invoices_and_payment_events(backend: 
 
 async fn a_token_of_a_user_that_does_not_exist_is_401_everywhere(backend: Backend) {
     let app = spawn_with_items(backend).await;
-    let ghost = app.state.auth.issue_token(uuid::Uuid::now_v7()).expect("token");
+    let ghost = app
+        .state
+        .auth
+        .issue_token(uuid::Uuid::now_v7(), uuid::Uuid::new_v4())
+        .expect("token");
     let item = format!("{TEST_ITEMS}/{}", uuid::Uuid::now_v7());
     let new_item = json!({"name": "Acme", "amount_cents": 100});
     // example-domain:begin
@@ -410,6 +414,7 @@ fn every_numeric_setting_has_a_range_and_out_of_it_exits_2_naming_it() {
         ("REQUEST_TIMEOUT_SECS", "18446744073709551615"),
         ("SHUTDOWN_TIMEOUT_SECS", "18446744073709551615"),
         ("TOKEN_TTL_SECS", "9223372036854775808"),
+        ("REFRESH_TOKEN_TTL_SECS", "59"),
         ("DATABASE_ACQUIRE_TIMEOUT_SECS", "18446744073709551615"),
         ("DATABASE_IDLE_TIMEOUT_SECS", "18446744073709551615"),
         ("DATABASE_MAX_LIFETIME_SECS", "18446744073709551615"),
@@ -876,7 +881,8 @@ async fn an_oversized_token_is_refused_even_when_signed() {
     let token = app.signup("big-token@example.com").await;
     assert_eq!(app.get("/api/v1/me", Some(&token)).await.status(), 200);
     // The same user, signed with the same key, but carrying 8 kB of padding.
-    let claims = json!({"sub": app.state.auth.verify_token(&token).unwrap().to_string(),
+    let signed = app.state.auth.verify_token(&token).unwrap();
+    let claims = json!({"sub": signed.user.to_string(), "sid": signed.session.to_string(),
         "iat": 0, "exp": 4_000_000_000_i64, "pad": "x".repeat(8192)});
     let key = jsonwebtoken::EncodingKey::from_secret(crate::helpers::TEST_SECRET.as_bytes());
     let big = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();

@@ -4,6 +4,7 @@ mod helpers;
 mod infra;
 
 mod accounts;
+mod admin;
 mod architecture;
 mod cli;
 mod core;
@@ -23,6 +24,7 @@ mod migrations;
 mod observability;
 mod rate_limits;
 mod security;
+mod sessions;
 // example-domain:begin
 mod query_plans;
 mod stats;

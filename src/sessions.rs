@@ -1,0 +1,213 @@
+//! Sessions: one per sign-in, so that a token can be taken back before it expires — by a
+//! logout, a password change, or an operator disabling the account (docs/accounts.md).
+//!
+//! An access token names its session (`sid`); the extractors of `AuthUser` and `AdminUser`
+//! (`auth.rs`) refuse it once that session has ended. A refresh token is
+//! `<session id>.<secret>`: the id says which session it claims, only the secret's SHA-256 is
+//! stored, and each refresh replaces it. A secret that is not the session's current one was
+//! spent already (or stolen and spent by someone else): the whole session ends, as the OAuth
+//! 2.0 Security BCP advises for refresh-token rotation.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::db::{self, Db, Tx};
+use crate::error::ApiError;
+use crate::users::{self, Role, Standing, UserRow};
+use crate::{with_db, with_tx};
+
+/// A refresh token as the client holds it.
+pub struct RefreshToken {
+    pub session: Uuid,
+    secret: String,
+}
+
+/// Random bytes in a refresh token's secret.
+const SECRET_BYTES: usize = 32;
+
+impl RefreshToken {
+    fn generate(session: Uuid) -> Result<RefreshToken, ApiError> {
+        let mut bytes = [0u8; SECRET_BYTES];
+        getrandom::fill(&mut bytes).map_err(|e| ApiError::Internal(anyhow::anyhow!("no randomness: {e}")))?;
+        Ok(RefreshToken {
+            session,
+            secret: URL_SAFE_NO_PAD.encode(bytes),
+        })
+    }
+
+    /// `None` for anything that is not exactly a token of ours (an access token included).
+    pub fn parse(text: &str) -> Option<RefreshToken> {
+        let (session, secret) = text.split_once('.')?;
+        let session = Uuid::try_parse(session)
+            .ok()
+            .filter(|id| id.simple().to_string() == session)?;
+        let decoded = URL_SAFE_NO_PAD.decode(secret).ok()?;
+        (decoded.len() == SECRET_BYTES).then(|| RefreshToken {
+            session,
+            secret: secret.to_owned(),
+        })
+    }
+
+    /// What the database keeps: the secret's SHA-256, base64url.
+    fn hash(&self) -> String {
+        URL_SAFE_NO_PAD.encode(Sha256::digest(self.secret.as_bytes()))
+    }
+
+    /// The token to hand to the client.
+    pub fn expose(&self) -> String {
+        format!("{}.{}", self.session.simple(), self.secret)
+    }
+}
+
+/// A session just started: its id (for the access token) and its first refresh token.
+pub struct Started {
+    pub session: Uuid,
+    pub refresh: RefreshToken,
+}
+
+/// Starts a session for `user`, inside the caller's transaction (a signup's insert, a
+/// login), so that a failure leaves neither behind.
+pub async fn start(tx: &mut Tx, user: Uuid) -> Result<Started, ApiError> {
+    let session = Uuid::new_v4();
+    let refresh = RefreshToken::generate(session)?;
+    let now = db::now_micros();
+    let sql = "INSERT INTO sessions (id, user_id, refresh_hash, created_at, refreshed_at) VALUES ($1, $2, $3, $4, $4)";
+    with_tx!(tx, conn => {
+        sqlx::query(sql)
+            .bind(session.to_string())
+            .bind(user.to_string())
+            .bind(refresh.hash())
+            .bind(now)
+            .execute(&mut **conn)
+            .await
+            .map(drop)
+    })?;
+    Ok(Started { session, refresh })
+}
+
+/// The oldest `refreshed_at` of a session that still runs.
+fn cutoff(ttl: Duration) -> i64 {
+    db::now_micros().saturating_sub(i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Spends `token` for a new one, and says whose session it is. A token that is not the
+/// session's current one, a session past its time or an account that is disabled: the
+/// session ends and the answer is 401.
+pub async fn refresh(db: &Db, token: &RefreshToken, ttl: Duration) -> Result<(Uuid, RefreshToken), ApiError> {
+    let next = RefreshToken::generate(token.session)?;
+    let session = token.session.to_string();
+    let sql = "UPDATE sessions SET refresh_hash = $1, refreshed_at = $2 \
+               WHERE id = $3 AND refresh_hash = $4 AND refreshed_at > $5 \
+               AND user_id IN (SELECT id FROM users WHERE disabled_at IS NULL) \
+               RETURNING user_id";
+    let user: Option<String> = with_db!(db, pool => {
+        sqlx::query_scalar(sql)
+            .bind(next.hash())
+            .bind(db::now_micros())
+            .bind(&session)
+            .bind(token.hash())
+            .bind(cutoff(ttl))
+            .fetch_optional(pool)
+            .await
+    })?;
+    if let Some(user) = user {
+        let user = Uuid::parse_str(&user).map_err(|e| ApiError::Internal(e.into()))?;
+        return Ok((user, next));
+    }
+    let sql = "DELETE FROM sessions WHERE id = $1 RETURNING user_id";
+    let ended: Option<String> =
+        with_db!(db, pool => sqlx::query_scalar(sql).bind(&session).fetch_optional(pool).await)?;
+    if let Some(user) = ended {
+        tracing::warn!(
+            session_id = %token.session,
+            user_id = %user,
+            "refresh token refused (spent already, the session expired, or the account is disabled): session ended"
+        );
+    }
+    Err(ApiError::Unauthorized)
+}
+
+/// Ends one session (a logout).
+pub async fn end(db: &Db, session: Uuid) -> Result<(), ApiError> {
+    let sql = "DELETE FROM sessions WHERE id = $1";
+    with_db!(db, pool => sqlx::query(sql).bind(session.to_string()).execute(pool).await.map(drop))?;
+    Ok(())
+}
+
+/// Ends every session of `user` but `keep` (a password change keeps the caller's), inside
+/// the caller's transaction.
+pub async fn end_all(tx: &mut Tx, user: Uuid, keep: Option<Uuid>) -> Result<u64, ApiError> {
+    let sql = "DELETE FROM sessions WHERE user_id = $1 AND id <> $2";
+    let keep = keep.map(|id| id.to_string()).unwrap_or_default();
+    let done = with_tx!(tx, conn => {
+        sqlx::query(sql)
+            .bind(user.to_string())
+            .bind(keep)
+            .execute(&mut **conn)
+            .await
+            .map(|done| done.rows_affected())
+    })?;
+    Ok(done)
+}
+
+/// Deletes the sessions unused for `ttl` (run on a timer by `serve`); says how many.
+pub async fn delete_expired(db: &Db, ttl: Duration) -> Result<u64, sqlx::Error> {
+    let sql = "DELETE FROM sessions WHERE refreshed_at <= $1";
+    with_db!(db, pool => sqlx::query(sql).bind(cutoff(ttl)).execute(pool).await.map(|done| done.rows_affected()))
+}
+
+/// The role of `user` while its `session` runs and the account is enabled; `None` otherwise.
+pub async fn read(db: &Db, session: Uuid, user: Uuid, ttl: Duration) -> Result<Option<Role>, ApiError> {
+    let sql = "SELECT u.role FROM sessions s JOIN users u ON u.id = s.user_id \
+               WHERE s.id = $1 AND s.user_id = $2 AND s.refreshed_at > $3 AND u.disabled_at IS NULL";
+    let role: Option<String> = with_db!(db, pool => {
+        sqlx::query_scalar(sql)
+            .bind(session.to_string())
+            .bind(user.to_string())
+            .bind(cutoff(ttl))
+            .fetch_optional(pool)
+            .await
+    })?;
+    Ok(role.as_deref().and_then(Role::parse))
+}
+
+/// What an operator does to an account (`users::change_standing`), in one transaction with
+/// ending its sessions when it is disabled.
+pub async fn change_standing(db: &Db, id: Uuid, change: Standing) -> Result<Option<UserRow>, ApiError> {
+    let mut tx = db.begin().await?;
+    let row = users::change_standing(&mut tx, id, change).await?;
+    if row.is_some() && matches!(change, Standing::Disable) {
+        end_all(&mut tx, id, None).await?;
+    }
+    tx.commit().await?;
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_token_reads_back_and_nothing_else_reads_as_one() {
+        let token = RefreshToken::generate(Uuid::new_v4()).expect("token");
+        let text = token.expose();
+        let parsed = RefreshToken::parse(&text).expect("parses");
+        assert_eq!((parsed.session, parsed.hash()), (token.session, token.hash()));
+        assert_ne!(token.hash(), token.secret, "only the hash is stored");
+        let (id, secret) = text.split_once('.').expect("two parts");
+        for bad in [
+            String::new(),
+            id.to_owned(),
+            format!("{}.{secret}", token.session.hyphenated()),
+            format!("{id}.{}", &secret[1..]),
+            format!("{id}.{secret}="),
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl".to_owned(),
+        ] {
+            assert!(RefreshToken::parse(&bad).is_none(), "{bad}");
+        }
+    }
+}
