@@ -9,7 +9,7 @@ use shipshape::users::{self, Role, Standing};
 
 use crate::helpers::{Backend, PASSWORD, TestApp, assert_error, refused_fields};
 use crate::on_both_databases;
-use crate::sessions::{log_in, sign_up};
+use crate::sessions::log_in;
 
 on_both_databases!(
     admin_routes_answer_admins_only_and_keep_the_last_admin,
@@ -41,8 +41,8 @@ fn id(body: &Value) -> &str {
 
 async fn admin_routes_answer_admins_only_and_keep_the_last_admin(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let boss = sign_up(&app, "boss@example.com").await;
-    let user = sign_up(&app, "user@example.com").await;
+    let boss = app.sign_up("boss@example.com").await;
+    let user = app.sign_up("user@example.com").await;
     let boss_id = make_admin(&app, "boss@example.com").await;
     // An admin's role shows in its profile (read afresh, not from the session memory).
     let me: Value = app.get("/api/v1/me", Some(token(&boss))).await.json().await.unwrap();
@@ -74,7 +74,7 @@ async fn admin_routes_answer_admins_only_and_keep_the_last_admin(backend: Backen
     );
 
     // With a second admin, the first can go.
-    let second = sign_up(&app, "second@example.com").await;
+    let second = app.sign_up("second@example.com").await;
     make_admin(&app, "second@example.com").await;
     let done = disable(&boss_id.to_string(), &second).await;
     assert_eq!(done.status(), 200);
@@ -93,9 +93,9 @@ async fn admin_routes_answer_admins_only_and_keep_the_last_admin(backend: Backen
 
 async fn a_disabled_account_is_refused_and_its_login_says_so_after_a_correct_password(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let admin = sign_up(&app, "admin@example.com").await;
+    let admin = app.sign_up("admin@example.com").await;
     make_admin(&app, "admin@example.com").await;
-    let user = sign_up(&app, "abuser@example.com").await;
+    let user = app.sign_up("abuser@example.com").await;
     assert_eq!(app.get("/api/v1/me", Some(token(&user))).await.status(), 200);
 
     let path = |action: &str| format!("/api/v1/admin/users/{}/{action}", id(&user));
@@ -145,10 +145,10 @@ async fn a_disabled_account_is_refused_and_its_login_says_so_after_a_correct_pas
 
 async fn the_admin_list_pages_newest_first_and_filters_by_email_prefix(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let admin = sign_up(&app, "root@example.com").await;
+    let admin = app.sign_up("root@example.com").await;
     make_admin(&app, "root@example.com").await;
     for name in ["ann", "anna", "bob", "an_x"] {
-        sign_up(&app, &format!("{name}@example.com")).await;
+        app.sign_up(&format!("{name}@example.com")).await;
     }
     let list = |query: &str| app.get(&format!("/api/v1/admin/users{query}"), Some(token(&admin)));
     let emails = |page: &Value| -> Vec<String> {
@@ -355,9 +355,9 @@ async fn admin_actions_write_one_audit_line_each() {
     let dispatch = shipshape::telemetry::subscriber(format, "info", move || sink.clone(), false);
     let _default = tracing::dispatcher::set_default(&dispatch);
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let admin = sign_up(&app, "auditor@example.com").await;
+    let admin = app.sign_up("auditor@example.com").await;
     let admin_id = make_admin(&app, "auditor@example.com").await;
-    let user = sign_up(&app, "audited@example.com").await;
+    let user = app.sign_up("audited@example.com").await;
     for action in ["disable", "enable"] {
         let path = format!("/api/v1/admin/users/{}/{action}", id(&user));
         assert_eq!(

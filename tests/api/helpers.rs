@@ -232,6 +232,12 @@ impl TestApp {
 
     /// Signs up `email` and returns its token.
     pub async fn signup(&self, email: &str) -> String {
+        let body = self.sign_up(email).await;
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Signs up `email` and returns the whole answer: the user, and the tokens of its session.
+    pub async fn sign_up(&self, email: &str) -> Value {
         let response = self
             .post_json(
                 "/api/v1/auth/signup",
@@ -240,8 +246,7 @@ impl TestApp {
             )
             .await;
         assert_eq!(response.status(), 201, "signup of {email}");
-        let body: Value = response.json().await.expect("json");
-        body["token"].as_str().expect("token").to_owned()
+        response.json().await.expect("json")
     }
 
     // example-domain:begin

@@ -13,20 +13,8 @@ on_both_databases!(
     logout_ends_the_session_and_only_it,
     a_password_change_ends_every_other_session,
     refresh_and_access_tokens_are_not_interchangeable,
+    a_session_unused_for_its_time_has_ended_and_the_sweep_deletes_it,
 );
-
-/// Signs up `email` and returns the whole answer (tokens included).
-pub async fn sign_up(app: &TestApp, email: &str) -> Value {
-    let response = app
-        .post_json(
-            "/api/v1/auth/signup",
-            &json!({"email": email, "password": PASSWORD}),
-            None,
-        )
-        .await;
-    assert_eq!(response.status(), 201, "signup of {email}");
-    response.json().await.expect("json")
-}
 
 /// Logs in (a new session) and returns the answer.
 pub async fn log_in(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
@@ -49,7 +37,7 @@ fn token(body: &Value) -> &str {
 
 async fn a_refresh_token_works_once_and_its_reuse_ends_the_session(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let first = sign_up(&app, "rotate@example.com").await;
+    let first = app.sign_up("rotate@example.com").await;
     assert_eq!(first["refresh_expires_in"], 2_592_000);
     assert!(first["refresh_token"].as_str().is_some_and(|t| t.len() > 40));
 
@@ -80,7 +68,7 @@ async fn a_refresh_token_works_once_and_its_reuse_ends_the_session(backend: Back
 
 async fn logout_ends_the_session_and_only_it(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let phone = sign_up(&app, "logout@example.com").await;
+    let phone = app.sign_up("logout@example.com").await;
     let laptop: Value = log_in(&app, "logout@example.com", PASSWORD).await.json().await.unwrap();
     // Seen (and remembered by this instance) before the logout.
     assert_eq!(app.get("/api/v1/me", Some(token(&phone))).await.status(), 200);
@@ -110,7 +98,7 @@ async fn logout_ends_the_session_and_only_it(backend: Backend) {
 async fn a_password_change_ends_every_other_session(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let email = "change@example.com";
-    let here = sign_up(&app, email).await;
+    let here = app.sign_up(email).await;
     let there: Value = log_in(&app, email, PASSWORD).await.json().await.unwrap();
     assert_eq!(app.get("/api/v1/me", Some(token(&there))).await.status(), 200);
     let change = |current: &str, new: &str| {
@@ -165,14 +153,14 @@ async fn a_password_change_ends_every_other_session(backend: Backend) {
 
 async fn refresh_and_access_tokens_are_not_interchangeable(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let body = sign_up(&app, "mixup@example.com").await;
+    let body = app.sign_up("mixup@example.com").await;
     let refresh_token = body["refresh_token"].as_str().unwrap();
     // A refresh token as a bearer token, and an access token as a refresh token.
     assert_error(app.get("/api/v1/me", Some(refresh_token)).await, 401, "unauthorized").await;
     assert_error(refresh(&app, &body["token"]).await, 401, "unauthorized").await;
     // Malformed, foreign (another session's id, a secret that is not its own), wrongly typed.
     let (session, secret) = refresh_token.split_once('.').unwrap();
-    let other = sign_up(&app, "mixup2@example.com").await;
+    let other = app.sign_up("mixup2@example.com").await;
     let (_, other_secret) = other["refresh_token"].as_str().unwrap().split_once('.').unwrap();
     for bad in [
         json!(""),
@@ -197,6 +185,26 @@ async fn refresh_and_access_tokens_are_not_interchangeable(backend: Backend) {
     app.stop().await;
 }
 
+async fn a_session_unused_for_its_time_has_ended_and_the_sweep_deletes_it(backend: Backend) {
+    // One second, below what REFRESH_TOKEN_TTL_SECS accepts, to see it end in a test.
+    let app = TestApp::spawn_with(backend, |config| config.refresh_token_ttl = Duration::from_secs(1)).await;
+    let idle = app.sign_up("idle@example.com").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let active = app.sign_up("active@example.com").await;
+    assert_error(app.get("/api/v1/me", Some(token(&idle))).await, 401, "unauthorized").await;
+    assert_error(refresh(&app, &idle["refresh_token"]).await, 401, "unauthorized").await;
+    assert_eq!(app.get("/api/v1/me", Some(token(&active))).await.status(), 200);
+
+    let idle_too = app.sign_up("idle-too@example.com").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let db = &app.state.db;
+    let ttl = app.state.auth.refresh_ttl;
+    assert_eq!(shipshape::sessions::delete_expired(db, ttl).await.unwrap(), 2, "active and idle-too, not newer ones");
+    assert_eq!(shipshape::sessions::delete_expired(db, ttl).await.unwrap(), 0);
+    assert_error(refresh(&app, &idle_too["refresh_token"]).await, 401, "unauthorized").await;
+    app.stop().await;
+}
+
 // Two instances on one database: a logout on one is refused on the other within 5 s.
 #[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +217,7 @@ async fn postgres_a_session_ended_on_one_instance_is_refused_on_another_within_5
         config.run_migrations_on_start = false;
     })
     .await;
-    let body = sign_up(&one, "two-instances@example.com").await;
+    let body = one.sign_up("two-instances@example.com").await;
     // The second instance has read the session, and may remember it.
     assert_eq!(two.get("/api/v1/me", Some(token(&body))).await.status(), 200);
     let out = one
