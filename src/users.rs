@@ -359,20 +359,21 @@ pub async fn change_standing(tx: &mut Tx, id: Uuid, change: Standing) -> Result<
     if loses_an_admin && admins == [target.as_str()] {
         return Err(ApiError::LastAdmin);
     }
-    let target_bound = |sql: &str| format!("{sql} RETURNING {COLUMNS}");
+    // Each change answers with the account as it now is.
+    let returning = |sql: &str| format!("{sql} RETURNING {COLUMNS}");
     let row: Option<UserRow> = match change {
         Standing::Disable => {
-            let sql = target_bound("UPDATE users SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1");
+            let sql = returning("UPDATE users SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1");
             with_tx!(tx, conn => {
                 sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&target).bind(db::now_micros()).fetch_optional(&mut **conn).await
             })?
         }
         Standing::Enable => {
-            let sql = target_bound("UPDATE users SET disabled_at = NULL WHERE id = $1");
+            let sql = returning("UPDATE users SET disabled_at = NULL WHERE id = $1");
             with_tx!(tx, conn => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&target).fetch_optional(&mut **conn).await)?
         }
         Standing::SetRole(role) => {
-            let sql = target_bound("UPDATE users SET role = $2 WHERE id = $1");
+            let sql = returning("UPDATE users SET role = $2 WHERE id = $1");
             with_tx!(tx, conn => {
                 sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&target).bind(role.as_str()).fetch_optional(&mut **conn).await
             })?

@@ -199,16 +199,34 @@ async fn a_session_unused_for_its_time_has_ended_and_the_sweep_deletes_it(backen
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let db = &app.state.db;
     let ttl = app.state.auth.refresh_ttl;
-    assert_eq!(shipshape::sessions::delete_expired(db, ttl).await.unwrap(), 2, "active and idle-too, not newer ones");
+    assert_eq!(
+        shipshape::sessions::delete_expired(db, ttl).await.unwrap(),
+        2,
+        "active and idle-too, not newer ones"
+    );
     assert_eq!(shipshape::sessions::delete_expired(db, ttl).await.unwrap(), 0);
     assert_error(refresh(&app, &idle_too["refresh_token"]).await, 401, "unauthorized").await;
     app.stop().await;
 }
 
-// Two instances on one database: a logout on one is refused on the other within 5 s.
+/// How long `app` kept accepting `token` after `since`: it must refuse it within 5 s.
+async fn refused_within_5_s(app: &TestApp, token: &str, since: Instant) -> Duration {
+    loop {
+        let status = app.get("/api/v1/me", Some(token)).await.status();
+        if status == 401 {
+            return since.elapsed();
+        }
+        assert_eq!(status, 200);
+        assert!(since.elapsed() < Duration::from_secs(5), "still accepted after 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// Two instances on one database: a logout, and an account disabled, on one are refused on the
+// other within 5 s (and on the first at once).
 #[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_session_ended_on_one_instance_is_refused_on_another_within_5_s() {
+async fn postgres_what_one_instance_ends_the_other_refuses_within_5_s() {
     let admin = crate::helpers::postgres_admin();
     let one = TestApp::spawn(Backend::Postgres(admin)).await;
     let url = one.state.config.database.url.expose().to_owned();
@@ -230,16 +248,28 @@ async fn postgres_a_session_ended_on_one_instance_is_refused_on_another_within_5
         401,
         "at once here"
     );
-    let refused_after = loop {
-        let status = two.get("/api/v1/me", Some(token(&body))).await.status();
-        if status == 401 {
-            break ended.elapsed();
-        }
-        assert_eq!(status, 200);
-        assert!(ended.elapsed() < Duration::from_secs(5), "still accepted after 5 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    eprintln!("the other instance refused the session after {refused_after:?}");
+    let after = refused_within_5_s(&two, token(&body), ended).await;
+    eprintln!("the other instance refused the logged-out session after {after:?}");
+
+    // An account disabled by an admin on the first instance.
+    let boss = one.sign_up("boss@example.com").await;
+    let boss_id = boss["user"]["id"].as_str().unwrap().parse().unwrap();
+    let promote = shipshape::users::Standing::SetRole(shipshape::users::Role::Admin);
+    shipshape::sessions::change_standing(&one.state.db, boss_id, promote)
+        .await
+        .unwrap();
+    let user = one.sign_up("disabled-everywhere@example.com").await;
+    assert_eq!(two.get("/api/v1/me", Some(token(&user))).await.status(), 200);
+    let path = format!("/api/v1/admin/users/{}/disable", user["user"]["id"].as_str().unwrap());
+    assert_eq!(one.post_json(&path, &json!({}), Some(token(&boss))).await.status(), 200);
+    let disabled = Instant::now();
+    assert_eq!(
+        one.get("/api/v1/me", Some(token(&user))).await.status(),
+        401,
+        "at once here"
+    );
+    let after = refused_within_5_s(&two, token(&user), disabled).await;
+    eprintln!("the other instance refused the disabled account after {after:?}");
     two.stop().await;
     one.stop().await;
 }
