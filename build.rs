@@ -2,7 +2,9 @@
 //
 // The tests that need PostgreSQL or Redis are compiled as ignored unless TEST_DATABASE_URL /
 // TEST_REDIS_URL names a server, so a plain `cargo test` reports them as skipped rather than
-// counting them as passed (docs/testing.md). Setting or clearing either rebuilds.
+// counting them as passed (docs/testing.md). Setting or clearing either rebuilds. The same
+// goes for the tests that run nginx or systemd-analyze: ignored unless it is on PATH when the
+// tests are built (a change of PATH rebuilds; after installing one, `touch build.rs`).
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
     for (variable, cfg) in [("TEST_DATABASE_URL", "test_postgres"), ("TEST_REDIS_URL", "test_redis")] {
@@ -12,4 +14,15 @@ fn main() {
             println!("cargo:rustc-cfg={cfg}");
         }
     }
+    println!("cargo:rerun-if-env-changed=PATH");
+    for (program, cfg) in [("nginx", "test_nginx"), ("systemd-analyze", "test_systemd")] {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        if on_path(program) {
+            println!("cargo:rustc-cfg={cfg}");
+        }
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }

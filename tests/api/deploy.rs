@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,7 +14,7 @@ use shipshape::cli::Cli;
 use shipshape::config::{AppEnv, Config, Settings};
 use shipshape::security::client_ip::ClientIp;
 
-use crate::helpers::{Backend, Options, TestApp, free_port, notice};
+use crate::helpers::{Backend, Options, TestApp, free_port};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -251,18 +250,9 @@ fn systemd_unit_and_nginx_config_match_the_code() {
     assert!(nginx.contains("X-Forwarded-Proto $scheme"));
 }
 
-static SYSTEMD_NOTICE: Once = Once::new();
-static NGINX_NOTICE: Once = Once::new();
-
+#[cfg_attr(not(test_systemd), ignore = "needs systemd-analyze on PATH (.ci/run installs it)")]
 #[test]
 fn systemd_analyze_verifies_the_unit() {
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
-        notice(
-            &SYSTEMD_NOTICE,
-            "systemd-analyze is not installed: skipping the unit verification",
-        );
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     // verify checks that ExecStart exists: point it at the binary this test suite built.
     let unit = read("deploy/shipshape.service").replace("/opt/shipshape/shipshape", env!("CARGO_BIN_EXE_shipshape"));
@@ -376,15 +366,9 @@ fn curl(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.unwrap().stdout).into_owned()
 }
 
+#[cfg_attr(not(test_nginx), ignore = "needs nginx on PATH (.ci/run installs it)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_real_nginx_https_works_client_ip_is_seen_and_http_redirects() {
-    if Command::new("nginx").arg("-v").output().is_err() {
-        notice(
-            &NGINX_NOTICE,
-            "nginx is not installed: skipping the reverse-proxy test (.ci/run installs it)",
-        );
-        return;
-    }
     let whoami = Router::new().route("/whoami", get(|ClientIp(ip): ClientIp| async move { ip.to_string() }));
     let options = Options {
         backend: Backend::Sqlite,

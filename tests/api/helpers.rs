@@ -1,9 +1,7 @@
 //! The test harness: the real application on 127.0.0.1 port 0, against SQLite (always) or a
 //! fresh PostgreSQL database (when `TEST_DATABASE_URL` is set), plus helpers to drive it.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Once;
 use std::time::Duration;
 
 use axum::Router;
@@ -24,13 +22,6 @@ pub const PASSWORD: &str = "correct horse battery staple";
 pub enum Backend {
     Sqlite,
     Postgres(String),
-}
-
-/// Prints once per test binary, past cargo's output capture, so a skip is never silent.
-pub fn notice(key: &'static Once, text: &str) {
-    key.call_once(|| {
-        let _ = writeln!(std::io::stderr(), "\n*** {text}\n");
-    });
 }
 
 /// `TEST_DATABASE_URL`: the PostgreSQL server a test creates its database on. A test that
