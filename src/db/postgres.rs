@@ -69,6 +69,8 @@ async fn show_statement_timeout(conn: &mut PgConnection) -> Result<String, Strin
 
 /// Connections the probe holds in a transaction at most, beside `a`.
 const HOLDERS: usize = 8;
+/// Times the holders take their sessions, giving them all back in between.
+const CYCLES: usize = 3;
 
 /// Whether a connection keeps one server session (PostgreSQL itself, a session pooler) or its
 /// statements move between sessions (a transaction pooler), and if so whether named prepared
@@ -83,9 +85,12 @@ const HOLDERS: usize = 8;
 /// stays taken until the probe ends, so `a`'s statement then runs elsewhere and shows whether
 /// its prepared statement followed.
 async fn probe_pooling(options: &PgConnectOptions, a: &mut PgConnection) -> Result<Pooling, String> {
-    let first = backend_pid(a).await?;
-    match prepared_backend_pid(a).await {
-        Ok(_) => {}
+    let plain = backend_pid(a).await?;
+    // This probe's own: see `prepared_backend_pid`.
+    let marker = i64::from_le_bytes(*uuid::Uuid::new_v4().as_bytes().first_chunk().unwrap_or(&[0; 8])) & i64::MAX;
+    // `first`: the session where `a`'s statement is prepared, and the only one that has it.
+    let first = match prepared_backend_pid(a, marker).await {
+        Ok(pid) => pid,
         // On a fresh connection, a statement missing or "already existing" (another client's
         // of the same name) can only mean `a` was moved between sessions.
         Err(Prepared::Lost) => {
@@ -94,58 +99,92 @@ async fn probe_pooling(options: &PgConnectOptions, a: &mut PgConnection) -> Resu
             });
         }
         Err(Prepared::Failed(reason)) => return Err(reason),
+    };
+    // Moved between its first two statements: a transaction pooler, which the holders may
+    // still show to carry prepared statements; failing that, it is not trusted with them.
+    let undecided = if plain == first {
+        Pooling::Session
+    } else {
+        Pooling::Transaction {
+            prepared_statements: false,
+        }
+    };
+    // Connected all at once: over a slow link the probe costs one connection time, not eight.
+    let connecting = (0..HOLDERS).map(|_| step(PgConnection::connect_with(options)));
+    let mut holders = futures_util::future::join_all(connecting)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut verdict = Ok(None);
+    for _ in 0..CYCLES {
+        verdict = hold_sessions_until_moved(a, first, marker, &mut holders).await;
+        if !matches!(verdict, Ok(None)) {
+            break;
+        }
     }
-    let mut holders: Vec<PgConnection> = Vec::with_capacity(HOLDERS);
-    let verdict = hold_sessions_until_moved(options, a, first, &mut holders).await;
-    for mut holder in holders {
-        let _ = step(sqlx::raw_sql("ROLLBACK").execute(&mut holder)).await;
+    for holder in holders {
         let _ = holder.close().await;
     }
+    // No holder got `a`'s session and `a` never moved (after its first statement, at least).
+    verdict.map(|found| found.unwrap_or(undecided))
+}
+
+/// The holders' part of [`probe_pooling`], one cycle; `None` when it found nothing. No holder
+/// gives its session back before the cycle ends, so each one takes a session out of the
+/// pooler's reach: `a` either moves, or its session goes to a holder, within as many holders
+/// as the pooler has sessions. A pooler with more usually hands `a`'s session, the one it got
+/// back last, to the very next holder, unless another client takes it just then: a busy
+/// pooler may need another cycle.
+async fn hold_sessions_until_moved(
+    a: &mut PgConnection,
+    first: i32,
+    marker: i64,
+    holders: &mut [PgConnection],
+) -> Result<Option<Pooling>, String> {
+    let verdict = hold_each(a, first, marker, holders).await;
+    // Best effort: a holder that failed is closed with the others at the end.
+    let rollbacks = holders
+        .iter_mut()
+        .map(|holder| step(sqlx::raw_sql("ROLLBACK").execute(holder)));
+    futures_util::future::join_all(rollbacks).await;
     verdict
 }
 
-/// The holders' part of [`probe_pooling`]. No holder gives its session back before the probe
-/// ends, so each one takes a session out of the pooler's reach: however busy other clients
-/// keep it, `a` either moves, or its session goes to a holder, within as many holders as the
-/// pooler has sessions ([`HOLDERS`] at most; a pooler with more usually hands `a`'s session,
-/// the one it got back last, to the very next holder).
-async fn hold_sessions_until_moved(
-    options: &PgConnectOptions,
+async fn hold_each(
     a: &mut PgConnection,
     first: i32,
-    holders: &mut Vec<PgConnection>,
-) -> Result<Pooling, String> {
-    for _ in 0..HOLDERS {
-        let mut holder = step(PgConnection::connect_with(options)).await?;
+    marker: i64,
+    holders: &mut [PgConnection],
+) -> Result<Option<Pooling>, String> {
+    for holder in holders.iter_mut() {
         // One round trip: the transaction, then the session it holds.
-        let held = step(sqlx::raw_sql("BEGIN; SELECT pg_backend_pid()").fetch_all(&mut holder)).await;
+        let held = step(sqlx::raw_sql("BEGIN; SELECT pg_backend_pid()").fetch_all(&mut *holder)).await;
         // A session pooler with every server session taken queues `holder`: not a transaction pooler.
         let Ok(rows) = held else {
-            return Ok(Pooling::Session);
+            return Ok(Some(Pooling::Session));
         };
-        holders.push(holder);
         let held_pid = rows.first().map(|row| row.try_get::<i32, _>(0));
         let held_first = held_pid.transpose().map_err(|e| e.to_string())? == Some(first);
-        match prepared_backend_pid(a).await {
+        match prepared_backend_pid(a, marker).await {
             Ok(pid) if pid == first && !held_first => {}
             // Run on another session, with the statement it prepared: carried by the pooler.
             Ok(pid) if pid != first => {
-                return Ok(Pooling::Transaction {
+                return Ok(Some(Pooling::Transaction {
                     prepared_statements: true,
-                });
+                }));
             }
             // `a`'s session is held, yet `a` answered from it: impossible for any pooler.
             Ok(_) => return Err("the probe found one server session in two connections".to_owned()),
             // Lost, or waiting while every session is held: a transaction pooler, and one
             // that cannot be trusted with prepared statements.
             Err(_) => {
-                return Ok(Pooling::Transaction {
+                return Ok(Some(Pooling::Transaction {
                     prepared_statements: false,
-                });
+                }));
             }
         }
     }
-    Ok(Pooling::Session)
+    Ok(None)
 }
 
 async fn backend_pid(conn: &mut PgConnection) -> Result<i32, String> {
@@ -163,10 +202,13 @@ enum Prepared {
 
 /// The server session's pid, through a named prepared statement (sqlx prepares it on first use
 /// and binds it by name after). A pooler that loses it fails here, or binds another client's
-/// statement of the same name, which the value check catches.
-async fn prepared_backend_pid(conn: &mut PgConnection) -> Result<i32, Prepared> {
-    let marker = 7_340_033;
-    let query = sqlx::query_as::<_, (i32, i32)>("SELECT pg_backend_pid(), $1::int4").bind(marker);
+/// statement of the same name, which answers another marker.
+async fn prepared_backend_pid(conn: &mut PgConnection, marker: i64) -> Result<i32, Prepared> {
+    // The marker is in the statement's text: a statement of the same name from another client
+    // (sqlx names them `sqlx_s_1`, `sqlx_s_2`… on every connection), even an earlier probe's,
+    // answers another number.
+    let sql = format!("SELECT pg_backend_pid(), {marker}::int8");
+    let query = sqlx::query_as::<_, (i32, i64)>(sqlx::AssertSqlSafe(sql));
     match tokio::time::timeout(STEP, query.fetch_one(&mut *conn)).await {
         Ok(Ok((pid, echoed))) if echoed == marker => Ok(pid),
         Ok(Ok(_)) => Err(Prepared::Lost),
