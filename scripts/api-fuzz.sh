@@ -4,6 +4,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${1:-$ROOT/target/debug/shipshape}
+# Absolute: it also runs from the scratch server's directory.
+BIN=$(realpath -m "$BIN")
 command -v st >/dev/null || python3 -m pip install -q schemathesis
 [ -x "$BIN" ] || { echo "api-fuzz: no binary at $BIN (cargo build first)" >&2; exit 1; }
 # shellcheck source=scripts/lib/scratch-server.sh
@@ -29,7 +31,7 @@ fuzz() {
     start_scratch_server "$BIN" "${settings[@]}" "$@"
     # An admin, made as an operator makes the first one, so the admin routes are fuzzed too.
     local password="correct horse battery staple" token
-    printf '%s\n' "$password" | (cd "$WORK" && env -i PATH="$PATH" DATABASE_URL="sqlite://$WORK/app.db" "$(realpath "$BIN")" \
+    printf '%s\n' "$password" | (cd "$WORK" && env -i PATH="$PATH" DATABASE_URL="sqlite://$WORK/app.db" "$BIN" \
         user create fuzz@example.com --admin) >/dev/null
     token=$(curl -fs -H 'content-type: application/json' \
         -d "{\"email\":\"fuzz@example.com\",\"password\":\"$password\"}" \

@@ -72,6 +72,22 @@ pub struct Started {
 /// Starts a session for `user`, inside the caller's transaction (a signup's insert, a
 /// login), so that a failure leaves neither behind.
 pub async fn start(tx: &mut Tx, user: Uuid) -> Result<Started, ApiError> {
+    // An account disabled since the caller read it gets no session: the row lock (PostgreSQL;
+    // SQLite's one writer runs them in turn) orders this against a disable, whose ending of
+    // sessions would otherwise miss the new one.
+    let lock = match *tx {
+        Tx::Postgres(_) => " FOR SHARE",
+        Tx::Sqlite(..) => "",
+    };
+    let sql = format!("SELECT disabled_at FROM users WHERE id = $1{lock}");
+    let disabled: Option<Option<i64>> = with_tx!(tx, conn => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(user.to_string()).fetch_optional(&mut **conn).await
+    })?;
+    match disabled {
+        Some(None) => {}
+        Some(Some(_)) => return Err(ApiError::AccountDisabled),
+        None => return Err(ApiError::Unauthorized),
+    }
     let session = Uuid::new_v4();
     let refresh = RefreshToken::generate(session)?;
     let now = db::now_micros();
@@ -94,47 +110,60 @@ fn cutoff(ttl: Duration) -> i64 {
     db::now_micros().saturating_sub(i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX))
 }
 
-/// Spends `token` for a new one, and says whose session it is. A token that is not the
-/// session's current one, a session past its time or an account that is disabled: the
-/// session ends and the answer is 401.
-pub async fn refresh(db: &Db, token: &RefreshToken, ttl: Duration) -> Result<(Uuid, RefreshToken), ApiError> {
+/// What a refresh did.
+pub enum Refreshed {
+    /// The user, and the token that replaces the one spent.
+    Renewed(Uuid, RefreshToken),
+    /// Refused; `ended` when that ended a session that was still there.
+    Refused { ended: bool },
+}
+
+/// Spends `token` for a new one. A token that is not the session's current one, a session
+/// past its time or an account that is disabled: refused, and the session (if any) ends.
+pub async fn refresh(db: &Db, token: &RefreshToken, ttl: Duration) -> Result<Refreshed, ApiError> {
     let next = RefreshToken::generate(token.session)?;
     let session = token.session.to_string();
-    let sql = "UPDATE sessions SET refresh_hash = $1, refreshed_at = $2 \
-               WHERE id = $3 AND refresh_hash = $4 AND refreshed_at > $5 \
-               AND user_id IN (SELECT id FROM users WHERE disabled_at IS NULL) \
-               RETURNING user_id";
-    let user: Option<String> = with_db!(db, pool => {
-        sqlx::query_scalar(sql)
+    let renew = "UPDATE sessions SET refresh_hash = $1, refreshed_at = $2 \
+                 WHERE id = $3 AND refresh_hash = $4 AND refreshed_at > $5 \
+                 AND EXISTS (SELECT 1 FROM users u WHERE u.id = sessions.user_id AND u.disabled_at IS NULL) \
+                 RETURNING user_id";
+    let end = "DELETE FROM sessions WHERE id = $1 RETURNING user_id";
+    // In a transaction: on SQLite, writes wait their turn in the writer queue.
+    let mut tx = db.begin().await?;
+    let renewed: Option<String> = with_tx!(&mut tx, conn => {
+        sqlx::query_scalar(renew)
             .bind(next.hash())
             .bind(db::now_micros())
             .bind(&session)
             .bind(token.hash())
             .bind(cutoff(ttl))
-            .fetch_optional(pool)
+            .fetch_optional(&mut **conn)
             .await
     })?;
-    if let Some(user) = user {
+    if let Some(user) = renewed {
+        tx.commit().await?;
         let user = Uuid::parse_str(&user).map_err(|e| ApiError::Internal(e.into()))?;
-        return Ok((user, next));
+        return Ok(Refreshed::Renewed(user, next));
     }
-    let sql = "DELETE FROM sessions WHERE id = $1 RETURNING user_id";
     let ended: Option<String> =
-        with_db!(db, pool => sqlx::query_scalar(sql).bind(&session).fetch_optional(pool).await)?;
-    if let Some(user) = ended {
+        with_tx!(&mut tx, conn => sqlx::query_scalar(end).bind(&session).fetch_optional(&mut **conn).await)?;
+    tx.commit().await?;
+    if let Some(user) = &ended {
         tracing::warn!(
             session_id = %token.session,
             user_id = %user,
             "refresh token refused (spent already, the session expired, or the account is disabled): session ended"
         );
     }
-    Err(ApiError::Unauthorized)
+    Ok(Refreshed::Refused { ended: ended.is_some() })
 }
 
 /// Ends one session (a logout).
 pub async fn end(db: &Db, session: Uuid) -> Result<(), ApiError> {
     let sql = "DELETE FROM sessions WHERE id = $1";
-    with_db!(db, pool => sqlx::query(sql).bind(session.to_string()).execute(pool).await.map(drop))?;
+    let mut tx = db.begin().await?;
+    with_tx!(&mut tx, conn => sqlx::query(sql).bind(session.to_string()).execute(&mut **conn).await.map(drop))?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -157,7 +186,12 @@ pub async fn end_all(tx: &mut Tx, user: Uuid, keep: Option<Uuid>) -> Result<u64,
 /// Deletes the sessions unused for `ttl` (run on a timer by `serve`); says how many.
 pub async fn delete_expired(db: &Db, ttl: Duration) -> Result<u64, sqlx::Error> {
     let sql = "DELETE FROM sessions WHERE refreshed_at <= $1";
-    with_db!(db, pool => sqlx::query(sql).bind(cutoff(ttl)).execute(pool).await.map(|done| done.rows_affected()))
+    let mut tx = db.begin().await?;
+    let deleted = with_tx!(&mut tx, conn => {
+        sqlx::query(sql).bind(cutoff(ttl)).execute(&mut **conn).await.map(|done| done.rows_affected())
+    })?;
+    tx.commit().await?;
+    Ok(deleted)
 }
 
 /// The role of `user` while its `session` runs and the account is enabled; `None` otherwise.

@@ -117,6 +117,11 @@ async fn create(config: &Config, db: &Db, email: &str, admin: bool) -> Result<()
 
 async fn change(db: &Db, email: &str, standing: Standing) -> Result<(), Failure> {
     let email = email.trim().to_lowercase();
+    if crate::input::has_control_chars(&email, false) {
+        return Err(Failure::Usage(
+            "the email has control characters: no such account can exist".to_owned(),
+        ));
+    }
     let unknown = || Failure::Refused(format!("no account with the email {email}"));
     let id = users::find_by_email(db, &email).await?.ok_or_else(unknown)?.id()?;
     let user = sessions::change_standing(db, id, standing).await?.ok_or_else(unknown)?;

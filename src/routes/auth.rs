@@ -14,7 +14,7 @@ use crate::config::RateSetting;
 use crate::error::{ApiError, ErrorBody, JsonBodyErrors};
 use crate::extract::ApiJson;
 use crate::rate_limit::Limit;
-use crate::sessions::{self, RefreshToken};
+use crate::sessions::{self, RefreshToken, Refreshed};
 use crate::state::AppState;
 use crate::users::{self, Login, NewAccount, PasswordChange, RefreshRequest, Role, User};
 
@@ -136,10 +136,16 @@ pub async fn refresh(
     ApiJson(request): ApiJson<RefreshRequest>,
 ) -> Result<Json<Token>, ApiError> {
     let token = RefreshToken::parse(&request.refresh_token).ok_or(ApiError::Unauthorized)?;
-    let refreshed = sessions::refresh(state.database()?, &token, state.auth.refresh_ttl).await;
-    // Whatever the answer, what this instance remembered of the session may be stale now.
-    let (user, next) = refreshed.inspect_err(|_| state.auth.sessions.forget_session(token.session))?;
-    Ok(Json(token_for(&state, user, token.session, &next)?))
+    match sessions::refresh(state.database()?, &token, state.auth.refresh_ttl).await? {
+        Refreshed::Renewed(user, next) => Ok(Json(token_for(&state, user, token.session, &next)?)),
+        Refreshed::Refused { ended } => {
+            // Its access tokens are refused here from now on, not after the session memory's time.
+            if ended {
+                state.auth.sessions.forget_session(token.session);
+            }
+            Err(ApiError::Unauthorized)
+        }
+    }
 }
 
 /// Ends the caller's session: its access and refresh tokens are refused from now on.

@@ -15,6 +15,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::invoices::events::{EventHub, Subscription};
+use crate::sessions;
 use crate::state::AppState;
 use crate::users;
 
@@ -41,7 +42,8 @@ pub async fn invoice_events(
     let subscription = events.subscribe(user.id).ok_or(ApiError::ServiceUnavailable)?;
     let stream = futures_util::stream::unfold((subscription, 0u64, false), next_event)
         // At shutdown every stream ends at once, so the drain never waits on one.
-        .take_until(state.lifecycle.draining());
+        .take_until(state.lifecycle.draining())
+        .take_until(session_ended(state.clone(), user));
     let mut response = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response();
@@ -53,6 +55,23 @@ pub async fn invoice_events(
         HeaderValue::from_static("no"),
     );
     Ok(response)
+}
+
+/// How often an open stream checks that its session still runs: a logout, a password change
+/// or a disabled account ends it as soon as it would refuse a new request (docs/accounts.md).
+const SESSION_RECHECK: Duration = Duration::from_secs(4);
+
+/// Completes once the caller's session has ended.
+async fn session_ended(state: AppState, user: AuthUser) {
+    loop {
+        tokio::time::sleep(SESSION_RECHECK).await;
+        // A database that cannot answer now ends nothing: the next check decides.
+        if let Ok(db) = state.database()
+            && let Ok(None) = sessions::read(db, user.session, user.id, state.auth.refresh_ttl).await
+        {
+            return;
+        }
+    }
 }
 
 type StreamState = (Subscription, u64, bool);

@@ -207,3 +207,27 @@ async fn streams_survive_redis_stopping_and_resume_sharing_when_it_returns() {
     a.stop().await;
     b.stop().await;
 }
+
+// An open stream outlived its session: a logout now ends it within 5 s, as a new request
+// would be refused.
+#[tokio::test]
+async fn a_logout_ends_the_sessions_open_stream_within_5_s() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = app.signup("stream-logout@example.com").await;
+    let mut stream = app.get("/api/v1/invoices/events", Some(&token)).await;
+    assert_eq!(stream.status(), 200);
+    let out = app.post_json("/api/v1/auth/logout", &json!({}), Some(&token)).await;
+    assert_eq!(out.status(), 204);
+    let ended = Instant::now();
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(6), stream.chunk())
+            .await
+            .expect("the stream ends within 6 s");
+        match chunk {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    assert!(ended.elapsed() < Duration::from_secs(5), "ended after {:?}", ended.elapsed());
+    app.stop().await;
+}
