@@ -228,6 +228,10 @@ async fn a_logout_ends_the_sessions_open_stream_within_5_s() {
             Ok(None) | Err(_) => break,
         }
     }
-    assert!(ended.elapsed() < Duration::from_secs(5), "ended after {:?}", ended.elapsed());
+    assert!(
+        ended.elapsed() < Duration::from_secs(5),
+        "ended after {:?}",
+        ended.elapsed()
+    );
     app.stop().await;
 }
