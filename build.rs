@@ -3,7 +3,8 @@
 // The tests that need PostgreSQL or Redis are compiled as ignored unless TEST_DATABASE_URL /
 // TEST_REDIS_URL names a server, so a plain `cargo test` reports them as skipped rather than
 // counting them as passed (docs/testing.md). Setting or clearing either rebuilds. The same
-// goes for the tests that run nginx or systemd-analyze: ignored unless it is on PATH when the
+// goes for the tests that run nginx, systemd-analyze or aiosmtpd (the SMTP server of the email
+// tests): ignored unless it is on PATH when the
 // tests are built (a change of PATH rebuilds; after installing one, `touch build.rs`).
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
@@ -15,7 +16,11 @@ fn main() {
         }
     }
     println!("cargo:rerun-if-env-changed=PATH");
-    for (program, cfg) in [("nginx", "test_nginx"), ("systemd-analyze", "test_systemd")] {
+    for (program, cfg) in [
+        ("nginx", "test_nginx"),
+        ("systemd-analyze", "test_systemd"),
+        ("aiosmtpd", "test_smtp"),
+    ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         if on_path(program) {
             println!("cargo:rustc-cfg={cfg}");

@@ -1,6 +1,8 @@
 //! App assembly: the one function that builds the router with its whole middleware stack,
 //! outermost layer first.
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
@@ -17,11 +19,12 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::RateSetting;
+use crate::jobs::{self, Registry};
 use crate::observe::Observe;
 use crate::rate_limit::Limit;
 use crate::state::AppState;
 use crate::static_files::{self, HtmlErrorPages};
-use crate::{error, rate_limit, routes, security, telemetry};
+use crate::{error, password_reset, rate_limit, routes, security, sessions, telemetry};
 
 /// The application: every route inside the whole middleware stack.
 pub fn router(state: AppState) -> Router {
@@ -130,6 +133,28 @@ pub fn rate_limits() -> Vec<RateSetting> {
         // example-domain:end
     ];
     limits.concat().iter().map(|limit| limit.setting).collect()
+}
+
+/// How often the expired sessions and password-reset tokens are deleted. They are refused
+/// from the moment they expire whatever this says: the sweep only keeps the tables small.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// Every job the workers run, and the recurring ones (docs/jobs.md). Add a job's handler here.
+pub fn jobs(context: jobs::Context) -> Registry {
+    Registry::new(context)
+        .on(|context, job: password_reset::SendLink| async move { password_reset::send_link(&context, job).await })
+        .on(|context, _: sessions::SweepExpired| async move {
+            let deleted = sessions::delete_expired(&context.db, context.config.refresh_token_ttl).await?;
+            tracing::info!(deleted, "expired sessions deleted");
+            Ok(())
+        })
+        .on(|context, _: password_reset::SweepExpired| async move {
+            let deleted = password_reset::delete_expired(&context.db).await?;
+            tracing::info!(deleted, "expired password-reset tokens deleted");
+            Ok(())
+        })
+        .every(SWEEP_EVERY, sessions::SweepExpired)
+        .every(SWEEP_EVERY, password_reset::SweepExpired)
 }
 
 /// Drops `identity;q=0` and `*;q=0` from `Accept-Encoding`. Faced with them, the compression

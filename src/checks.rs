@@ -10,6 +10,7 @@ use crate::config::postgres::{connect_options, requires_tls};
 use crate::config::{ClientIpSource, Config, DatabaseConfig, Secret, is_private_host};
 use crate::db::postgres::{self, Pooling};
 use crate::db::{self, Db};
+use crate::email::Mailer;
 use crate::redis_store;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -109,7 +110,7 @@ pub fn secret_key_problem(key: &str) -> Option<&'static str> {
     }
 }
 
-/// The checks that need no network: every finding but E004 and W011.
+/// The checks that need no network: every finding but those of [`check_connections`].
 pub fn check_config(config: &Config) -> Vec<Finding> {
     RULES
         .iter()
@@ -289,6 +290,36 @@ const RULES: &[Rule] = &[
             )
         },
     },
+    Rule {
+        code: "E008",
+        fix: "set EMAIL_FROM (e.g. `Acme <no-reply@acme.com>`) and PUBLIC_URL=https://your-frontend beside EMAIL_URL",
+        problems: |c| {
+            let email = &c.email;
+            let Some(_) = email.url else { return Vec::new() };
+            let mut problems = when(email.from.is_none(), "EMAIL_URL is set without EMAIL_FROM");
+            if !email
+                .public_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("https://"))
+            {
+                problems.push(
+                    "EMAIL_URL is set without an https:// PUBLIC_URL: links in emails would not work or not be private"
+                        .to_owned(),
+                );
+            }
+            problems
+        },
+    },
+    Rule {
+        code: "W017",
+        fix: "set EMAIL_URL to your mail provider's SMTP URL (smtps://USER:PASS@HOST or smtp://... with STARTTLS)",
+        problems: |c| {
+            when(
+                c.email.url.is_none(),
+                "EMAIL_URL is not set: emails (password-reset links) are dropped",
+            )
+        },
+    },
 ];
 
 /// The host of a `postgres://` URL that is public and reached without `sslmode=require` or
@@ -315,6 +346,21 @@ pub async fn check_connections(config: &Config) -> Vec<Finding> {
             format!("Redis is unreachable: {reason}"),
             "check REDIS_URL (and REDIS_CA_CERT for a private CA); until Redis answers, rate limits fall back to per instance",
         ));
+    }
+    if config.email.url.is_some() {
+        let probe = async {
+            let mailer = Mailer::from_config(config).map_err(|e| format!("{e:#}"))?;
+            tokio::time::timeout(CONNECT_LIMIT * 3, mailer.probe())
+                .await
+                .map_err(|_| "no answer in time".to_owned())?
+        };
+        if let Err(reason) = probe.await {
+            findings.push(warning(
+                "W020",
+                format!("the mail server is unreachable: {reason}"),
+                "check EMAIL_URL's host, port and credentials; until it answers, emails wait in the job queue",
+            ));
+        }
     }
     findings
 }

@@ -1,7 +1,8 @@
 //! The command line: `serve` (default), `migrate`, `check --deploy`, `healthcheck`,
-//! `compress-static`, `user` (in `cli/user.rs`). Parses the configuration once and hands it to
+//! `compress-static`, `worker`, `jobs` (in `cli/jobs.rs`), `user` (in `cli/user.rs`). Parses the configuration once and hands it to
 //! the command.
 
+mod jobs;
 mod user;
 
 use std::io::Write;
@@ -77,6 +78,13 @@ pub enum Command {
     CompressStatic {
         /// Folder to compress
         dir: Option<std::path::PathBuf>,
+    },
+    /// Run the job workers and the scheduler without the public HTTP server
+    Worker,
+    /// See the job queue, and put failed jobs back in it
+    Jobs {
+        #[command(subcommand)]
+        action: jobs::JobsAction,
     },
     /// Create an account (the first admin), change its role, disable or enable it
     User {
@@ -162,6 +170,8 @@ pub fn run() -> ExitCode {
                 let dir = dir.unwrap_or_else(|| config.static_dir.clone());
                 crate::static_files::compress_dir_command(&dir)
             }
+            Command::Worker => worker(config).await,
+            Command::Jobs { action } => jobs::run(config, action).await,
             Command::User { action } => user::run(config, action).await,
         }
     });
@@ -189,28 +199,11 @@ fn arguments() -> Vec<std::ffi::OsString> {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    let _log_guard = match telemetry::init(&config) {
-        Ok(guard) => guard,
-        Err(error) => {
-            eprintln!("cannot start the log writer thread: {error}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+    // Dropped last, after the drain: flushing logs and pending events is the final step of shutdown.
+    let _guards = match start_service(&config) {
+        Ok(guards) => guards,
+        Err(code) => return code,
     };
-    // Dropped last, after the drain: flushing pending events is the final step of shutdown.
-    let _sentry_guard = telemetry::sentry::init(&config);
-    if config.app_env == AppEnv::Production {
-        let report = Report::new(checks::check_config(&config));
-        if report.errors > 0 {
-            for finding in report.findings.iter().filter(|f| f.severity == Severity::Error) {
-                eprintln!("{finding}");
-            }
-            eprintln!("refusing to start in production: fix the errors above (see `shipshape check --deploy`)");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-        for finding in &report.findings {
-            tracing::warn!(id = finding.id, fix = finding.fix, "{}", finding.message);
-        }
-    }
     if config.secret_key_generated {
         tracing::warn!("SECRET_KEY is not set: using a random key for this process; tokens end with it");
     }
@@ -227,6 +220,49 @@ async fn serve(config: Config) -> ExitCode {
 
     app.run_until(shutdown).await;
     ExitCode::SUCCESS
+}
+
+/// `shipshape worker`: the job workers without the public server, drained like `serve`.
+async fn worker(config: Config) -> ExitCode {
+    let _guards = match start_service(&config) {
+        Ok(guards) => guards,
+        Err(code) => return code,
+    };
+    tracing::info!(config = ?config, "configuration");
+    match server::work(config, server::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// What keeps the logs and Sentry running until exit.
+type TelemetryGuards = (telemetry::writer::LogGuard, Option<sentry::ClientInitGuard>);
+
+/// Starts logs and Sentry for `serve` and `worker`. In production the checks of
+/// `check --deploy` run first: errors stop the process (exit 2, one line each), warnings are logged.
+fn start_service(config: &Config) -> Result<TelemetryGuards, ExitCode> {
+    let log_guard = telemetry::init(config).map_err(|error| {
+        eprintln!("cannot start the log writer thread: {error}");
+        ExitCode::from(EXIT_FAILURE)
+    })?;
+    let sentry_guard = telemetry::sentry::init(config);
+    if config.app_env == AppEnv::Production {
+        let report = Report::new(checks::check_config(config));
+        if report.errors > 0 {
+            for finding in report.findings.iter().filter(|f| f.severity == Severity::Error) {
+                eprintln!("{finding}");
+            }
+            eprintln!("refusing to start in production: fix the errors above (see `shipshape check --deploy`)");
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+        for finding in &report.findings {
+            tracing::warn!(id = finding.id, fix = finding.fix, "{}", finding.message);
+        }
+    }
+    Ok((log_guard, sentry_guard))
 }
 
 /// The database `migrate` and its subcommands use: the platform's direct URL when given, as

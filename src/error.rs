@@ -33,6 +33,8 @@ pub enum ApiError {
     InvalidHost,
     #[error("the cursor is not valid")]
     InvalidCursor,
+    #[error("this password-reset link is unknown, used or expired: ask for a new one")]
+    InvalidToken,
     #[error("a valid bearer token is required")]
     Unauthorized,
     #[error("the email or password is wrong")]
@@ -144,6 +146,7 @@ impl ApiError {
             InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             InvalidHost => (StatusCode::BAD_REQUEST, "invalid_host"),
             InvalidCursor => (StatusCode::BAD_REQUEST, "invalid_cursor"),
+            InvalidToken => (StatusCode::BAD_REQUEST, "invalid_token"),
             Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             Forbidden => (StatusCode::FORBIDDEN, "forbidden"),

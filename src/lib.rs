@@ -6,16 +6,19 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod email;
 pub mod error;
 pub mod extract;
 pub mod input;
 // example-domain:begin
 pub mod invoices;
 // example-domain:end
+pub mod jobs;
 pub mod lifecycle;
 pub mod middleware;
 pub mod observe;
 pub mod pagination;
+pub mod password_reset;
 pub mod rate_limit;
 pub mod redis_store;
 pub mod routes;
@@ -25,6 +28,7 @@ pub mod sessions;
 pub mod state;
 pub mod static_files;
 pub mod telemetry;
+pub mod tokens;
 pub mod users;
 
 /// Installs rustls' ring crypto provider for the whole process. Must run before any TLS

@@ -27,9 +27,11 @@ use tower::ServiceExt;
 use crate::checks::{self, DatabaseCheck, Verdict};
 use crate::config::Config;
 use crate::db::{Db, Schema};
+use crate::email::Mailer;
+use crate::jobs::{self, Workers};
 use crate::state::AppState;
 use crate::telemetry;
-use crate::{app, routes, sessions};
+use crate::{app, routes};
 
 /// How often the database is diagnosed again while the pooler is known to lose prepared
 /// statements, and while no verdict could be reached (the database unreachable).
@@ -120,27 +122,21 @@ async fn spawn_schema_watch(state: AppState) {
     });
 }
 
-/// How often `serve` deletes sessions unused for `REFRESH_TOKEN_TTL_SECS`. They are refused
-/// from the moment they expire whatever this says: the sweep only keeps the table small.
-const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(600);
-
-/// Deletes expired sessions on a timer (docs/accounts.md).
-fn spawn_session_sweep(state: AppState) {
-    tokio::spawn(async move {
-        let mut timer = tokio::time::interval(SESSION_SWEEP_EVERY);
-        while !state.lifecycle.is_draining() {
-            timer.tick().await;
-            // Not through a pooler that would mix up prepared statements (see `PoolerGate`).
-            let Ok(db) = state.database() else { continue };
-            match sessions::delete_expired(db, state.auth.refresh_ttl).await {
-                Ok(0) => {}
-                Ok(deleted) => tracing::info!(deleted, "expired sessions deleted"),
-                Err(error) => {
-                    tracing::warn!(error = %crate::db::faults::describe(&error), "expired sessions not deleted")
-                }
-            }
-        }
-    });
+/// The job workers of this process (`WORKER_CONCURRENCY`, docs/jobs.md), on the request
+/// pool and behind the same pooler gate.
+fn start_workers(state: &AppState, count: usize) -> anyhow::Result<Workers> {
+    let context = jobs::Context {
+        db: state.db.clone(),
+        mailer: Mailer::from_config(&state.config).context("could not set up email (EMAIL_URL)")?,
+        config: state.config.clone(),
+    };
+    Ok(Workers::start(
+        state.db.clone(),
+        state.pooler_gate.clone(),
+        app::jobs(context),
+        &state.config.jobs,
+        count,
+    ))
 }
 
 /// A bound, ready-to-run server (zero2prod style: binding first lets tests use port 0).
@@ -150,6 +146,8 @@ pub struct Application {
     state: AppState,
     /// The Prometheus listener and its router, when `METRICS_PORT` is set.
     metrics: Option<(TcpListener, Router)>,
+    /// The job workers, unless `WORKER_CONCURRENCY=0`.
+    workers: Option<Workers>,
 }
 
 impl Application {
@@ -171,7 +169,10 @@ impl Application {
         let state = AppState::new(config.clone(), db, readiness_db)?;
         watch_database(state.clone()).await;
         spawn_schema_watch(state.clone()).await;
-        spawn_session_sweep(state.clone());
+        let workers = match config.jobs.concurrency {
+            0 => None,
+            count => Some(start_workers(&state, count)?),
+        };
         let router = app::router(state.clone());
         let listener = TcpListener::bind((config.host, config.port))
             .await
@@ -190,6 +191,7 @@ impl Application {
             router,
             state,
             metrics,
+            workers,
         })
     }
 
@@ -217,23 +219,60 @@ impl Application {
 
     /// Serves until `shutdown` completes, then drains.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
-        if let Some((listener, router)) = self.metrics {
-            let draining = self.state.lifecycle.draining();
-            tokio::spawn(async move {
-                let served = axum::serve(listener, router).with_graceful_shutdown(draining).await;
-                if let Err(error) = served {
-                    tracing::error!(%error, "metrics listener failed");
-                }
-            });
+        if let Some(metrics) = self.metrics {
+            spawn_metrics_listener(metrics, &self.state);
         }
-        serve(self.listener, self.router, self.state, shutdown).await;
+        serve(self.listener, self.router, self.state, self.workers, shutdown).await;
     }
+}
+
+fn spawn_metrics_listener((listener, router): (TcpListener, Router), state: &AppState) {
+    let draining = state.lifecycle.draining();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router).with_graceful_shutdown(draining).await;
+        if let Err(error) = served {
+            tracing::error!(%error, "metrics listener failed");
+        }
+    });
+}
+
+/// `shipshape worker`: job workers and the scheduler without the public server (the metrics
+/// listener runs when `METRICS_PORT` is set), until `shutdown`; then they drain as in `serve`.
+pub async fn work(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let db = Db::connect_lazy(&config.database).context("could not set up the database pool")?;
+    let metrics_handle = config.metrics_port.map(|_| telemetry::metrics::install()).transpose()?;
+    let state = AppState::new(config.clone(), db, None)?;
+    watch_database(state.clone()).await;
+    if let (Some(port), Some(handle)) = (config.metrics_port, metrics_handle) {
+        let listener = TcpListener::bind((config.host, port))
+            .await
+            .with_context(|| format!("could not listen on {}:{port} (METRICS_PORT)", config.host))?;
+        spawn_metrics_listener((listener, routes::metrics::router(state.clone(), handle)), &state);
+    }
+    let workers = start_workers(&state, config.jobs.concurrency.max(1))?;
+    shutdown.await;
+    state.lifecycle.start_draining();
+    tracing::info!(
+        timeout_secs = config.shutdown_timeout.as_secs(),
+        "shutting down: draining running jobs"
+    );
+    workers.drain(Instant::now() + config.shutdown_timeout).await;
+    close_pool(&state).await;
+    tracing::info!("shutdown complete");
+    Ok(())
 }
 
 /// Accepts connections until `shutdown`, then: `/readyz` turns 503, the listener closes, idle
 /// and half-open connections close at once, in-flight requests finish (for at most
 /// `SHUTDOWN_TIMEOUT_SECS`), and the pool closes.
-pub async fn serve(listener: TcpListener, router: Router, state: AppState, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    workers: Option<Workers>,
+    shutdown: impl Future<Output = ()>,
+) {
     let builder = connection_builder();
     // Every connection task holds a sender; the drain is over when the last one is dropped.
     let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
@@ -264,20 +303,28 @@ pub async fn serve(listener: TcpListener, router: Router, state: AppState, shutd
     let config = &state.config;
     tracing::info!(
         timeout_secs = config.shutdown_timeout.as_secs(),
-        "shutting down: draining in-flight requests"
+        "shutting down: draining in-flight requests and running jobs"
     );
-    if tokio::time::timeout(config.shutdown_timeout, all_closed.recv())
-        .await
-        .is_err()
-    {
+    // Requests and jobs drain side by side, within the same limit.
+    let jobs = async {
+        if let Some(workers) = workers {
+            workers.drain(Instant::now() + config.shutdown_timeout).await;
+        }
+    };
+    let (requests, ()) = tokio::join!(tokio::time::timeout(config.shutdown_timeout, all_closed.recv()), jobs);
+    if requests.is_err() {
         tracing::warn!("drain did not finish within SHUTDOWN_TIMEOUT_SECS; dropping the remaining connections");
     }
-    // Closing the pool waits for every connection to come back, and a query waiting on a lock
-    // may hold one for DATABASE_STATEMENT_TIMEOUT_SECS: platforms SIGKILL long before that.
+    close_pool(&state).await;
+    tracing::info!("shutdown complete");
+}
+
+/// Closing the pool waits for every connection to come back, and a query waiting on a lock
+/// may hold one for DATABASE_STATEMENT_TIMEOUT_SECS: platforms SIGKILL long before that.
+async fn close_pool(state: &AppState) {
     if tokio::time::timeout(POOL_CLOSE_LIMIT, state.db.close()).await.is_err() {
         tracing::warn!("database connections still busy at exit; their queries are abandoned");
     }
-    tracing::info!("shutdown complete");
 }
 
 /// hyper's settings for every connection, HTTP/1 or HTTP/2.

@@ -10,15 +10,12 @@
 
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::db::{self, Db, Tx};
 use crate::error::ApiError;
 use crate::users::{self, Role, Standing, UserRow};
-use crate::{with_db, with_tx};
+use crate::{tokens, with_db, with_tx};
 
 /// A refresh token as the client holds it.
 pub struct RefreshToken {
@@ -26,16 +23,11 @@ pub struct RefreshToken {
     secret: String,
 }
 
-/// Random bytes in a refresh token's secret.
-const SECRET_BYTES: usize = 32;
-
 impl RefreshToken {
     fn generate(session: Uuid) -> Result<RefreshToken, ApiError> {
-        let mut bytes = [0u8; SECRET_BYTES];
-        getrandom::fill(&mut bytes).map_err(|e| ApiError::Internal(anyhow::anyhow!("no randomness: {e}")))?;
         Ok(RefreshToken {
             session,
-            secret: URL_SAFE_NO_PAD.encode(bytes),
+            secret: tokens::random()?,
         })
     }
 
@@ -45,8 +37,7 @@ impl RefreshToken {
         let session = Uuid::try_parse(session)
             .ok()
             .filter(|id| id.simple().to_string() == session)?;
-        let decoded = URL_SAFE_NO_PAD.decode(secret).ok()?;
-        (decoded.len() == SECRET_BYTES).then(|| RefreshToken {
+        tokens::is_well_formed(secret).then(|| RefreshToken {
             session,
             secret: secret.to_owned(),
         })
@@ -54,7 +45,7 @@ impl RefreshToken {
 
     /// What the database keeps: the secret's SHA-256, base64url.
     fn hash(&self) -> String {
-        URL_SAFE_NO_PAD.encode(Sha256::digest(self.secret.as_bytes()))
+        tokens::hash(&self.secret)
     }
 
     /// The token to hand to the client.
@@ -183,7 +174,15 @@ pub async fn end_all(tx: &mut Tx, user: Uuid, keep: Option<Uuid>) -> Result<u64,
     Ok(done)
 }
 
-/// Deletes the sessions unused for `ttl` (run on a timer by `serve`); says how many.
+/// The scheduled job that deletes expired sessions (`app::jobs`).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SweepExpired;
+
+impl crate::jobs::Job for SweepExpired {
+    const KIND: &'static str = "sessions.sweep";
+}
+
+/// Deletes the sessions unused for `ttl` (the [`SweepExpired`] job); says how many.
 pub async fn delete_expired(db: &Db, ttl: Duration) -> Result<u64, sqlx::Error> {
     let sql = "DELETE FROM sessions WHERE refreshed_at <= $1";
     let mut tx = db.begin().await?;

@@ -155,6 +155,27 @@ pub struct Settings {
     /// Cache lifetime of static files without a content hash in their name [default: 3600]
     #[arg(long, env = "STATIC_MAX_AGE_SECS", global = true)]
     pub static_max_age_secs: Option<String>,
+    /// Jobs run at once by `serve`; 0: `serve` runs none, and `shipshape worker` does the work [default: 4]
+    #[arg(long, env = "WORKER_CONCURRENCY", global = true)]
+    pub worker_concurrency: Option<String>,
+    /// Attempts before a job is `failed` [default: 10]
+    #[arg(long, env = "JOB_MAX_ATTEMPTS", global = true)]
+    pub job_max_attempts: Option<String>,
+    /// How long a claimed job is its worker's (renewed while it runs), 5-3600 [default: 300]
+    #[arg(long, env = "JOB_LEASE_SECS", global = true)]
+    pub job_lease_secs: Option<String>,
+    /// `smtp://[USER:PASS@]HOST[:PORT]` (STARTTLS unless HOST is loopback) or `smtps://...` [default: unset: development logs each email, production drops it]
+    #[arg(long, env = "EMAIL_URL", global = true, hide_env_values = true)]
+    pub email_url: Option<String>,
+    /// The sender, e.g. `Acme <no-reply@acme.com>`; required with EMAIL_URL [default: shipshape <no-reply@localhost>]
+    #[arg(long, env = "EMAIL_FROM", global = true)]
+    pub email_from: Option<String>,
+    /// Base of the links in emails (your frontend); required with EMAIL_URL [default: http://localhost:8080]
+    #[arg(long, env = "PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+    /// How long a password-reset link works [default: 3600]
+    #[arg(long, env = "PASSWORD_RESET_TTL_SECS", global = true)]
+    pub password_reset_ttl_secs: Option<String>,
     // example-domain:begin
     /// HMAC key of the payment webhook; the route answers 404 while unset [default: unset]
     #[arg(long, env = "WEBHOOK_SECRET", global = true, hide_env_values = true)]
@@ -380,6 +401,74 @@ pub struct Hsts {
     pub preload: bool,
 }
 
+/// The job workers (docs/jobs.md).
+#[derive(Clone, Debug)]
+pub struct JobSettings {
+    /// Workers `serve` runs (`shipshape worker` runs at least one).
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub lease: Duration,
+}
+
+/// Where email goes (docs/jobs.md). `from` and `public_url` are `None` when unset: with
+/// `EMAIL_URL` set that is an error of `check --deploy` (E008), otherwise their defaults apply.
+#[derive(Clone, Debug)]
+pub struct EmailConfig {
+    pub url: Option<SecretUrl>,
+    pub from: Option<String>,
+    pub public_url: Option<String>,
+}
+
+impl EmailConfig {
+    pub const DEFAULT_FROM: &str = "shipshape <no-reply@localhost>";
+    pub const DEFAULT_PUBLIC_URL: &str = "http://localhost:8080";
+
+    pub fn from_address(&self) -> &str {
+        self.from.as_deref().unwrap_or(Self::DEFAULT_FROM)
+    }
+
+    /// The base of links, without a trailing slash.
+    pub fn public_url(&self) -> &str {
+        self.public_url
+            .as_deref()
+            .unwrap_or(Self::DEFAULT_PUBLIC_URL)
+            .trim_end_matches('/')
+    }
+
+    fn read(s: &Settings) -> Result<EmailConfig, ConfigError> {
+        let url = secret_url("EMAIL_URL", raw(&s.email_url), &["smtp", "smtps"])?;
+        if let Some(url) = &url
+            && url::Url::parse(url.expose())
+                .ok()
+                .and_then(|u| u.host_str().map(str::is_empty))
+                != Some(false)
+        {
+            return Err(ConfigError::new("EMAIL_URL", None, "expected a mail server host name"));
+        }
+        let from = raw(&s.email_from).map(str::to_owned);
+        if let Some(from) = &from
+            && from.parse::<lettre::message::Mailbox>().is_err()
+        {
+            return Err(ConfigError::new(
+                "EMAIL_FROM",
+                Some(from),
+                "expected an address like `Name <no-reply@example.com>`",
+            ));
+        }
+        let public_url = raw(&s.public_url).map(str::to_owned);
+        if let Some(public) = &public_url
+            && !url::Url::parse(public).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+        {
+            return Err(ConfigError::new(
+                "PUBLIC_URL",
+                Some(public),
+                "expected an http:// or https:// URL",
+            ));
+        }
+        Ok(EmailConfig { url, from, public_url })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct SentryConfig {
     pub dsn: Option<SecretUrl>,
@@ -427,6 +516,9 @@ pub struct Config {
     pub api_docs: bool,
     pub static_dir: PathBuf,
     pub static_max_age_secs: u64,
+    pub jobs: JobSettings,
+    pub email: EmailConfig,
+    pub password_reset_ttl: Duration,
     // example-domain:begin
     pub webhook_secret: Option<Secret>,
     pub max_sse_streams: usize,
@@ -900,6 +992,24 @@ impl Config {
                 ONE_HOUR,
                 0..=ONE_YEAR,
                 "a whole number of seconds",
+            )?,
+            jobs: JobSettings {
+                concurrency: parse_num(
+                    "WORKER_CONCURRENCY",
+                    &s.worker_concurrency,
+                    4,
+                    0..=256,
+                    "a whole number",
+                )?,
+                max_attempts: parse_num("JOB_MAX_ATTEMPTS", &s.job_max_attempts, 10, 1..=100, "a whole number")?,
+                lease: parse_secs("JOB_LEASE_SECS", &s.job_lease_secs, 300, 5..=ONE_HOUR)?,
+            },
+            email: EmailConfig::read(s)?,
+            password_reset_ttl: parse_secs(
+                "PASSWORD_RESET_TTL_SECS",
+                &s.password_reset_ttl_secs,
+                ONE_HOUR,
+                60..=7 * ONE_DAY,
             )?,
             // example-domain:begin
             webhook_secret: raw(&s.webhook_secret).map(Secret::new),

@@ -13,6 +13,7 @@ use crate::auth::AuthUser;
 use crate::config::RateSetting;
 use crate::error::{ApiError, ErrorBody, JsonBodyErrors};
 use crate::extract::ApiJson;
+use crate::password_reset::{self, ResetConfirm, ResetRequest};
 use crate::rate_limit::Limit;
 use crate::sessions::{self, RefreshToken, Refreshed};
 use crate::state::AppState;
@@ -37,8 +38,18 @@ const LOGIN_LIMIT: Limit = Limit::per_ip(
     },
 );
 
+/// Per client IP: each request may send an email.
+const PASSWORD_RESET_LIMIT: Limit = Limit::per_ip(
+    "password_reset",
+    RateSetting {
+        var: "RATE_LIMIT_PASSWORD_RESET",
+        default: "5/h",
+        help: "Password-reset requests per client IP",
+    },
+);
+
 /// The limits above, for `app::rate_limits`.
-pub const LIMITS: &[Limit] = &[SIGNUP_LIMIT, LOGIN_LIMIT];
+pub const LIMITS: &[Limit] = &[SIGNUP_LIMIT, LOGIN_LIMIT, PASSWORD_RESET_LIMIT];
 
 pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -46,6 +57,8 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(LOGIN_LIMIT.on(state, routes!(login)))
         // A password change checks the current password: guessing it costs login attempts.
         .merge(LOGIN_LIMIT.on(state, routes!(change_password)))
+        .merge(PASSWORD_RESET_LIMIT.on(state, routes!(request_password_reset)))
+        .routes(routes!(confirm_password_reset))
         .routes(routes!(refresh))
         .routes(routes!(logout))
         .routes(routes!(me))
@@ -201,6 +214,61 @@ pub async fn change_password(
     tx.commit().await?;
     state.auth.sessions.forget_user(user.id);
     tracing::info!(audit = true, actor = %user.id, action = "password.change", target = %user.id, sessions_ended = ended, "audit");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    /// Always `accepted`.
+    status: &'static str,
+}
+
+/// Emails a password-reset link to the address, if it is an enabled account's. The answer
+/// is the same, in about the same time, whether it is or not.
+#[utoipa::path(post, path = "/api/v1/auth/password-reset", tag = "auth", request_body = ResetRequest, responses(
+    (status = 202, body = Accepted, description = "Accepted, whether or not the email has an account."),
+    (status = 422, body = ErrorBody, description = "`validation_failed`: not an email address"),
+    (status = 429, body = ErrorBody, description = "`rate_limited` (RATE_LIMIT_PASSWORD_RESET)"),
+    JsonBodyErrors,
+))]
+pub async fn request_password_reset(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<ResetRequest>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    password_reset::request(state.database()?, &request.email).await?;
+    Ok((StatusCode::ACCEPTED, Json(Accepted { status: "accepted" })))
+}
+
+/// Sets a new password with the token of a reset link, once; every session of the account ends.
+#[utoipa::path(post, path = "/api/v1/auth/password-reset/confirm", tag = "auth", request_body = ResetConfirm, responses(
+    (status = 204, description = "Changed; every session of the account has ended."),
+    (status = 400, body = ErrorBody, description = "`invalid_token`: unknown, used or expired"),
+    (status = 422, body = ErrorBody, description = "`validation_failed`: the password breaks the signup rules"),
+    JsonBodyErrors,
+))]
+pub async fn confirm_password_reset(
+    State(state): State<AppState>,
+    ApiJson(confirm): ApiJson<ResetConfirm>,
+) -> Result<StatusCode, ApiError> {
+    let db = state.database()?;
+    // Looked up before the (costly) hash, so guessing tokens costs the server nothing.
+    let (user, email) = password_reset::find(db, &confirm.token)
+        .await?
+        .ok_or(ApiError::InvalidToken)?;
+    let password = confirm.password.0;
+    if password.trim().to_lowercase() == email {
+        return Err(ApiError::validation("password", "must not be the email address"));
+    }
+    let password_hash = state.auth.hash_password(password).await?;
+    let mut tx = db.begin().await?;
+    if !password_reset::spend(&mut tx, &confirm.token, user).await? {
+        return Err(ApiError::InvalidToken);
+    }
+    users::set_password(&mut tx, user, &password_hash).await?;
+    let ended = sessions::end_all(&mut tx, user, None).await?;
+    tx.commit().await?;
+    state.auth.sessions.forget_user(user);
+    tracing::info!(audit = true, actor = %user, action = "password.reset", target = %user, sessions_ended = ended, "audit");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -41,6 +41,7 @@ const SETTINGS: &[&str] = &[
     "RATE_LIMIT_GLOBAL",
     "RATE_LIMIT_LOGIN",
     "RATE_LIMIT_SIGNUP",
+    "RATE_LIMIT_PASSWORD_RESET",
     // example-domain:begin
     "RATE_LIMIT_INVOICE_CREATE",
     // example-domain:end
@@ -58,6 +59,13 @@ const SETTINGS: &[&str] = &[
     "SENTRY_TRACES_SAMPLE_RATE",
     "METRICS_PORT",
     "API_DOCS",
+    "WORKER_CONCURRENCY",
+    "JOB_MAX_ATTEMPTS",
+    "JOB_LEASE_SECS",
+    "EMAIL_URL",
+    "EMAIL_FROM",
+    "PUBLIC_URL",
+    "PASSWORD_RESET_TTL_SECS",
     "STATIC_DIR",
     "STATIC_MAX_AGE_SECS",
     // example-domain:begin
@@ -359,6 +367,10 @@ const CLEAN: &[(&str, &str)] = &[
     ("WEBHOOK_SECRET", "whsec_0123456789abcdef0123456789abcdef"),
     // example-domain:end
     ("CLIENT_IP_SOURCE", "fly"),
+    // Nothing listens there: only `--connect` finds out (W020).
+    ("EMAIL_URL", "smtps://mailer:pw@127.0.0.1:1"),
+    ("EMAIL_FROM", "Acme <no-reply@example.com>"),
+    ("PUBLIC_URL", "https://app.example.com"),
 ];
 
 /// `check --deploy --format json` with CLEAN, `changes` applied (an empty value unsets).
@@ -431,6 +443,10 @@ fn check_deploy_reports_every_finding_and_clears_it() {
         // example-domain:end
         ("CLIENT_IP_SOURCE", "connect", "W009", false),
         ("RUN_MIGRATIONS_ON_START", "true", "W010", false),
+        ("EMAIL_FROM", "", "E008", true),
+        ("PUBLIC_URL", "", "E008", true),
+        ("PUBLIC_URL", "http://app.example.com", "E008", true),
+        ("EMAIL_URL", "", "W017", false),
     ] {
         let (code, report) = check_deploy(&[(var, value)], &[]);
         assert_eq!(ids(&report), [id], "{var}={value:?}: {report}");
@@ -449,7 +465,7 @@ fn check_deploy_connect_reports_unreachable_database_and_redis() {
         ("REDIS_URL", "redis://127.0.0.1:1"),
     ];
     let (code, report) = check_deploy(&changes, &["--connect"]);
-    assert_eq!(ids(&report), ["E004", "W011"], "{report}");
+    assert_eq!(ids(&report), ["E004", "W011", "W020"], "{report}");
     assert_eq!(code, Some(1));
     let (_, without_connect) = check_deploy(&changes, &[]);
     assert_eq!(

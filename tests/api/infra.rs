@@ -1,8 +1,9 @@
 //! Real managed-database parts for the tests, each started by the test that needs it and
 //! stopped on drop: PgBouncer in front of the shared PostgreSQL, a PostgreSQL instance that
-//! accepts TLS only, a redis-server that speaks TLS only, and a throwaway CA for them.
-//! They need `pgbouncer`, PostgreSQL's server binaries, `redis-server` and `openssl`
-//! (`.ci/run` installs them); a missing one fails the test with what to install.
+//! accepts TLS only, a redis-server that speaks TLS only, a throwaway CA for them, and a real
+//! SMTP server (aiosmtpd). They need `pgbouncer`, PostgreSQL's server binaries, `redis-server`,
+//! `openssl` and `aiosmtpd` (`.ci/run` installs them); a missing one fails the test with what
+//! to install.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -397,5 +398,106 @@ impl TlsRedis {
 
     pub fn url(&self) -> String {
         format!("rediss://localhost:{}", self.port)
+    }
+}
+
+/// How a TLS [`Smtp`] server takes connections.
+#[derive(Clone, Copy)]
+pub enum SmtpSecurity {
+    /// STARTTLS offered and required before a message.
+    StartTls,
+    /// TLS from the first byte (`smtps://`).
+    Implicit,
+}
+
+/// A real SMTP server (aiosmtpd, the Python reference server) on 127.0.0.1 that keeps every
+/// message it takes in a maildir; it can start late, on a port chosen before.
+pub struct Smtp {
+    process: Option<Process>,
+    maildir: tempfile::TempDir,
+    /// The certificate and key for TLS, issued for `localhost`.
+    tls: Option<(SmtpSecurity, PathBuf, PathBuf)>,
+    pub port: u16,
+}
+
+impl Smtp {
+    /// A plain server on a free port.
+    pub fn start() -> Smtp {
+        Smtp::on(free_port())
+    }
+
+    /// A plain server on `port`, taking no connection until [`Smtp::resume`] (a mail server
+    /// that is down).
+    pub fn down_on(port: u16) -> Smtp {
+        Smtp {
+            process: None,
+            maildir: tempfile::tempdir().expect("temp dir"),
+            tls: None,
+            port,
+        }
+    }
+
+    pub fn on(port: u16) -> Smtp {
+        let mut smtp = Smtp::down_on(port);
+        smtp.resume();
+        smtp
+    }
+
+    /// A server speaking TLS with a certificate for `localhost` from `ca`.
+    pub fn tls(ca: &Ca, security: SmtpSecurity) -> Smtp {
+        let (cert, key) = ca.issue("smtp", &["DNS:localhost"]);
+        let mut smtp = Smtp::down_on(free_port());
+        smtp.tls = Some((security, cert, key));
+        smtp.resume();
+        smtp
+    }
+
+    /// Starts on its port.
+    pub fn resume(&mut self) {
+        let mut command = Command::new("aiosmtpd");
+        command
+            .args(["-n", "-l"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"]);
+        match &self.tls {
+            Some((SmtpSecurity::StartTls, cert, key)) => {
+                command.arg("--tlscert").arg(cert).arg("--tlskey").arg(key);
+            }
+            Some((SmtpSecurity::Implicit, cert, key)) => {
+                command.arg("--smtpscert").arg(cert).arg("--smtpskey").arg(key);
+            }
+            None => {}
+        }
+        command.arg(self.maildir.path().join("mail"));
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start aiosmtpd (install python3-aiosmtpd): {e}"));
+        self.process = Some(Process(child));
+        wait_for_port(self.port, "aiosmtpd");
+    }
+
+    /// Every message taken so far, as received (headers and body).
+    pub fn messages(&self) -> Vec<String> {
+        let folder = self.maildir.path().join("mail").join("new");
+        let Ok(entries) = std::fs::read_dir(folder) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+            .collect()
+    }
+
+    /// Waits until at least `count` messages have arrived (at most `limit`) and returns all.
+    pub async fn wait_for(&self, count: usize, limit: Duration) -> Vec<String> {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            let messages = self.messages();
+            if messages.len() >= count || std::time::Instant::now() >= until {
+                return messages;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

@@ -15,6 +15,7 @@ mod drills;
 mod events;
 // example-domain:end
 mod hardening;
+mod jobs;
 // example-domain:begin
 mod invoices;
 // example-domain:end
