@@ -55,6 +55,7 @@ class Server:
                 # Every limit on, too high to trigger, so its cost is counted.
                 "RATE_LIMIT_GLOBAL": "100000000/s", "RATE_LIMIT_LOGIN": "100000000/s",
                 "RATE_LIMIT_SIGNUP": "100000000/s", "RATE_LIMIT_INVOICE_CREATE": "100000000/s",
+                "RATE_LIMIT_PASSWORD_RESET": "100000000/s",
             }
             cmd = [binary, "serve"]
         else:
@@ -265,12 +266,14 @@ SIZES_BEGIN = "<!-- bench.py --sizes writes from here... -->"
 SIZES_END = "<!-- ...to here. -->"
 AB_BEGIN = "<!-- bench.py --ab writes from here... -->"
 AB_END = "<!-- ...to here (A/B). -->"
+JOBS_BEGIN = "<!-- bench/jobs.sh writes from here... -->"
+JOBS_END = "<!-- ...to here (jobs). -->"
 
 
-def write_results(path, main=None, sizes=None, ab=None):
-    """Rewrites `path`: the main tables (default mode), the scaling tables (`--sizes`) and the
-    A/B of two binaries (`--ab`) are generated, each mode keeping the others' sections and the
-    hand-written analysis."""
+def write_results(path, main=None, sizes=None, ab=None, jobs=None):
+    """Rewrites `path`: the main tables (default mode), the scaling tables (`--sizes`), the
+    A/B of two binaries (`--ab`) and the jobs figures (`bench/jobs.sh`) are generated, each
+    mode keeping the others' sections and the hand-written analysis."""
     old = ""
     if os.path.exists(path):
         with open(path) as f:
@@ -285,11 +288,14 @@ def write_results(path, main=None, sizes=None, ab=None):
             return text[:text.index(begin)] + text[text.index(end) + len(end):].lstrip("\n"), inner
         return text, ""
 
+    old, old_jobs = cut_section(old, JOBS_BEGIN, JOBS_END)
     old, old_ab = cut_section(old, AB_BEGIN, AB_END)
     old, old_sizes = cut_section(old, SIZES_BEGIN, SIZES_END)
     main = (main if main is not None else old).rstrip("\n")
     text = main + "\n\n"
-    for begin, end, new, kept in ((SIZES_BEGIN, SIZES_END, sizes, old_sizes), (AB_BEGIN, AB_END, ab, old_ab)):
+    sections = ((SIZES_BEGIN, SIZES_END, sizes, old_sizes), (AB_BEGIN, AB_END, ab, old_ab),
+                (JOBS_BEGIN, JOBS_END, jobs, old_jobs))
+    for begin, end, new, kept in sections:
         section = (new if new is not None else kept).strip("\n")
         if section:
             text += begin + "\n\n" + section + "\n\n" + end + "\n\n"

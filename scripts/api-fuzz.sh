@@ -18,7 +18,7 @@ fuzz() {
     echo "api-fuzz: $label"
     # Limits off: the fuzzer sends thousands of requests from one address.
     local settings=(LOG_LEVEL=warn SECRET_KEY=api-fuzz-signing-key-0123456789abcdef0123
-        RATE_LIMIT_GLOBAL=off RATE_LIMIT_LOGIN=off RATE_LIMIT_SIGNUP=off)
+        RATE_LIMIT_GLOBAL=off RATE_LIMIT_LOGIN=off RATE_LIMIT_SIGNUP=off RATE_LIMIT_PASSWORD_RESET=off)
     # A fixed seed makes a CI failure reproducible; change it to explore further.
     local st_args=(--checks all --max-examples "${FUZZ_EXAMPLES:-100}" --seed "${FUZZ_SEED:-20261122}" --no-color)
     # example-domain:begin

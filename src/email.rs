@@ -12,9 +12,11 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::{AppEnv, Config};
 
-/// Bound on each step of an SMTP conversation (connect, each command and reply): a mail server
-/// that hangs fails the attempt, which is retried, instead of holding a worker for ever.
-const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds on connecting to the mail server and on the whole conversation that sends one
+/// message: a server that hangs fails the attempt, which is retried, instead of holding a
+/// worker for ever (lettre bounds the connect only).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const SEND_TIMEOUT: Duration = Duration::from_secs(20);
 /// `smtp://` and `smtps://` ports when the URL names none: submission with STARTTLS, and
 /// submission over implicit TLS (RFC 8314).
 const SUBMISSION_PORT: u16 = 587;
@@ -72,9 +74,11 @@ impl Mailer {
                     .subject(&email.subject)
                     .header(ContentType::TEXT_PLAIN)
                     .body(email.text.clone())?;
-                transport
-                    .send(message)
+                tokio::time::timeout(SEND_TIMEOUT, transport.send(message))
                     .await
+                    .map_err(|_| {
+                        anyhow::anyhow!("the mail server did not answer in time ({} s)", SEND_TIMEOUT.as_secs())
+                    })?
                     .map_err(|e| anyhow::anyhow!("the mail server did not take the message: {e}"))?;
                 tracing::info!(subject = %email.subject, "email sent");
             }
@@ -95,7 +99,10 @@ impl Mailer {
     /// Connects and greets the mail server, sending nothing (`check --deploy --connect`, W020).
     pub async fn probe(&self) -> Result<(), String> {
         match self {
-            Mailer::Smtp { transport, .. } => match transport.test_connection().await {
+            Mailer::Smtp { transport, .. } => match tokio::time::timeout(SEND_TIMEOUT, transport.test_connection())
+                .await
+                .map_err(|_| "the mail server did not answer in time".to_owned())?
+            {
                 Ok(true) => Ok(()),
                 Ok(false) => Err("the mail server closed the connection".to_owned()),
                 Err(e) => Err(e.to_string()),
@@ -128,7 +135,7 @@ fn transport(url: &str) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
     let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
         .port(port)
         .tls(tls)
-        .timeout(Some(SMTP_TIMEOUT));
+        .timeout(Some(CONNECT_TIMEOUT));
     if !url.username().is_empty() {
         let decode = |part: &str| {
             percent_encoding::percent_decode_str(part)

@@ -319,10 +319,17 @@ pub async fn serve(
     tracing::info!("shutdown complete");
 }
 
-/// Closing the pool waits for every connection to come back, and a query waiting on a lock
-/// may hold one for DATABASE_STATEMENT_TIMEOUT_SECS: platforms SIGKILL long before that.
+/// Closes the pools. Closing waits for every connection to come back, and a query waiting on
+/// a lock may hold one for DATABASE_STATEMENT_TIMEOUT_SECS: platforms SIGKILL long before that.
 async fn close_pool(state: &AppState) {
-    if tokio::time::timeout(POOL_CLOSE_LIMIT, state.db.close()).await.is_err() {
+    let close = async {
+        state.db.close().await;
+        // The connection kept aside for /readyz, so the server sees every session end.
+        if let Some(readiness) = &state.readiness_db {
+            readiness.close().await;
+        }
+    };
+    if tokio::time::timeout(POOL_CLOSE_LIMIT, close).await.is_err() {
         tracing::warn!("database connections still busy at exit; their queries are abandoned");
     }
 }

@@ -190,6 +190,23 @@ async fn sentry_gets_one_event_per_panic_and_500_and_none_for_4xx() {
         assert!(!raw.contains(forbidden), "{forbidden} reached Sentry");
     }
 
+    // A job's final failure (here a payload this binary cannot read): one event, tagged with the job.
+    let mut tx = app.state.db.begin().await.unwrap();
+    let job = shipshape::jobs::queue::insert(&mut tx, "password_reset.email", r#"{"mail":1}"#, 0)
+        .await
+        .unwrap()
+        .to_string();
+    tx.commit().await.unwrap();
+    wait_for(|| ingest.events().iter().any(|e| e["tags"]["job_id"] == job.as_str())).await;
+    let job_events: Vec<Value> = ingest
+        .events()
+        .into_iter()
+        .filter(|e| e["tags"]["job_id"] == job.as_str())
+        .collect();
+    assert_eq!(job_events.len(), 1, "{job_events:?}");
+    assert_eq!(job_events[0]["tags"]["job"], "password_reset.email");
+    assert!(job_events[0].to_string().contains("does not decode"), "{job_events:?}");
+
     // An event raised just before shutdown still arrives: dropping the guard flushes.
     let last = app.get("/fail", None).await;
     let last_id = last.headers()["x-request-id"].to_str().unwrap().to_owned();

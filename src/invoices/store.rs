@@ -198,13 +198,6 @@ pub async fn record_payment(db: &Db, payment: &Payment<'_>) -> Result<Recorded, 
     let invoice_id = payment.invoice_id.to_string();
     let mut tx = db.begin().await?;
     let paid: Option<InvoiceRow> = with_tx!(&mut tx, conn => {
-        let seen: Option<String> = sqlx::query_scalar("SELECT event_id FROM webhook_events WHERE event_id = $1")
-            .bind(payment.event_id)
-            .fetch_optional(&mut **conn)
-            .await?;
-        if seen.is_some() {
-            return Ok(Recorded::Duplicate);
-        }
         let invoice: InvoiceRow = sqlx::query_as(select_invoice)
             .bind(&invoice_id)
             .fetch_optional(&mut **conn)
@@ -213,11 +206,9 @@ pub async fn record_payment(db: &Db, payment: &Payment<'_>) -> Result<Recorded, 
         if invoice.amount_cents != payment.amount_cents {
             return Err(ApiError::validation("amount_cents", "does not match the invoice amount"));
         }
-        if invoice.status == InvoiceStatus::Paid {
-            return Err(ApiError::InvalidTransition("the invoice is already paid"));
-        }
         let now = db::now_micros();
-        // A concurrent delivery of the same event waits here on the primary key, then inserts nothing.
+        // The event first: a concurrent delivery of the same event waits here on the primary key,
+        // then inserts nothing, even when the invoice read above was already paid by it.
         let inserted = sqlx::query(insert_event)
             .bind(payment.event_id)
             .bind(payment.event_type)
@@ -229,6 +220,10 @@ pub async fn record_payment(db: &Db, payment: &Payment<'_>) -> Result<Recorded, 
             .rows_affected();
         if inserted == 0 {
             return Ok(Recorded::Duplicate);
+        }
+        // Another event paid it: refused, and the event's row goes with the rollback.
+        if invoice.status == InvoiceStatus::Paid {
+            return Err(ApiError::InvalidTransition("the invoice is already paid"));
         }
         sqlx::query_as(mark_paid)
             .bind(InvoiceStatus::Paid)

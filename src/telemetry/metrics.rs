@@ -14,6 +14,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// Job durations in seconds: from a quick cleanup to a long export.
+const JOB_BUCKETS: &[f64] = &[0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0];
 
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -29,6 +31,7 @@ pub fn install() -> anyhow::Result<&'static PrometheusHandle> {
             Matcher::Full("http_request_duration_seconds".to_owned()),
             LATENCY_BUCKETS,
         )?
+        .set_buckets_for_metric(Matcher::Full("job_duration_seconds".to_owned()), JOB_BUCKETS)?
         .install_recorder()?;
     metrics::gauge!("build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Present from the start, so an alert on its rate has a series to watch.

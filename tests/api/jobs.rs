@@ -13,7 +13,9 @@ use shipshape::config::{Config, SecretUrl};
 use shipshape::db::Db;
 use shipshape::jobs::{self, Job, Registry, Workers, queue};
 
-use crate::helpers::{Backend, Options, PASSWORD, TestApp, assert_error, free_port, postgres_admin, test_config};
+use crate::helpers::{
+    Backend, Options, PASSWORD, TestApp, assert_error, free_port, postgres_admin, spawn_behind_proxy, test_config,
+};
 use crate::infra::{Ca, Smtp, SmtpSecurity};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shipshape");
@@ -394,7 +396,7 @@ async fn a_job_whose_worker_is_killed_runs_again_after_its_lease() {
     app.signup("ada@example.com").await;
     request_reset(&app, "ada@example.com").await;
 
-    let worker = |smtp_port: u16| {
+    let worker = |smtp_port: u16, stdout: Stdio| {
         Command::new(BIN)
             .arg("worker")
             .env_clear()
@@ -405,12 +407,12 @@ async fn a_job_whose_worker_is_killed_runs_again_after_its_lease() {
             .env("EMAIL_FROM", "Acme <no-reply@acme.test>")
             .env("PUBLIC_URL", "https://app.acme.test")
             .env("LOG_FORMAT", "json")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::null())
             .spawn()
             .expect("worker starts")
     };
-    let mut first = worker(silent_port);
+    let mut first = worker(silent_port, Stdio::null());
     let running = wait_for_queue(&app.state.db, DELIVERY, |s| s.running == 1).await;
     assert_eq!(running.running, 1, "the first worker took the job");
     first.kill().expect("SIGKILL");
@@ -418,7 +420,7 @@ async fn a_job_whose_worker_is_killed_runs_again_after_its_lease() {
 
     let smtp = Smtp::start();
     let started = std::time::Instant::now();
-    let mut second = worker(smtp.port);
+    let second = worker(smtp.port, Stdio::piped());
     let messages = smtp.wait_for(1, DELIVERY).await;
     assert_eq!(messages.len(), 1, "the job ran again");
     assert!(
@@ -428,8 +430,27 @@ async fn a_job_whose_worker_is_killed_runs_again_after_its_lease() {
     let listed = queue::list(&app.state.db, None, 10).await.unwrap();
     assert!(listed.is_empty(), "done: {listed:?}");
     let _ = Command::new("kill").args(["-TERM", &second.id().to_string()]).status();
-    let exit = second.wait().unwrap();
-    assert!(exit.success(), "the worker drains and exits 0 on SIGTERM: {exit}");
+    let output = second.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the worker drains and exits 0 on SIGTERM: {}",
+        output.status
+    );
+    // Every line logged while the job ran names it.
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let sent = lines
+        .iter()
+        .find(|line| line["message"] == "email sent")
+        .unwrap_or_else(|| panic!("an email sent line in {lines:?}"));
+    assert_eq!(sent["job"], "password_reset.email", "{sent}");
+    assert!(sent["job_id"].is_string(), "{sent}");
+    assert!(
+        !output.stdout.windows(16).any(|w| w == b"reset-password?t"),
+        "no link in the log"
+    );
     drop(silent);
     app.stop().await;
 }
@@ -569,24 +590,89 @@ async fn a_job_cut_off_by_the_shutdown_is_released_not_lost() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_scheduled_job_runs_once_per_interval_across_instances() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.jobs.concurrency = 0).await;
+async fn a_schedule_is_taken_once_per_interval(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.jobs.concurrency = 0).await;
     let db = &app.state.db;
     let every = Duration::from_secs(3600);
     let payload = "{\"action\":\"ok\"}";
-    let takes =
-        futures_util::future::join_all((0..5).map(|_| queue::take_schedule(db, "probe", every, Probe::KIND, payload)))
-            .await;
+    let take = || queue::take_schedule(db, "probe", every, Probe::KIND, payload);
+    let takes = futures_util::future::join_all((0..5).map(|_| take())).await;
     let enqueued = takes.into_iter().filter(|t| *t.as_ref().unwrap()).count();
     assert_eq!(enqueued, 1, "five instances ticking at once enqueue one run");
-    assert!(
-        !queue::take_schedule(db, "probe", every, Probe::KIND, payload)
-            .await
-            .unwrap(),
-        "not again within the interval"
-    );
+    assert!(!take().await.unwrap(), "not again within the interval");
     assert_eq!(status(db).await.queued, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_scheduled_job_runs_once_per_interval_across_instances_sqlite() {
+    a_schedule_is_taken_once_per_interval(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+#[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
+async fn a_scheduled_job_runs_once_per_interval_across_instances_postgres() {
+    a_schedule_is_taken_once_per_interval(Backend::Postgres(postgres_admin())).await;
+}
+
+#[tokio::test]
+#[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
+async fn workers_wait_out_a_database_outage_and_readiness_does_not_hang_on_the_queue() {
+    let (app, proxy) = spawn_behind_proxy(&postgres_admin(), Duration::from_secs(1)).await;
+    let ready = || async { app.get("/readyz", None).await.status().as_u16() };
+    for _ in 0..100 {
+        if ready().await == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.signup("ada@example.com").await;
+    // A failed job in the queue: nothing of the queue counts for readiness.
+    enqueue_probe(&app.state.db, "no handler in the app for this kind").await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(ready().await, 503, "the database is away");
+    proxy.restore().await;
+    let mut readiness = 0;
+    for _ in 0..100 {
+        readiness = ready().await;
+        if readiness == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(readiness, 200, "ready again, with a job of the queue retrying");
+    request_reset(&app, "ada@example.com").await;
+    let done = wait_for_queue(&app.state.db, DELIVERY, |s| s.queued == 1 && s.running == 0).await;
+    let listed = queue::list(&app.state.db, Some("queued"), 10).await.unwrap();
+    assert_eq!(
+        done.queued, 1,
+        "the reset email went once the workers resumed: {listed:?}"
+    );
+    assert_eq!(listed[0].job, Probe::KIND, "only the job without a handler waits");
+    app.stop().await;
+}
+
+#[tokio::test]
+#[cfg_attr(not(test_smtp), ignore = "needs aiosmtpd on PATH (.ci/run installs it)")]
+async fn a_mail_server_that_hangs_fails_the_attempt_within_the_smtp_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        email_to(c, port);
+        c.jobs.max_attempts = 1;
+    })
+    .await;
+    app.signup("ada@example.com").await;
+    let started = std::time::Instant::now();
+    request_reset(&app, "ada@example.com").await;
+    let end = wait_for_queue(&app.state.db, Duration::from_secs(60), |s| s.failed == 1).await;
+    assert_eq!(end.failed, 1, "the attempt ended");
+    assert!(started.elapsed() < Duration::from_secs(40), "{:?}", started.elapsed());
+    let failed = queue::list(&app.state.db, Some("failed"), 10).await.unwrap();
+    let error = failed[0].last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("the mail server did not answer in time"), "{error}");
+    drop(silent);
     app.stop().await;
 }
 

@@ -53,6 +53,21 @@ async fn metrics_list_every_series_on_their_own_port_with_route_labels() {
     app.post_json("/api/v1/auth/login", &login, None).await; // 429
 
     app.get("/api/v1/me", Some(&token)).await;
+    // A job run to its end (a password-reset email, to the log in development).
+    let reset = json!({"email": "metrics@example.com"});
+    assert_eq!(
+        app.post_json("/api/v1/auth/password-reset", &reset, None)
+            .await
+            .status(),
+        202
+    );
+    for _ in 0..200 {
+        let status = shipshape::jobs::queue::status(&app.state.db).await.unwrap();
+        if status.queued + status.running == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
 
     let text = app.client.get(&metrics_url).send().await.unwrap().text().await.unwrap();
     for expected in [
@@ -70,6 +85,9 @@ async fn metrics_list_every_series_on_their_own_port_with_route_labels() {
         r#"rate_limited_total{limit="login"}"#,
         &format!(r#"build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION")),
         "log_lines_dropped_total 0",
+        r#"jobs_total{job="password_reset.email",outcome="success"}"#,
+        r#"job_duration_seconds_bucket{job="password_reset.email",le="0.005"}"#,
+        "jobs_queued ",
     ] {
         assert!(text.contains(expected), "{expected} in\n{text}");
     }
