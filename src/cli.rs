@@ -448,6 +448,16 @@ async fn check(config: Config, format: Format, connect: bool) -> ExitCode {
     }
 }
 
+/// For the commands an operator runs against the service's database (`user`, `jobs`): their
+/// log lines go to stderr, so stdout carries only the answer.
+fn open_database(config: &Config) -> Result<Db, ExitCode> {
+    telemetry::init_for_command(config);
+    Db::connect_lazy(&config.database).map_err(|error| {
+        eprintln!("cannot open the database: {error}");
+        ExitCode::from(EXIT_FAILURE)
+    })
+}
+
 /// For images without curl: asks the local server for `/healthz`.
 async fn healthcheck(config: Config) -> ExitCode {
     // A server bound to every address is reachable on loopback; one bound to a single address only there.

@@ -153,3 +153,20 @@ fn transport(url: &str) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
 fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_sender_and_the_loopback_rule_hold() {
+        let from: Result<Mailbox, _> = crate::config::EmailConfig::DEFAULT_FROM.parse();
+        assert!(from.is_ok(), "{from:?}");
+        for host in ["localhost", "127.0.0.1", "::1", "LOCALHOST"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["smtp.example.com", "10.0.0.1", "localhost.example.com"] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+}

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
 
-use super::{EXIT_CONFIG, EXIT_FAILURE, Format};
+use super::{EXIT_FAILURE, Format};
 use crate::config::Config;
 use crate::db::Db;
 use crate::jobs::queue;
@@ -15,7 +15,7 @@ const LIST_LIMIT: i64 = 1000;
 
 #[derive(Subcommand)]
 pub enum JobsAction {
-    /// How many jobs are queued, running and failed, and how long the oldest due one has waited
+    /// How many jobs are queued (retries included), running and failed, and the age of the oldest queued one
     Status {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -57,13 +57,9 @@ impl StateArg {
 }
 
 pub async fn run(config: Config, action: JobsAction) -> ExitCode {
-    crate::telemetry::init_for_command(&config);
-    let db = match Db::connect_lazy(&config.database) {
+    let db = match super::open_database(&config) {
         Ok(db) => db,
-        Err(error) => {
-            eprintln!("cannot open the database: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     let code = match action {
         JobsAction::Status { format } => status(&db, format).await,

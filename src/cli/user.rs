@@ -51,13 +51,9 @@ impl From<RoleArg> for Role {
 }
 
 pub async fn run(config: Config, action: UserAction) -> ExitCode {
-    crate::telemetry::init_for_command(&config);
-    let db = match Db::connect_lazy(&config.database) {
+    let db = match super::open_database(&config) {
         Ok(db) => db,
-        Err(error) => {
-            eprintln!("cannot open the database: {error}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+        Err(code) => return code,
     };
     let result = match action {
         UserAction::Create { email, admin } => create(&config, &db, &email, admin).await,

@@ -55,32 +55,43 @@ pub async fn insert(tx: &mut Tx, kind: &str, payload: &str, run_at: i64) -> Resu
     Ok(id)
 }
 
-/// Takes the job due longest, or one whose worker's lease ran out, for `lease`. On PostgreSQL
-/// `FOR UPDATE SKIP LOCKED` lets any number of workers claim at once without waiting on each
-/// other or taking the same row; on SQLite the one writer does the same.
-pub async fn claim(db: &Db, lease: Duration) -> Result<Option<Claimed>, sqlx::Error> {
+/// Takes up to `limit` jobs, due longest first, or whose worker's lease ran out, for `lease`.
+/// On PostgreSQL `FOR UPDATE SKIP LOCKED` lets any number of workers claim at once without
+/// waiting on each other or taking the same row, in one statement (its own transaction); on
+/// SQLite the one writer does the same.
+pub async fn claim(db: &Db, lease: Duration, limit: usize) -> Result<Vec<Claimed>, sqlx::Error> {
     let lock = match db {
         Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
         Db::Sqlite(..) => "",
     };
     let sql = format!(
         "UPDATE jobs SET state = 'running', attempts = attempts + 1, leased_until = $1 \
-         WHERE id = (SELECT id FROM jobs \
-                     WHERE (state = 'queued' AND run_at <= $2) OR (state = 'running' AND leased_until <= $2) \
-                     ORDER BY run_at LIMIT 1{lock}) \
+         WHERE id IN (SELECT id FROM jobs \
+                      WHERE (state = 'queued' AND run_at <= $2) OR (state = 'running' AND leased_until <= $2) \
+                      ORDER BY run_at LIMIT $3{lock}) \
          RETURNING id, job, payload, attempts"
     );
     let now = db::now_micros();
-    let mut tx = db.begin().await?;
-    let claimed = with_tx!(&mut tx, conn => {
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(now.saturating_add(micros(lease)))
-            .bind(now)
-            .fetch_optional(&mut **conn)
-            .await
-    })?;
-    tx.commit().await?;
-    Ok(claimed)
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    macro_rules! claim_on {
+        ($executor:expr) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(now.saturating_add(micros(lease)))
+                .bind(now)
+                .bind(limit)
+                .fetch_all($executor)
+                .await
+        };
+    }
+    match db {
+        Db::Postgres(pool) => claim_on!(pool),
+        Db::Sqlite(..) => {
+            let mut tx = db.begin().await?;
+            let claimed = with_tx!(&mut tx, conn => claim_on!(&mut **conn))?;
+            tx.commit().await?;
+            Ok(claimed)
+        }
+    }
 }
 
 /// Extends a running job's lease; `false` when the job is no longer this attempt's.
@@ -118,24 +129,34 @@ enum Arg {
     Text(String),
 }
 
-/// Runs one write to `job` in a transaction of its own (on SQLite, in the writer queue) and
-/// says how many rows it changed. `{fence}` in `sql` becomes the condition that the job is
-/// still this attempt's (`$1`, `$2`); `args` are `$3` on.
+/// Runs one write to `job` and says how many rows it changed: on PostgreSQL one statement
+/// (its own transaction), on SQLite a transaction in the writer queue. `{fence}` in `sql`
+/// becomes the condition that the job is still this attempt's (`$1`, `$2`); `args` are `$3` on.
 async fn write(db: &Db, sql: &str, job: &Claimed, args: &[Arg]) -> Result<u64, sqlx::Error> {
     let sql = sql.replace("{fence}", "id = $1 AND attempts = $2 AND state = 'running'");
-    let mut tx = db.begin().await?;
-    let rows = with_tx!(&mut tx, conn => {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(job.id.as_str()).bind(job.attempts);
-        for arg in args {
-            query = match arg {
-                Arg::Int(value) => query.bind(*value),
-                Arg::Text(value) => query.bind(value.as_str()),
-            };
+    macro_rules! write_on {
+        ($executor:expr) => {{
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(job.id.as_str())
+                .bind(job.attempts);
+            for arg in args {
+                query = match arg {
+                    Arg::Int(value) => query.bind(*value),
+                    Arg::Text(value) => query.bind(value.as_str()),
+                };
+            }
+            query.execute($executor).await.map(|done| done.rows_affected())
+        }};
+    }
+    match db {
+        Db::Postgres(pool) => write_on!(pool),
+        Db::Sqlite(..) => {
+            let mut tx = db.begin().await?;
+            let rows = with_tx!(&mut tx, conn => write_on!(&mut **conn))?;
+            tx.commit().await?;
+            Ok(rows)
         }
-        query.execute(&mut **conn).await?.rows_affected()
-    });
-    tx.commit().await?;
-    Ok(rows)
+    }
 }
 
 /// The queue at a glance (`shipshape jobs status`).
@@ -145,7 +166,7 @@ pub struct Status {
     pub queued: i64,
     pub running: i64,
     pub failed: i64,
-    /// How long the queued job due longest has been due; `None` when none is due.
+    /// The age of the oldest queued job, since it was enqueued; `None` when none is queued.
     pub oldest_queued_seconds: Option<f64>,
 }
 
@@ -154,16 +175,15 @@ pub async fn status(db: &Db) -> Result<Status, sqlx::Error> {
                  COALESCE(SUM(CASE WHEN state = 'queued' THEN 1 ELSE 0 END), 0), \
                  COALESCE(SUM(CASE WHEN state = 'running' THEN 1 ELSE 0 END), 0), \
                  COALESCE(SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), 0), \
-                 MIN(CASE WHEN state = 'queued' AND run_at <= $1 THEN run_at END) \
+                 MIN(CASE WHEN state = 'queued' THEN created_at END) \
                FROM jobs";
-    let now = db::now_micros();
     let (queued, running, failed, oldest): (i64, i64, i64, Option<i64>) =
-        with_db!(db, pool => sqlx::query_as(sql).bind(now).fetch_one(pool).await)?;
+        with_db!(db, pool => sqlx::query_as(sql).fetch_one(pool).await)?;
     Ok(Status {
         queued,
         running,
         failed,
-        oldest_queued_seconds: oldest.map(|at| (now - at) as f64 / 1e6),
+        oldest_queued_seconds: oldest.map(|at| (db::now_micros() - at).max(0) as f64 / 1e6),
     })
 }
 

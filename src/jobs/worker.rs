@@ -88,35 +88,42 @@ async fn dispatch(shared: Arc<Shared>, gate: PoolerGate, count: usize, mut stop:
     let mut running = JoinSet::new();
     let mut wait = IDLE_POLL;
     let deadline = loop {
-        let slot = tokio::select! {
+        let first = tokio::select! {
             slot = slots.clone().acquire_owned() => slot,
             deadline = stopping(&mut stop) => break deadline,
         };
-        let Ok(slot) = slot else { break Instant::now() };
+        let Ok(first) = first else { break Instant::now() };
+        // Every free slot at once: one claim takes several jobs when a backlog waits.
+        let mut free = vec![first];
+        while let Ok(slot) = slots.clone().try_acquire_owned() {
+            free.push(slot);
+        }
         // Reap finished tasks so the set does not grow.
         while running.try_join_next().is_some() {}
         let claimed = match gate.is_closed() {
-            true => Ok(None),
-            false => queue::claim(&shared.db, shared.settings.lease).await,
+            true => Ok(Vec::new()),
+            false => queue::claim(&shared.db, shared.settings.lease, free.len()).await,
         };
         match claimed {
-            Ok(Some(job)) => {
+            Ok(jobs) if !jobs.is_empty() => {
                 wait = IDLE_POLL;
-                lock(&shared.in_flight).insert(job.id.clone(), job.attempts);
-                let shared = shared.clone();
-                running.spawn(async move {
-                    run(&shared, job).await;
-                    drop(slot);
-                });
+                for (job, slot) in jobs.into_iter().zip(free) {
+                    lock(&shared.in_flight).insert(job.id.clone(), job.attempts);
+                    let shared = shared.clone();
+                    running.spawn(async move {
+                        run(&shared, job).await;
+                        drop(slot);
+                    });
+                }
                 continue;
             }
-            Ok(None) => wait = IDLE_POLL,
+            Ok(_) => wait = IDLE_POLL,
             Err(error) => {
                 tracing::warn!(error = %faults::describe(&error), retry_in_ms = wait.as_millis() as u64, "jobs: cannot claim");
                 wait = (wait * 2).min(MAX_ERROR_BACKOFF);
             }
         }
-        drop(slot);
+        drop(free);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             deadline = stopping(&mut stop) => break deadline,
@@ -184,38 +191,35 @@ async fn run(shared: &Shared, job: Claimed) {
     .await;
 }
 
-/// The queue's outcome of an attempt, and its `jobs_total` label; logs a failure.
+/// The queue's outcome of an attempt, and its `jobs_total` label. Each failed attempt logs
+/// one WARN line; the last one also an ERROR line and a Sentry event tagged with the job.
 fn judge(shared: &Shared, job: &Claimed, result: Result<(), Failure>) -> (Outcome, &'static str) {
     let max_attempts = i64::from(shared.settings.max_attempts);
-    match result {
+    let (error, retry) = match result {
         Ok(()) => {
             tracing::debug!(attempt = job.attempts, "job done");
-            (Outcome::Done, "success")
+            return (Outcome::Done, "success");
         }
-        Err(Failure::Retry(error)) if job.attempts < max_attempts => {
-            let delay = retry_delay(job.attempts);
-            tracing::warn!(attempt = job.attempts, max_attempts, retry_in_secs = delay.as_secs_f64(), %error, "job attempt failed");
-            let run_at = crate::db::now_micros().saturating_add(delay.as_micros() as i64);
-            (
-                Outcome::RetryAt {
-                    run_at,
-                    error: cut(error),
-                },
-                "retry",
-            )
-        }
-        Err(Failure::Retry(error) | Failure::Permanent(error)) => {
-            tracing::error!(attempt = job.attempts, %error, "job failed for good: kept as failed (see `shipshape jobs list --state failed`)");
-            sentry::with_scope(
-                |scope| {
-                    scope.set_tag("job_id", &job.id);
-                    scope.set_tag("job", &job.job);
-                },
-                || sentry::capture_message(&format!("job {} failed: {error}", job.job), sentry::Level::Error),
-            );
-            (Outcome::Failed { error: cut(error) }, "failed")
-        }
+        Err(Failure::Retry(error)) => (error, job.attempts < max_attempts),
+        Err(Failure::Permanent(error)) => (error, false),
+    };
+    if retry {
+        let delay = retry_delay(job.attempts);
+        tracing::warn!(attempt = job.attempts, max_attempts, retry_in_secs = delay.as_secs_f64(), %error, "job attempt failed");
+        let run_at = crate::db::now_micros().saturating_add(delay.as_micros() as i64);
+        let error = cut(error);
+        return (Outcome::RetryAt { run_at, error }, "retry");
     }
+    tracing::warn!(attempt = job.attempts, max_attempts, %error, "job attempt failed: no retry");
+    tracing::error!(attempt = job.attempts, %error, "job failed for good: kept as failed (see `shipshape jobs list --state failed`)");
+    sentry::with_scope(
+        |scope| {
+            scope.set_tag("job_id", &job.id);
+            scope.set_tag("job", &job.job);
+        },
+        || sentry::capture_message(&format!("job {} failed: {error}", job.job), sentry::Level::Error),
+    );
+    (Outcome::Failed { error: cut(error) }, "failed")
 }
 
 fn cut(mut error: String) -> String {

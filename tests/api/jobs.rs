@@ -793,12 +793,7 @@ fn check_deploy_names_the_email_findings() {
         }
         let (_, out, err) = shipshape(&database, &args, env);
         let report: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out} {err}"));
-        report["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["id"].as_str().unwrap().to_owned())
-            .collect()
+        crate::cli::ids(&report)
     };
     assert!(ids(&[], false).contains(&"W017".to_owned()), "no EMAIL_URL: W017");
     let closed = format!("smtp://user:hunter2@127.0.0.1:{}", free_port());
