@@ -85,7 +85,7 @@ async fn run(config: Config) {
         wait_until_empty(&db).await;
         let per_second = JOBS as f64 / begun.elapsed().as_secs_f64();
         running.drain(Instant::now()).await;
-        figures.insert(format!("jobs_per_second_{workers}"), per_second.round().into());
+        figures.insert(format!("jobs_per_second_{workers}"), (per_second.round() as i64).into());
     }
 
     // Idle pickup: one job at a time into an idle queue, at random moments.
