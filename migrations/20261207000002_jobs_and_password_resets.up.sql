@@ -4,13 +4,16 @@
 -- One row per job still to do, running, or failed for good; a job that succeeds is deleted.
 -- `payload` is JSON text (the same on SQLite and PostgreSQL). A running job is its worker's
 -- until `leased_until`; past it (the worker died) any worker may claim it again. `attempts`
--- counts claims, and fences a worker that lost its lease: its writes name the attempt.
+-- counts the attempts toward JOB_MAX_ATTEMPTS (`jobs retry` resets it). `claim` numbers the
+-- claims and only grows: every write of a worker names its claim, so one that lost its lease
+-- changes nothing.
 CREATE TABLE jobs (
     id           TEXT PRIMARY KEY,
     job          TEXT NOT NULL,
     payload      TEXT NOT NULL,
     state        TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'running', 'failed')),
     attempts     BIGINT NOT NULL DEFAULT 0,
+    claim        BIGINT NOT NULL DEFAULT 0,
     run_at       BIGINT NOT NULL,
     leased_until BIGINT,
     last_error   TEXT,

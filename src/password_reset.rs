@@ -160,8 +160,9 @@ pub async fn spend(tx: &mut Tx, token: &str, user: Uuid) -> Result<bool, ApiErro
     Ok(spent == 1)
 }
 
-/// Deletes every token of `user`.
-async fn delete_for(tx: &mut Tx, user: Uuid) -> Result<(), sqlx::Error> {
+/// Deletes every token of `user`, inside the caller's transaction (a password set by any
+/// means makes the links sent before it useless).
+pub async fn delete_for(tx: &mut Tx, user: Uuid) -> Result<(), sqlx::Error> {
     let sql = "DELETE FROM password_resets WHERE user_id = $1";
     with_tx!(tx, conn => sqlx::query(sql).bind(user.to_string()).execute(&mut **conn).await.map(drop))
 }

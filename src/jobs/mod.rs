@@ -107,6 +107,7 @@ impl Registry {
     }
 
     /// Enqueues `job` every `every`, once across all instances (give it a handler with `on`).
+    /// The schedule is named by the job's kind: one schedule per kind.
     pub fn every<J: Job>(mut self, every: Duration, job: J) -> Registry {
         let payload = serde_json::to_string(&job).unwrap_or_else(|_| "null".to_owned());
         self.schedules.push(Schedule {

@@ -1,5 +1,5 @@
-//! The queue's SQL, the same on SQLite and PostgreSQL (docs/jobs.md). Every write names the
-//! attempt it belongs to (`attempts`): a worker that lost its lease (it stalled past
+//! The queue's SQL, the same on SQLite and PostgreSQL (docs/jobs.md). Every write of a worker
+//! names its claim (`claim`, which only grows): a worker that lost its lease (it stalled past
 //! `JOB_LEASE_SECS` and another worker took the job) changes nothing.
 
 use std::time::Duration;
@@ -18,6 +18,8 @@ pub struct Claimed {
     pub payload: String,
     /// This attempt's number, from 1.
     pub attempts: i64,
+    /// This claim's number: what the worker's writes are fenced on.
+    pub claim: i64,
 }
 
 /// How an attempt ended, as the queue records it.
@@ -55,21 +57,24 @@ pub async fn insert(tx: &mut Tx, kind: &str, payload: &str, run_at: i64) -> Resu
     Ok(id)
 }
 
-/// Takes up to `limit` jobs, due longest first, or whose worker's lease ran out, for `lease`.
-/// On PostgreSQL `FOR UPDATE SKIP LOCKED` lets any number of workers claim at once without
-/// waiting on each other or taking the same row, in one statement (its own transaction); on
-/// SQLite the one writer does the same.
-pub async fn claim(db: &Db, lease: Duration, limit: usize) -> Result<Vec<Claimed>, sqlx::Error> {
+/// Takes up to `limit` jobs, due longest first, or whose worker's lease ran out with attempts
+/// left (see [`fail_abandoned`]), for `lease`. On PostgreSQL `FOR UPDATE SKIP LOCKED` lets any
+/// number of workers claim at once without waiting on each other or taking the same row, in
+/// one statement (its own transaction); on SQLite the one writer does the same.
+pub async fn claim(db: &Db, lease: Duration, limit: usize, max_attempts: u32) -> Result<Vec<Claimed>, sqlx::Error> {
     let lock = match db {
         Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
         Db::Sqlite(..) => "",
     };
+    // MATERIALIZED: the rows are chosen (and locked) once, so no more than `limit` are taken.
     let sql = format!(
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, leased_until = $1 \
-         WHERE id IN (SELECT id FROM jobs \
-                      WHERE (state = 'queued' AND run_at <= $2) OR (state = 'running' AND leased_until <= $2) \
-                      ORDER BY run_at LIMIT $3{lock}) \
-         RETURNING id, job, payload, attempts"
+        "WITH due AS MATERIALIZED (SELECT id FROM jobs \
+             WHERE (state = 'queued' AND run_at <= $2) \
+                OR (state = 'running' AND leased_until <= $2 AND attempts < $4) \
+             ORDER BY run_at LIMIT $3{lock}) \
+         UPDATE jobs SET state = 'running', attempts = attempts + 1, claim = claim + 1, leased_until = $1 \
+         WHERE id IN (SELECT id FROM due) \
+         RETURNING id, job, payload, attempts, claim"
     );
     let now = db::now_micros();
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -79,6 +84,7 @@ pub async fn claim(db: &Db, lease: Duration, limit: usize) -> Result<Vec<Claimed
                 .bind(now.saturating_add(micros(lease)))
                 .bind(now)
                 .bind(limit)
+                .bind(i64::from(max_attempts))
                 .fetch_all($executor)
                 .await
         };
@@ -96,7 +102,7 @@ pub async fn claim(db: &Db, lease: Duration, limit: usize) -> Result<Vec<Claimed
 
 /// Extends a running job's lease; `false` when the job is no longer this attempt's.
 pub async fn renew(db: &Db, job: &Claimed, lease: Duration) -> Result<bool, sqlx::Error> {
-    let sql = "UPDATE jobs SET leased_until = $3 WHERE id = $1 AND attempts = $2 AND state = 'running'";
+    let sql = "UPDATE jobs SET leased_until = $3 WHERE {fence}";
     let until = db::now_micros().saturating_add(micros(lease));
     Ok(write(db, sql, job, &[Arg::Int(until)]).await? == 1)
 }
@@ -131,14 +137,14 @@ enum Arg {
 
 /// Runs one write to `job` and says how many rows it changed: on PostgreSQL one statement
 /// (its own transaction), on SQLite a transaction in the writer queue. `{fence}` in `sql`
-/// becomes the condition that the job is still this attempt's (`$1`, `$2`); `args` are `$3` on.
+/// becomes the condition that the job is still this claim's (`$1`, `$2`); `args` are `$3` on.
 async fn write(db: &Db, sql: &str, job: &Claimed, args: &[Arg]) -> Result<u64, sqlx::Error> {
-    let sql = sql.replace("{fence}", "id = $1 AND attempts = $2 AND state = 'running'");
+    let sql = sql.replace("{fence}", "id = $1 AND claim = $2 AND state = 'running'");
     macro_rules! write_on {
         ($executor:expr) => {{
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(job.id.as_str())
-                .bind(job.attempts);
+                .bind(job.claim);
             for arg in args {
                 query = match arg {
                     Arg::Int(value) => query.bind(*value),
@@ -157,6 +163,22 @@ async fn write(db: &Db, sql: &str, job: &Claimed, args: &[Arg]) -> Result<u64, s
             Ok(rows)
         }
     }
+}
+
+/// Marks `failed` the running jobs whose lease ran out on their last attempt: their worker
+/// died during it (a job that kills its process, say), and no attempt is left to claim.
+/// Returns their ids and kinds.
+pub async fn fail_abandoned(db: &Db, max_attempts: u32) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let sql = "UPDATE jobs SET state = 'failed', leased_until = NULL, \
+                 last_error = 'the worker stopped during the last attempt (killed, out of memory, or its machine lost)' \
+               WHERE state = 'running' AND leased_until <= $1 AND attempts >= $2 RETURNING id, job";
+    let now = db::now_micros();
+    let mut tx = db.begin().await?;
+    let failed = with_tx!(&mut tx, conn => {
+        sqlx::query_as(sql).bind(now).bind(i64::from(max_attempts)).fetch_all(&mut **conn).await
+    })?;
+    tx.commit().await?;
+    Ok(failed)
 }
 
 /// The queue at a glance (`shipshape jobs status`).

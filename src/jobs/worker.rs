@@ -89,8 +89,10 @@ async fn dispatch(shared: Arc<Shared>, gate: PoolerGate, count: usize, mut stop:
     let mut wait = IDLE_POLL;
     let deadline = loop {
         let first = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
+            // Checked first: once draining, nothing more is claimed.
+            biased;
             deadline = stopping(&mut stop) => break deadline,
+            slot = slots.clone().acquire_owned() => slot,
         };
         let Ok(first) = first else { break Instant::now() };
         // Every free slot at once: one claim takes several jobs when a backlog waits.
@@ -100,15 +102,22 @@ async fn dispatch(shared: Arc<Shared>, gate: PoolerGate, count: usize, mut stop:
         }
         // Reap finished tasks so the set does not grow.
         while running.try_join_next().is_some() {}
+        let settings = &shared.settings;
         let claimed = match gate.is_closed() {
             true => Ok(Vec::new()),
-            false => queue::claim(&shared.db, shared.settings.lease, free.len()).await,
+            false => queue::claim(&shared.db, settings.lease, free.len(), settings.max_attempts).await,
         };
         match claimed {
             Ok(jobs) if !jobs.is_empty() => {
                 wait = IDLE_POLL;
-                for (job, slot) in jobs.into_iter().zip(free) {
-                    lock(&shared.in_flight).insert(job.id.clone(), job.attempts);
+                for job in jobs {
+                    let Some(slot) = free.pop() else {
+                        // Never more than asked for (the claim's LIMIT); should it happen, the
+                        // job goes back rather than wait for its lease.
+                        release(&shared, &job).await;
+                        continue;
+                    };
+                    lock(&shared.in_flight).insert(job.id.clone(), job.claim);
                     let shared = shared.clone();
                     running.spawn(async move {
                         run(&shared, job).await;
@@ -119,14 +128,15 @@ async fn dispatch(shared: Arc<Shared>, gate: PoolerGate, count: usize, mut stop:
             }
             Ok(_) => wait = IDLE_POLL,
             Err(error) => {
-                tracing::warn!(error = %faults::describe(&error), retry_in_ms = wait.as_millis() as u64, "jobs: cannot claim");
                 wait = (wait * 2).min(MAX_ERROR_BACKOFF);
+                tracing::warn!(error = %faults::describe(&error), retry_in_ms = wait.as_millis() as u64, "jobs: cannot claim");
             }
         }
         drop(free);
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
+            biased;
             deadline = stopping(&mut stop) => break deadline,
+            () = tokio::time::sleep(wait) => {}
         }
     };
     let finished =
@@ -134,27 +144,42 @@ async fn dispatch(shared: Arc<Shared>, gate: PoolerGate, count: usize, mut stop:
     if finished.is_err() {
         running.shutdown().await;
         let cut_off: Vec<(String, i64)> = lock(&shared.in_flight).drain().collect();
-        for (id, attempts) in cut_off {
+        for (id, claim) in cut_off {
             let job = Claimed {
                 id,
                 job: String::new(),
                 payload: String::new(),
-                attempts,
+                attempts: 0,
+                claim,
             };
-            match queue::finish(&shared.db, &job, Outcome::Released).await {
-                Ok(_) => tracing::warn!(job_id = %job.id, "job cut off by the shutdown: released, it runs again later"),
-                Err(error) => tracing::warn!(
-                    job_id = %job.id,
-                    error = %faults::describe(&error),
-                    "job cut off by the shutdown and not released: it runs again when its lease ends"
-                ),
-            }
+            release(&shared, &job).await;
         }
+    }
+}
+
+/// Puts a claimed job back in the queue at once, its attempt not counted.
+async fn release(shared: &Shared, job: &Claimed) {
+    match queue::finish(&shared.db, job, Outcome::Released).await {
+        Ok(true) => tracing::warn!(job_id = %job.id, "job released unfinished: it runs again soon"),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(
+            job_id = %job.id,
+            error = %faults::describe(&error),
+            "job not released: it runs again when its lease ends"
+        ),
     }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Forgets a job this claim ran (not a later claim of the same job in this process).
+fn forget(shared: &Shared, job: &Claimed) {
+    let mut in_flight = lock(&shared.in_flight);
+    if in_flight.get(&job.id) == Some(&job.claim) {
+        in_flight.remove(&job.id);
+    }
 }
 
 /// Runs one claimed job to its outcome, renewing its lease meanwhile; every line it logs
@@ -171,8 +196,8 @@ async fn run(shared: &Shared, job: Claimed) {
                 tokio::select! {
                     done = work => done.unwrap_or_else(|panic| Err(Failure::Retry(panic_message(&panic)))),
                     () = keep_lease(shared, &job) => {
-                        tracing::warn!("job lease lost (the worker stalled past JOB_LEASE_SECS): abandoned to the worker that took it");
-                        lock(&shared.in_flight).remove(&job.id);
+                        tracing::warn!("job lease lost (not renewed within JOB_LEASE_SECS): the job is left to whichever worker claims it next");
+                        forget(shared, &job);
                         return;
                     }
                 }
@@ -182,10 +207,14 @@ async fn run(shared: &Shared, job: Claimed) {
         metrics::histogram!("job_duration_seconds", "job" => job.job.clone()).record(elapsed);
         let (outcome, label) = judge(shared, &job, result);
         metrics::counter!("jobs_total", "job" => job.job.clone(), "outcome" => label).increment(1);
-        if let Err(error) = queue::finish(&shared.db, &job, outcome).await {
-            tracing::warn!(error = %faults::describe(&error), "job outcome not recorded: it runs again when its lease ends");
+        match queue::finish(&shared.db, &job, outcome).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("job outcome not recorded: another worker claimed the job after this lease ran out"),
+            Err(error) => {
+                tracing::warn!(error = %faults::describe(&error), "job outcome not recorded: it runs again when its lease ends")
+            }
         }
-        lock(&shared.in_flight).remove(&job.id);
+        forget(shared, &job);
     }
     .instrument(span)
     .await;
@@ -211,15 +240,20 @@ fn judge(shared: &Shared, job: &Claimed, result: Result<(), Failure>) -> (Outcom
         return (Outcome::RetryAt { run_at, error }, "retry");
     }
     tracing::warn!(attempt = job.attempts, max_attempts, %error, "job attempt failed: no retry");
-    tracing::error!(attempt = job.attempts, %error, "job failed for good: kept as failed (see `shipshape jobs list --state failed`)");
+    report_failure(&job.id, &job.job, &error);
+    (Outcome::Failed { error: cut(error) }, "failed")
+}
+
+/// A job failed for good: one ERROR line, and one Sentry event tagged with the job.
+fn report_failure(id: &str, kind: &str, error: &str) {
+    tracing::error!(%error, "job failed for good: kept as failed (see `shipshape jobs list --state failed`)");
     sentry::with_scope(
         |scope| {
-            scope.set_tag("job_id", &job.id);
-            scope.set_tag("job", &job.job);
+            scope.set_tag("job_id", id);
+            scope.set_tag("job", kind);
         },
-        || sentry::capture_message(&format!("job {} failed: {error}", job.job), sentry::Level::Error),
+        || sentry::capture_message(&format!("job {kind} failed: {error}"), sentry::Level::Error),
     );
-    (Outcome::Failed { error: cut(error) }, "failed")
 }
 
 fn cut(mut error: String) -> String {
@@ -255,28 +289,35 @@ fn retry_delay(attempt: i64) -> Duration {
     delay.mul_f64(jitter).min(RETRY_MAX)
 }
 
-/// Renews the job's lease every third of it; returns only when the job is no longer this
-/// attempt's. A renewal that fails (the database away) is tried again at the next one.
+/// Renews the job's lease every third of it; returns when the job is no longer this claim's,
+/// or when no renewal has been confirmed for a whole lease (the database away): past that,
+/// another worker may have claimed the job, so this one stops rather than run it twice at once.
 async fn keep_lease(shared: &Shared, job: &Claimed) {
     let lease = shared.settings.lease;
+    let mut confirmed_until = Instant::now() + lease;
     loop {
         tokio::time::sleep(lease / 3).await;
         match queue::renew(&shared.db, job, lease).await {
-            Ok(true) => {}
+            Ok(true) => confirmed_until = Instant::now() + lease,
             Ok(false) => return,
             Err(error) => tracing::warn!(error = %faults::describe(&error), "job lease not renewed"),
+        }
+        // The next renewal would come too late to be sure of the lease.
+        if Instant::now() + lease / 3 >= confirmed_until {
+            return;
         }
     }
 }
 
-/// Enqueues each recurring job when it is due (once across all instances), and keeps the
-/// `jobs_queued` gauge.
+/// Enqueues each recurring job when it is due (once across all instances), fails the jobs
+/// whose worker died during their last attempt, and keeps the `jobs_queued` gauge.
 async fn schedule(shared: Arc<Shared>, gate: PoolerGate, mut stop: watch::Receiver<Option<Instant>>) {
     let mut tick = tokio::time::interval(SCHEDULER_TICK);
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            biased;
             _ = stopping(&mut stop) => return,
+            _ = tick.tick() => {}
         }
         if gate.is_closed() {
             continue;
@@ -289,6 +330,15 @@ async fn schedule(shared: Arc<Shared>, gate: PoolerGate, mut stop: watch::Receiv
                     tracing::warn!(job = s.kind, error = %faults::describe(&error), "scheduled job not enqueued")
                 }
             }
+        }
+        match queue::fail_abandoned(&shared.db, shared.settings.max_attempts).await {
+            Ok(failed) => {
+                for (id, kind) in failed {
+                    let span = tracing::info_span!("job", job_id = %id, job = %kind);
+                    span.in_scope(|| report_failure(&id, &kind, "the worker stopped during the last attempt"));
+                }
+            }
+            Err(error) => tracing::warn!(error = %faults::describe(&error), "abandoned jobs not checked"),
         }
         if let Ok(status) = queue::status(&shared.db).await {
             metrics::gauge!("jobs_queued").set(status.queued as f64);

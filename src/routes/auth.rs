@@ -210,6 +210,7 @@ pub async fn change_password(
     let password_hash = state.auth.hash_password(new_password).await?;
     let mut tx = db.begin().await?;
     users::set_password(&mut tx, user.id, &password_hash).await?;
+    password_reset::delete_for(&mut tx, user.id).await?;
     let ended = sessions::end_all(&mut tx, user.id, Some(user.session)).await?;
     tx.commit().await?;
     state.auth.sessions.forget_user(user.id);

@@ -167,6 +167,30 @@ async fn a_reset_email_arrives_and_its_link_works_once_ending_every_session_post
 }
 
 #[tokio::test]
+#[cfg_attr(not(test_smtp), ignore = "needs aiosmtpd on PATH (.ci/run installs it)")]
+async fn a_password_change_makes_a_reset_link_sent_before_it_useless() {
+    let smtp = Smtp::start();
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| email_to(c, smtp.port)).await;
+    let token = app.signup("ada@example.com").await;
+    request_reset(&app, "ada@example.com").await;
+    let messages = smtp.wait_for(1, DELIVERY).await;
+    let link = reset_token(&messages[0]);
+    let change = json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD});
+    assert_eq!(
+        app.post_json("/api/v1/me/password", &change, Some(&token))
+            .await
+            .status(),
+        204
+    );
+    let confirm = json!({"token": link, "password": "yet another passphrase"});
+    let response = app
+        .post_json("/api/v1/auth/password-reset/confirm", &confirm, None)
+        .await;
+    assert_error(response, 400, "invalid_token").await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_reset_request_is_checked_and_answered_alike_for_known_and_unknown_emails() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     app.signup("ada@example.com").await;
@@ -558,6 +582,53 @@ async fn a_panicking_handler_counts_an_attempt_and_the_worker_goes_on() {
         runs.load(Ordering::SeqCst),
         2,
         "the bad payload never reached the handler"
+    );
+    workers.drain(std::time::Instant::now()).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_died_runs_again_unless_that_was_its_last_attempt() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.jobs.concurrency = 0).await;
+    let db = app.state.db.clone();
+    // Two jobs left `running` by a worker that died: one on attempt 1, one on its last (2).
+    for (attempts, action) in [(1, "first"), (2, "last")] {
+        let mut tx = db.begin().await.unwrap();
+        let payload = format!("{{\"action\":\"{action}\"}}");
+        let id = queue::insert(&mut tx, Probe::KIND, &payload, 0).await.unwrap();
+        shipshape::with_tx!(&mut tx, conn => {
+            sqlx::query("UPDATE jobs SET state = 'running', attempts = $1, claim = $1, leased_until = 1 WHERE id = $2")
+                .bind(attempts)
+                .bind(id.to_string())
+                .execute(&mut **conn)
+                .await
+                .map(drop)
+        })
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let mut settings = app.state.config.jobs.clone();
+    settings.max_attempts = 2;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let workers = Workers::start(
+        db.clone(),
+        Default::default(),
+        probe_registry(&db, &app.state.config, runs.clone()),
+        &settings,
+        2,
+    );
+    let end = wait_for_queue(&db, DELIVERY, |s| s.failed == 1 && s.queued + s.running == 0).await;
+    assert_eq!((end.failed, end.queued, end.running), (1, 0, 0));
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the one with an attempt left ran again");
+    let failed = queue::list(&db, Some("failed"), 10).await.unwrap();
+    assert_eq!(failed[0].attempts, 2);
+    assert!(
+        failed[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("worker stopped"),
+        "{failed:?}"
     );
     workers.drain(std::time::Instant::now()).await;
     app.stop().await;
