@@ -340,6 +340,17 @@ pub enum Standing {
     SetRole(Role),
 }
 
+impl Standing {
+    /// Its `action` in the audit line (docs/accounts.md, "Audit lines").
+    pub fn action(self) -> &'static str {
+        match self {
+            Standing::Disable => "user.disable",
+            Standing::Enable => "user.enable",
+            Standing::SetRole(_) => "user.set_role",
+        }
+    }
+}
+
 /// Applies `change` to the account `id` inside the caller's transaction (which ends a
 /// disabled account's sessions: `sessions::change_standing`). The only enabled admin can be
 /// neither disabled nor demoted (409 `last_admin`). `None` when there is no such account.

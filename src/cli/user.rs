@@ -121,11 +121,7 @@ async fn change(db: &Db, email: &str, standing: Standing) -> Result<(), Failure>
     let unknown = || Failure::Refused(format!("no account with the email {email}"));
     let id = users::find_by_email(db, &email).await?.ok_or_else(unknown)?.id()?;
     let user = sessions::change_standing(db, id, standing).await?.ok_or_else(unknown)?;
-    let action = match standing {
-        Standing::Disable => "user.disable",
-        Standing::Enable => "user.enable",
-        Standing::SetRole(_) => "user.set_role",
-    };
+    let action = standing.action();
     tracing::info!(audit = true, actor = "cli", action, target = %id, role = user.role().as_str(), "audit");
     let state = if user.is_disabled() { "disabled" } else { "enabled" };
     println!("{id} {email} {} {state}", user.role().as_str());

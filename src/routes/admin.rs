@@ -76,7 +76,7 @@ pub async fn disable_user(
     admin: AdminUser,
     id: PathId,
 ) -> Result<Json<AdminView>, ApiError> {
-    change(&state, admin, id, Standing::Disable, "user.disable").await
+    change(&state, admin, id, Standing::Disable).await
 }
 
 /// Enables a disabled account (its old sessions stay ended).
@@ -92,7 +92,7 @@ pub async fn enable_user(
     admin: AdminUser,
     id: PathId,
 ) -> Result<Json<AdminView>, ApiError> {
-    change(&state, admin, id, Standing::Enable, "user.enable").await
+    change(&state, admin, id, Standing::Enable).await
 }
 
 async fn change(
@@ -100,13 +100,12 @@ async fn change(
     AdminUser(admin): AdminUser,
     PathId(id): PathId,
     standing: Standing,
-    action: &'static str,
 ) -> Result<Json<AdminView>, ApiError> {
     let id = id.ok_or(ApiError::NotFound)?;
     let row = sessions::change_standing(state.database()?, id, standing)
         .await?
         .ok_or(ApiError::NotFound)?;
     state.auth.sessions.forget_user(id);
-    tracing::info!(audit = true, actor = %admin.id, action, target = %id, "audit");
+    tracing::info!(audit = true, actor = %admin.id, action = standing.action(), target = %id, "audit");
     Ok(Json(row.into_admin_view()?))
 }

@@ -125,11 +125,8 @@ pub async fn login(State(state): State<AppState>, ApiJson(login): ApiJson<Login>
     if !state.auth.verify_password(login.password, stored_hash).await? {
         return Err(ApiError::InvalidCredentials);
     }
-    let row = row.ok_or(ApiError::InvalidCredentials)?;
-    if row.is_disabled() {
-        return Err(ApiError::AccountDisabled);
-    }
-    let user = row.id()?;
+    let user = row.ok_or(ApiError::InvalidCredentials)?.id()?;
+    // A disabled account gets 403 `account_disabled` from here (`sessions::start`).
     let mut tx = db.begin().await?;
     let started = sessions::start(&mut tx, user).await?;
     tx.commit().await?;
