@@ -34,6 +34,9 @@ pub use worker::Workers;
 pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     /// Stored in `jobs.job`, shown by `shipshape jobs list`, logged as `job`.
     const KIND: &'static str;
+    /// The longest an attempt may run; past it the attempt fails (and is retried). Without a
+    /// bound, a handler that hangs would hold its worker for ever, renewing its lease.
+    const TIMEOUT: Duration = Duration::from_secs(600);
 }
 
 /// Adds `job` inside the caller's transaction: committed, it will run; rolled back, it never existed.
@@ -94,8 +97,11 @@ impl Registry {
     {
         let handler = Arc::new(handler);
         let run: Handler = Arc::new(move |context, payload: &str| match serde_json::from_str::<J>(payload) {
-            Ok(job) => handler(context, job)
-                .map(|done| done.map_err(|e| Failure::Retry(format!("{e:#}"))))
+            Ok(job) => tokio::time::timeout(J::TIMEOUT, handler(context, job))
+                .map(|done| match done {
+                    Ok(done) => done.map_err(|e| Failure::Retry(format!("{e:#}"))),
+                    Err(_) => Err(Failure::Retry(format!("timed out after {} s", J::TIMEOUT.as_secs()))),
+                })
                 .boxed(),
             Err(e) => {
                 let reason = format!("the payload does not decode as {}: {e}", J::KIND);

@@ -487,6 +487,7 @@ struct Probe {
 
 impl Job for Probe {
     const KIND: &'static str = "test.probe";
+    const TIMEOUT: Duration = Duration::from_secs(2);
 }
 
 fn probe_registry(db: &Db, config: &Config, runs: Arc<AtomicUsize>) -> Registry {
@@ -502,6 +503,7 @@ fn probe_registry(db: &Db, config: &Config, runs: Arc<AtomicUsize>) -> Registry 
             match probe.action.as_str() {
                 "panic" => panic!("the probe panics"),
                 "sleep" => tokio::time::sleep(Duration::from_secs(60)).await,
+                "hang" => std::future::pending::<()>().await,
                 _ => {}
             }
             Ok(())
@@ -543,7 +545,7 @@ async fn a_job_exists_exactly_when_its_transaction_commits() {
 }
 
 #[tokio::test]
-async fn a_panicking_handler_counts_an_attempt_and_the_worker_goes_on() {
+async fn a_panicking_or_hanging_handler_fails_its_attempt_and_the_worker_goes_on() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| c.jobs.concurrency = 0).await;
     let db = app.state.db.clone();
     let mut settings = app.state.config.jobs.clone();
@@ -557,16 +559,17 @@ async fn a_panicking_handler_counts_an_attempt_and_the_worker_goes_on() {
         1,
     );
     enqueue_probe(&db, "panic").await;
+    enqueue_probe(&db, "hang").await;
     enqueue_probe(&db, "ok").await;
     // A payload an older binary wrote, that this one cannot read: failed at once, with why.
     let mut tx = db.begin().await.unwrap();
     queue::insert(&mut tx, Probe::KIND, r#"{"act":1}"#, 0).await.unwrap();
     tx.commit().await.unwrap();
-    let end = wait_for_queue(&db, DELIVERY, |s| s.failed == 2 && s.queued + s.running == 0).await;
+    let end = wait_for_queue(&db, DELIVERY, |s| s.failed == 3 && s.queued + s.running == 0).await;
     assert_eq!(
         (end.failed, end.queued),
-        (2, 0),
-        "the panic and the bad payload failed; the other ran"
+        (3, 0),
+        "the panic, the hang (past its TIMEOUT) and the bad payload failed; the other ran"
     );
     let failed = queue::list(&db, Some("failed"), 10).await.unwrap();
     let errors: Vec<&str> = failed.iter().filter_map(|j| j.last_error.as_deref()).collect();
@@ -578,9 +581,10 @@ async fn a_panicking_handler_counts_an_attempt_and_the_worker_goes_on() {
         errors.iter().any(|e| e.contains("does not decode as test.probe")),
         "{errors:?}"
     );
+    assert!(errors.iter().any(|e| e.contains("timed out after 2 s")), "{errors:?}");
     assert_eq!(
         runs.load(Ordering::SeqCst),
-        2,
+        3,
         "the bad payload never reached the handler"
     );
     workers.drain(std::time::Instant::now()).await;
