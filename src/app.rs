@@ -145,12 +145,16 @@ pub fn jobs(context: jobs::Context) -> Registry {
         .on(|context, job: password_reset::SendLink| async move { password_reset::send_link(&context, job).await })
         .on(|context, _: sessions::SweepExpired| async move {
             let deleted = sessions::delete_expired(&context.db, context.config.refresh_token_ttl).await?;
-            tracing::info!(deleted, "expired sessions deleted");
+            if deleted > 0 {
+                tracing::info!(deleted, "expired sessions deleted");
+            }
             Ok(())
         })
         .on(|context, _: password_reset::SweepExpired| async move {
             let deleted = password_reset::delete_expired(&context.db).await?;
-            tracing::info!(deleted, "expired password-reset tokens deleted");
+            if deleted > 0 {
+                tracing::info!(deleted, "expired password-reset tokens deleted");
+            }
             Ok(())
         })
         .every(SWEEP_EVERY, sessions::SweepExpired)

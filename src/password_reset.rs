@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::input::{Fields, FromJson};
 use crate::jobs::{self, Context, Job};
 use crate::users::{self, Password};
-use crate::{tokens, with_db, with_tx};
+use crate::{tokens, with_db, with_tx, with_write};
 
 /// `POST /api/v1/auth/password-reset`.
 #[derive(ToSchema)]
@@ -169,14 +169,11 @@ pub async fn delete_for(tx: &mut Tx, user: Uuid) -> Result<(), sqlx::Error> {
 
 /// Deletes expired tokens (the [`SweepExpired`] job); says how many.
 pub async fn delete_expired(db: &Db) -> Result<u64, sqlx::Error> {
-    let mut tx = db.begin().await?;
-    let deleted = with_tx!(&mut tx, conn => {
+    with_write!(db, conn => {
         sqlx::query("DELETE FROM password_resets WHERE expires_at <= $1")
             .bind(db::now_micros())
-            .execute(&mut **conn)
+            .execute(conn)
             .await
             .map(|done| done.rows_affected())
-    })?;
-    tx.commit().await?;
-    Ok(deleted)
+    })
 }

@@ -165,8 +165,8 @@ impl Application {
                 tracing::info!(version, description, "migration applied");
             }
         }
-        let metrics_handle = config.metrics_port.map(|_| telemetry::metrics::install()).transpose()?;
         let state = AppState::new(config.clone(), db, readiness_db)?;
+        let metrics = bind_metrics(&state).await?;
         watch_database(state.clone()).await;
         spawn_schema_watch(state.clone()).await;
         let workers = match config.jobs.concurrency {
@@ -177,15 +177,6 @@ impl Application {
         let listener = TcpListener::bind((config.host, config.port))
             .await
             .with_context(|| format!("could not listen on {}:{}", config.host, config.port))?;
-        let metrics = match (config.metrics_port, metrics_handle) {
-            (Some(port), Some(handle)) => {
-                let listener = TcpListener::bind((config.host, port))
-                    .await
-                    .with_context(|| format!("could not listen on {}:{port} (METRICS_PORT)", config.host))?;
-                Some((listener, routes::metrics::router(state.clone(), handle)))
-            }
-            _ => None,
-        };
         Ok(Application {
             listener,
             router,
@@ -226,6 +217,19 @@ impl Application {
     }
 }
 
+/// The Prometheus recorder, and the listener and router of `/metrics`, when `METRICS_PORT` is set.
+async fn bind_metrics(state: &AppState) -> anyhow::Result<Option<(TcpListener, Router)>> {
+    let config = &state.config;
+    let Some(port) = config.metrics_port else {
+        return Ok(None);
+    };
+    let handle = telemetry::metrics::install()?;
+    let listener = TcpListener::bind((config.host, port))
+        .await
+        .with_context(|| format!("could not listen on {}:{port} (METRICS_PORT)", config.host))?;
+    Ok(Some((listener, routes::metrics::router(state.clone(), handle))))
+}
+
 fn spawn_metrics_listener((listener, router): (TcpListener, Router), state: &AppState) {
     let draining = state.lifecycle.draining();
     tokio::spawn(async move {
@@ -241,15 +245,11 @@ fn spawn_metrics_listener((listener, router): (TcpListener, Router), state: &App
 pub async fn work(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let db = Db::connect_lazy(&config.database).context("could not set up the database pool")?;
-    let metrics_handle = config.metrics_port.map(|_| telemetry::metrics::install()).transpose()?;
     let state = AppState::new(config.clone(), db, None)?;
-    watch_database(state.clone()).await;
-    if let (Some(port), Some(handle)) = (config.metrics_port, metrics_handle) {
-        let listener = TcpListener::bind((config.host, port))
-            .await
-            .with_context(|| format!("could not listen on {}:{port} (METRICS_PORT)", config.host))?;
-        spawn_metrics_listener((listener, routes::metrics::router(state.clone(), handle)), &state);
+    if let Some(metrics) = bind_metrics(&state).await? {
+        spawn_metrics_listener(metrics, &state);
     }
+    watch_database(state.clone()).await;
     let workers = start_workers(&state, config.jobs.concurrency.max(1))?;
     shutdown.await;
     state.lifecycle.start_draining();

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::db::{self, Db, Tx};
 use crate::error::ApiError;
 use crate::users::{self, Role, Standing, UserRow};
-use crate::{tokens, with_db, with_tx};
+use crate::{tokens, with_db, with_tx, with_write};
 
 /// A refresh token as the client holds it.
 pub struct RefreshToken {
@@ -152,10 +152,7 @@ pub async fn refresh(db: &Db, token: &RefreshToken, ttl: Duration) -> Result<Ref
 /// Ends one session (a logout).
 pub async fn end(db: &Db, session: Uuid) -> Result<(), ApiError> {
     let sql = "DELETE FROM sessions WHERE id = $1";
-    let mut tx = db.begin().await?;
-    with_tx!(&mut tx, conn => sqlx::query(sql).bind(session.to_string()).execute(&mut **conn).await.map(drop))?;
-    tx.commit().await?;
-    Ok(())
+    with_write!(db, conn => sqlx::query(sql).bind(session.to_string()).execute(conn).await.map(drop))
 }
 
 /// Ends every session of `user` but `keep` (a password change keeps the caller's), inside
@@ -185,12 +182,9 @@ impl crate::jobs::Job for SweepExpired {
 /// Deletes the sessions unused for `ttl` (the [`SweepExpired`] job); says how many.
 pub async fn delete_expired(db: &Db, ttl: Duration) -> Result<u64, sqlx::Error> {
     let sql = "DELETE FROM sessions WHERE refreshed_at <= $1";
-    let mut tx = db.begin().await?;
-    let deleted = with_tx!(&mut tx, conn => {
-        sqlx::query(sql).bind(cutoff(ttl)).execute(&mut **conn).await.map(|done| done.rows_affected())
-    })?;
-    tx.commit().await?;
-    Ok(deleted)
+    with_write!(db, conn => {
+        sqlx::query(sql).bind(cutoff(ttl)).execute(conn).await.map(|done| done.rows_affected())
+    })
 }
 
 /// The role of `user` while its `session` runs and the account is enabled; `None` otherwise.

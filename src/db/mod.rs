@@ -214,6 +214,31 @@ impl Db {
     }
 }
 
+/// Runs one write statement, `$conn` its executor: on PostgreSQL straight on the pool (a
+/// statement is its own transaction, one round trip), on SQLite in a transaction that waits
+/// its turn in the [`WriterQueue`]. Use inside an async fn whose error converts from
+/// `sqlx::Error`: `with_write!(db, conn => query.execute(conn).await)`.
+#[macro_export]
+macro_rules! with_write {
+    ($db:expr, $conn:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres(pool) => {
+                let $conn = pool;
+                Ok($body?)
+            }
+            db @ $crate::db::Db::Sqlite(..) => {
+                let mut tx = db.begin().await?;
+                let done = $crate::with_tx!(&mut tx, c => {
+                    let $conn = &mut **c;
+                    $body
+                })?;
+                tx.commit().await?;
+                Ok(done)
+            }
+        }
+    };
+}
+
 impl Tx {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         with_tx!(self, tx => tx.commit().await)

@@ -8,7 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::db::{self, Db, Tx};
-use crate::{with_db, with_tx};
+use crate::{with_db, with_tx, with_write};
 
 /// A job claimed by a worker.
 #[derive(Debug, sqlx::FromRow)]
@@ -78,26 +78,15 @@ pub async fn claim(db: &Db, lease: Duration, limit: usize, max_attempts: u32) ->
     );
     let now = db::now_micros();
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    macro_rules! claim_on {
-        ($executor:expr) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(now.saturating_add(micros(lease)))
-                .bind(now)
-                .bind(limit)
-                .bind(i64::from(max_attempts))
-                .fetch_all($executor)
-                .await
-        };
-    }
-    match db {
-        Db::Postgres(pool) => claim_on!(pool),
-        Db::Sqlite(..) => {
-            let mut tx = db.begin().await?;
-            let claimed = with_tx!(&mut tx, conn => claim_on!(&mut **conn))?;
-            tx.commit().await?;
-            Ok(claimed)
-        }
-    }
+    with_write!(db, conn => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(now.saturating_add(micros(lease)))
+            .bind(now)
+            .bind(limit)
+            .bind(i64::from(max_attempts))
+            .fetch_all(conn)
+            .await
+    })
 }
 
 /// Extends a running job's lease; `false` when the job is no longer this attempt's.
@@ -140,29 +129,18 @@ enum Arg {
 /// becomes the condition that the job is still this claim's (`$1`, `$2`); `args` are `$3` on.
 async fn write(db: &Db, sql: &str, job: &Claimed, args: &[Arg]) -> Result<u64, sqlx::Error> {
     let sql = sql.replace("{fence}", "id = $1 AND claim = $2 AND state = 'running'");
-    macro_rules! write_on {
-        ($executor:expr) => {{
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(job.id.as_str())
-                .bind(job.claim);
-            for arg in args {
-                query = match arg {
-                    Arg::Int(value) => query.bind(*value),
-                    Arg::Text(value) => query.bind(value.as_str()),
-                };
-            }
-            query.execute($executor).await.map(|done| done.rows_affected())
-        }};
-    }
-    match db {
-        Db::Postgres(pool) => write_on!(pool),
-        Db::Sqlite(..) => {
-            let mut tx = db.begin().await?;
-            let rows = with_tx!(&mut tx, conn => write_on!(&mut **conn))?;
-            tx.commit().await?;
-            Ok(rows)
+    with_write!(db, conn => {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(job.id.as_str())
+            .bind(job.claim);
+        for arg in args {
+            query = match arg {
+                Arg::Int(value) => query.bind(*value),
+                Arg::Text(value) => query.bind(value.as_str()),
+            };
         }
-    }
+        query.execute(conn).await.map(|done| done.rows_affected())
+    })
 }
 
 /// Marks `failed` the running jobs whose lease ran out on their last attempt: their worker
@@ -173,12 +151,7 @@ pub async fn fail_abandoned(db: &Db, max_attempts: u32) -> Result<Vec<(String, S
                  last_error = 'the worker stopped during the last attempt (killed, out of memory, or its machine lost)' \
                WHERE state = 'running' AND leased_until <= $1 AND attempts >= $2 RETURNING id, job";
     let now = db::now_micros();
-    let mut tx = db.begin().await?;
-    let failed = with_tx!(&mut tx, conn => {
-        sqlx::query_as(sql).bind(now).bind(i64::from(max_attempts)).fetch_all(&mut **conn).await
-    })?;
-    tx.commit().await?;
-    Ok(failed)
+    with_write!(db, conn => sqlx::query_as(sql).bind(now).bind(i64::from(max_attempts)).fetch_all(conn).await)
 }
 
 /// The queue at a glance (`shipshape jobs status`).

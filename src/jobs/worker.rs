@@ -309,8 +309,8 @@ async fn keep_lease(shared: &Shared, job: &Claimed) {
     }
 }
 
-/// Enqueues each recurring job when it is due (once across all instances), fails the jobs
-/// whose worker died during their last attempt, and keeps the `jobs_queued` gauge.
+/// Enqueues each recurring job when it is due (once across all instances), and fails the
+/// jobs whose worker died during their last attempt.
 async fn schedule(shared: Arc<Shared>, gate: PoolerGate, mut stop: watch::Receiver<Option<Instant>>) {
     let mut tick = tokio::time::interval(SCHEDULER_TICK);
     loop {
@@ -339,9 +339,6 @@ async fn schedule(shared: Arc<Shared>, gate: PoolerGate, mut stop: watch::Receiv
                 }
             }
             Err(error) => tracing::warn!(error = %faults::describe(&error), "abandoned jobs not checked"),
-        }
-        if let Ok(status) = queue::status(&shared.db).await {
-            metrics::gauge!("jobs_queued").set(status.queued as f64);
         }
     }
 }

@@ -60,6 +60,12 @@ async fn request_reset(app: &TestApp, email: &str) {
     assert_eq!(response.json::<Value>().await.unwrap(), json!({"status": "accepted"}));
 }
 
+/// Ada's login with `password`.
+async fn login(app: &TestApp, password: &str) -> reqwest::Response {
+    let body = json!({"email": "ada@example.com", "password": password});
+    app.post_json("/api/v1/auth/login", &body, None).await
+}
+
 async fn status(db: &Db) -> queue::Status {
     queue::status(db).await.expect("queue status")
 }
@@ -80,14 +86,7 @@ async fn reset_works_once_and_ends_every_session(backend: Backend) {
     let smtp = Smtp::start();
     let app = TestApp::spawn_with(backend, |c| email_to(c, smtp.port)).await;
     let first = app.sign_up("ada@example.com").await;
-    let login = app
-        .post_json(
-            "/api/v1/auth/login",
-            &json!({"email": "ada@example.com", "password": PASSWORD}),
-            None,
-        )
-        .await;
-    let second: Value = login.json().await.unwrap();
+    let second: Value = login(&app, PASSWORD).await.json().await.unwrap();
 
     request_reset(&app, "Ada@Example.com").await;
     request_reset(&app, "nobody@example.com").await;
@@ -132,22 +131,8 @@ async fn reset_works_once_and_ends_every_session(backend: Backend) {
             .await;
         assert_eq!(refresh.status(), 401);
     }
-    let old = app
-        .post_json(
-            "/api/v1/auth/login",
-            &json!({"email": "ada@example.com", "password": PASSWORD}),
-            None,
-        )
-        .await;
-    assert_eq!(old.status(), 401);
-    let new = app
-        .post_json(
-            "/api/v1/auth/login",
-            &json!({"email": "ada@example.com", "password": NEW_PASSWORD}),
-            None,
-        )
-        .await;
-    assert_eq!(new.status(), 200);
+    assert_eq!(login(&app, PASSWORD).await.status(), 401);
+    assert_eq!(login(&app, NEW_PASSWORD).await.status(), 200);
     app.stop().await;
 }
 
