@@ -34,6 +34,7 @@ impl Job for Noop {
 fn registry(db: &Db, config: &Config, started: Instant, pickups: Arc<Mutex<Vec<f64>>>) -> Registry {
     let context = jobs::Context {
         db: db.clone(),
+        storage: shipshape::storage::Storage::open(&config.storage).expect("storage"),
         mailer: Mailer::Log,
         config: Arc::new(config.clone()),
     };

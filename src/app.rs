@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::middleware;
 use axum::response::Response;
 use tower::ServiceBuilder;
@@ -19,12 +19,15 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::RateSetting;
+// example-domain:begin
+use crate::invoices::attachments;
+// example-domain:end
 use crate::jobs::{self, Registry};
 use crate::observe::Observe;
 use crate::rate_limit::Limit;
 use crate::state::AppState;
 use crate::static_files::{self, HtmlErrorPages};
-use crate::{error, password_reset, rate_limit, routes, security, sessions, telemetry};
+use crate::{error, password_reset, rate_limit, routes, security, sessions, telemetry, uploads};
 
 /// The application: every route inside the whole middleware stack.
 pub fn router(state: AppState) -> Router {
@@ -82,10 +85,13 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
         ))
-        // Bodies over MAX_BODY_BYTES are refused with 413 before a handler reads them.
-        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
-        // The layer above enforces the limit; axum's own 2 MB default would contradict it.
-        .layer(DefaultBodyLimit::disable())
+        // Bodies over the largest any route takes (an upload's) are refused with 413 before a
+        // handler reads them.
+        .layer(RequestBodyLimitLayer::new(
+            config.max_body_bytes.max(uploads::body_limit(config.uploads.max_bytes)),
+        ))
+        // Every other route reads at most MAX_BODY_BYTES (an upload route sets its own).
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
         // Box the body once, right here: the compression body holds every encoder's state inline
         // (kilobytes), and each layer above would otherwise copy it as the response passes up.
         .map_response(|response: Response<_>| response.map(Body::new))
@@ -96,7 +102,11 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                 SizeAbove::new(1024)
                     .and(NotForContentType::IMAGES)
                     .and(NotForContentType::SSE)
-                    .and(NotForContentType::GRPC),
+                    .and(NotForContentType::GRPC)
+                    // Downloads of stored files go out as they are stored.
+                    .and(|_, _, headers: &HeaderMap, _: &Extensions| {
+                        !headers.contains_key(header::CONTENT_DISPOSITION)
+                    }),
             ),
         );
     routes.layer(stack).with_state(state)
@@ -130,6 +140,7 @@ pub fn rate_limits() -> Vec<RateSetting> {
         routes::auth::LIMITS,
         // example-domain:begin
         routes::invoices::LIMITS,
+        routes::attachments::LIMITS,
         // example-domain:end
     ];
     limits.concat().iter().map(|limit| limit.setting).collect()
@@ -138,10 +149,15 @@ pub fn rate_limits() -> Vec<RateSetting> {
 /// How often the expired sessions and password-reset tokens are deleted. They are refused
 /// from the moment they expire whatever this says: the sweep only keeps the tables small.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
+// example-domain:begin
+/// How often objects left by unfinished uploads are looked for (it lists every attachment's
+/// object, so not often): an orphan goes within a day, as docs/files.md promises.
+const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(6 * 3600);
+// example-domain:end
 
 /// Every job the workers run, and the recurring ones (docs/jobs.md). Add a job's handler here.
 pub fn jobs(context: jobs::Context) -> Registry {
-    Registry::new(context)
+    let registry = Registry::new(context)
         .on(|context, job: password_reset::SendLink| async move { password_reset::send_link(&context, job).await })
         .on(|context, _: sessions::SweepExpired| async move {
             let deleted = sessions::delete_expired(&context.db, context.config.refresh_token_ttl).await?;
@@ -158,7 +174,19 @@ pub fn jobs(context: jobs::Context) -> Registry {
             Ok(())
         })
         .every(SWEEP_EVERY, sessions::SweepExpired)
-        .every(SWEEP_EVERY, password_reset::SweepExpired)
+        .every(SWEEP_EVERY, password_reset::SweepExpired);
+    // example-domain:begin
+    let registry = registry
+        .on(|context, _: attachments::SweepOrphans| async move {
+            let deleted = attachments::sweep_orphans(&context.db, &context.storage).await?;
+            if deleted > 0 {
+                tracing::info!(deleted, "attachment objects without a row deleted");
+            }
+            Ok(())
+        })
+        .every(ORPHAN_SWEEP_EVERY, attachments::SweepOrphans);
+    // example-domain:end
+    registry
 }
 
 /// Drops `identity;q=0` and `*;q=0` from `Accept-Encoding`. Faced with them, the compression

@@ -7,11 +7,12 @@ use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::config::postgres::{connect_options, requires_tls};
-use crate::config::{ClientIpSource, Config, DatabaseConfig, Secret, is_private_host};
+use crate::config::{ClientIpSource, Config, DatabaseConfig, Secret, StorageConfig, is_private_host};
 use crate::db::postgres::{self, Pooling};
 use crate::db::{self, Db};
 use crate::email::Mailer;
 use crate::redis_store;
+use crate::storage::Storage;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -291,6 +292,30 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
+        code: "E007",
+        fix: "set BUCKET_NAME (or STORAGE_URL=s3://BUCKET), AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; `fly storage create` sets them all",
+        problems: |c| {
+            let StorageConfig::S3(s3) = &c.storage else {
+                return Vec::new();
+            };
+            when(
+                s3.access_key_id.is_none() || s3.secret_access_key.is_none(),
+                "s3:// storage without AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            )
+        },
+    },
+    Rule {
+        code: "W016",
+        fix: "use object storage (`fly storage create`, or STORAGE_URL=s3://BUCKET), or keep STORAGE_URL on a mounted volume",
+        problems: |c| match &c.storage {
+            StorageConfig::Local(dir) => vec![format!(
+                "uploads live in the local directory {}: a redeploy loses them unless it is a mounted volume",
+                dir.display()
+            )],
+            StorageConfig::S3(_) => Vec::new(),
+        },
+    },
+    Rule {
         code: "E008",
         fix: "set EMAIL_FROM (e.g. `Acme <no-reply@acme.com>`) and PUBLIC_URL=https://your-frontend beside EMAIL_URL",
         problems: |c| {
@@ -345,6 +370,20 @@ pub async fn check_connections(config: &Config) -> Vec<Finding> {
             "W011",
             format!("Redis is unreachable: {reason}"),
             "check REDIS_URL (and REDIS_CA_CERT for a private CA); until Redis answers, rate limits fall back to per instance",
+        ));
+    }
+    let probe = async {
+        let storage = Storage::open(&config.storage).map_err(|e| format!("{e:#}"))?;
+        tokio::time::timeout(CONNECT_LIMIT * 3, storage.probe())
+            .await
+            .map_err(|_| "no answer in time".to_owned())?
+            .map_err(|e| format!("{e:#}"))
+    };
+    if let Err(reason) = probe.await {
+        findings.push(warning(
+            "W019",
+            format!("the file storage is unreachable: {reason}"),
+            "check STORAGE_URL (or BUCKET_NAME), AWS_ENDPOINT_URL_S3 and the credentials; until it answers, uploads and downloads are 503",
         ));
     }
     if config.email.url.is_some() {

@@ -61,10 +61,15 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidTransition(&'static str),
     // example-domain:end
+    #[error("this upload would put you over your storage quota")]
+    QuotaExceeded,
     #[error("the request body is too large")]
     PayloadTooLarge,
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
+    /// An upload that is not `multipart/form-data`, or whose content is not an allowed type.
+    #[error("{0}")]
+    UnsupportedUpload(&'static str),
     #[error("the requested range is not satisfiable")]
     RangeNotSatisfiable,
     #[error("a precondition of the request failed")]
@@ -82,6 +87,9 @@ pub enum ApiError {
     /// A statement ran past `DATABASE_STATEMENT_TIMEOUT_SECS`: 503 `timeout`, logged by `db::faults`.
     #[error("the database took too long to answer")]
     DatabaseTimeout,
+    /// The file storage failed or cannot be reached: 503 like `ServiceUnavailable`, the cause logged.
+    #[error("the file storage is temporarily unavailable")]
+    StorageUnavailable(#[source] anyhow::Error),
     #[error("an internal error occurred")]
     Internal(#[source] anyhow::Error),
     /// A handler panicked. Rendered like `Internal`, but not sent to Sentry again: its
@@ -162,13 +170,18 @@ impl ApiError {
             // example-domain:begin
             InvalidTransition(_) => (StatusCode::CONFLICT, "invalid_transition"),
             // example-domain:end
+            QuotaExceeded => (StatusCode::CONFLICT, "quota_exceeded"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            UnsupportedMediaType | UnsupportedUpload(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             RangeNotSatisfiable => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
             PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            ServiceUnavailable | DatabaseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            ServiceUnavailable | DatabaseUnavailable | StorageUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
+            }
             Internal(_) | Panic(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -207,7 +220,8 @@ impl IntoResponse for ApiError {
             ApiError::ServiceUnavailable
             | ApiError::Timeout
             | ApiError::DatabaseUnavailable
-            | ApiError::DatabaseTimeout => Some(RETRY_AFTER_UNAVAILABLE_SECS),
+            | ApiError::DatabaseTimeout
+            | ApiError::StorageUnavailable(_) => Some(RETRY_AFTER_UNAVAILABLE_SECS),
             _ => None,
         };
         let mut message = self.to_string();
@@ -223,6 +237,8 @@ impl IntoResponse for ApiError {
             }
             ApiError::Panic(detail) => tracing::error!(panic = detail, "handler panicked"),
             ApiError::DatabaseUnavailable | ApiError::DatabaseTimeout => {}
+            // An outage, not a bug: a warning per request, no Sentry event each.
+            ApiError::StorageUnavailable(cause) => tracing::warn!(error = format!("{cause:#}"), "file storage failed"),
             _ if status.is_server_error() => {
                 tracing::error!(code, "request failed");
                 sentry::report_server_error(code, &message);

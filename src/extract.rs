@@ -85,3 +85,20 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
         Ok(PathId(id.and_then(|Path(id)| Uuid::parse_str(&id).ok())))
     }
 }
+
+/// The `{id}` and the child's id of a nested resource's path (`/invoices/{id}/attachments/{attachment_id}`),
+/// each `None` when it is not a UUID, as for [`PathId`].
+pub struct PathIds(pub Option<Uuid>, pub Option<Uuid>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathIds {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Infallible> {
+        let ids = Path::<(String, String)>::from_request_parts(parts, state).await.ok();
+        let parse = |id: &str| Uuid::parse_str(id).ok();
+        Ok(match ids {
+            Some(Path((parent, child))) => PathIds(parse(&parent), parse(&child)),
+            None => PathIds(None, None),
+        })
+    }
+}

@@ -27,8 +27,10 @@ pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod static_files;
+pub mod storage;
 pub mod telemetry;
 pub mod tokens;
+pub mod uploads;
 pub mod users;
 
 /// Installs rustls' ring crypto provider for the whole process. Must run before any TLS

@@ -128,6 +128,7 @@ fn start_workers(state: &AppState, count: usize) -> anyhow::Result<Workers> {
     let context = jobs::Context {
         db: state.db.clone(),
         mailer: Mailer::from_config(&state.config).context("could not set up email (EMAIL_URL)")?,
+        storage: state.storage.clone(),
         config: state.config.clone(),
     };
     Ok(Workers::start(

@@ -13,6 +13,7 @@ use crate::error::ApiError;
 use crate::lifecycle::Lifecycle;
 use crate::rate_limit::RateLimiters;
 use crate::redis_store;
+use crate::storage::Storage;
 
 /// Everything a handler or middleware may need, behind one `Arc` so cloning it per request is cheap.
 #[derive(Clone)]
@@ -39,6 +40,8 @@ pub struct AppStateInner {
     /// Every rate limit, by name; routes take theirs when the router is built.
     pub rate_limiters: Arc<RateLimiters>,
     pub lifecycle: Lifecycle,
+    /// Where uploaded files go (docs/files.md).
+    pub storage: Storage,
 }
 
 impl Deref for AppState {
@@ -54,10 +57,13 @@ impl AppState {
         let client = redis_store::client(&config)?;
         let redis = client.as_ref().map(redis_store::connection_manager).transpose()?;
         let rate_limiters = RateLimiters::new(&config.rate_limits, redis.clone());
+        let storage = Storage::open(&config.storage)?;
+        storage.watch_health();
         Ok(AppState(Arc::new(AppStateInner {
             auth: Arc::new(Auth::from_config(&config)?),
             lifecycle: Lifecycle::default(),
             rate_limiters,
+            storage,
             redis,
             redis_client: client,
             db,

@@ -164,6 +164,36 @@ pub struct Settings {
     /// How long a claimed job is its worker's (renewed while it runs), 5-3600 [default: 300]
     #[arg(long, env = "JOB_LEASE_SECS", global = true)]
     pub job_lease_secs: Option<String>,
+    /// Where uploaded files live: a directory (a path, or `file:///ABSOLUTE/PATH`) or `s3://BUCKET[/PREFIX]` [default: data/uploads, or s3://$BUCKET_NAME when that is set]
+    #[arg(long, env = "STORAGE_URL", global = true)]
+    pub storage_url: Option<String>,
+    /// The bucket `fly storage create` names; used when STORAGE_URL is unset [default: unset]
+    #[arg(long, env = "BUCKET_NAME", global = true)]
+    pub bucket_name: Option<String>,
+    /// S3 access key id [default: unset]
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", global = true)]
+    pub aws_access_key_id: Option<String>,
+    /// S3 secret access key [default: unset]
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", global = true, hide_env_values = true)]
+    pub aws_secret_access_key: Option<String>,
+    /// S3 region [default: auto]
+    #[arg(long, env = "AWS_REGION", global = true)]
+    pub aws_region: Option<String>,
+    /// S3 endpoint, e.g. https://fly.storage.tigris.dev; `http://` is allowed (a local MinIO) [default: AWS_ENDPOINT_URL, else AWS's own]
+    #[arg(long, env = "AWS_ENDPOINT_URL_S3", global = true)]
+    pub aws_endpoint_url_s3: Option<String>,
+    /// S3 endpoint when AWS_ENDPOINT_URL_S3 is unset [default: unset]
+    #[arg(long, env = "AWS_ENDPOINT_URL", global = true)]
+    pub aws_endpoint_url: Option<String>,
+    /// Address a custom endpoint's bucket as https://BUCKET.ENDPOINT/ instead of ENDPOINT/BUCKET/ [default: false]
+    #[arg(long, env = "AWS_VIRTUAL_HOSTED_STYLE_REQUEST", global = true)]
+    pub aws_virtual_hosted_style_request: Option<String>,
+    /// Largest uploaded file; the JSON routes keep MAX_BODY_BYTES [default: 10485760]
+    #[arg(long, env = "MAX_UPLOAD_BYTES", global = true)]
+    pub max_upload_bytes: Option<String>,
+    /// Total bytes of one user's stored files [default: 104857600]
+    #[arg(long, env = "UPLOAD_QUOTA_BYTES_PER_USER", global = true)]
+    pub upload_quota_bytes_per_user: Option<String>,
     /// `smtp://[USER:PASS@]HOST[:PORT]` (STARTTLS unless HOST is loopback) or `smtps://...` [default: unset: development logs each email, production drops it]
     #[arg(long, env = "EMAIL_URL", global = true, hide_env_values = true)]
     pub email_url: Option<String>,
@@ -469,6 +499,100 @@ impl EmailConfig {
     }
 }
 
+/// Where uploaded files live (docs/files.md).
+#[derive(Clone, Debug)]
+pub enum StorageConfig {
+    /// A directory on this machine's disk.
+    Local(PathBuf),
+    S3(S3Config),
+}
+
+#[derive(Clone, Debug)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Prepended to every key, without slashes at either end; empty for none.
+    pub prefix: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub region: String,
+    /// `None`: AWS's own endpoint for the region.
+    pub endpoint: Option<String>,
+    pub virtual_hosted_style: bool,
+}
+
+impl StorageConfig {
+    const DEFAULT_DIR: &str = "data/uploads";
+
+    fn read(s: &Settings) -> Result<StorageConfig, ConfigError> {
+        let (var, url) = match (raw(&s.storage_url), raw(&s.bucket_name)) {
+            (Some(url), _) => ("STORAGE_URL", url.to_owned()),
+            (None, Some(bucket)) => ("BUCKET_NAME", format!("s3://{bucket}")),
+            (None, None) => return Ok(StorageConfig::Local(PathBuf::from(Self::DEFAULT_DIR))),
+        };
+        if let Some(path) = url.strip_prefix("file://") {
+            return match path.starts_with('/') {
+                true => Ok(StorageConfig::Local(PathBuf::from(path))),
+                false => Err(ConfigError::new(var, Some(&url), "expected file:///ABSOLUTE/PATH")),
+            };
+        }
+        let Some(location) = url.strip_prefix("s3://") else {
+            return match url.contains("://") {
+                true => Err(ConfigError::new(
+                    var,
+                    Some(&url),
+                    "expected a directory, file:///PATH or s3://BUCKET[/PREFIX]",
+                )),
+                false => Ok(StorageConfig::Local(PathBuf::from(url))),
+            };
+        };
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        // S3's bucket naming rules: what any provider accepts.
+        let valid_bucket = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !valid_bucket {
+            return Err(ConfigError::new(
+                var,
+                Some(&url),
+                "expected a bucket name of 3-63 lower-case letters, digits, '-' or '.'",
+            ));
+        }
+        let endpoint = raw(&s.aws_endpoint_url_s3).or(raw(&s.aws_endpoint_url));
+        if let Some(endpoint) = endpoint
+            && !url::Url::parse(endpoint).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+        {
+            return Err(ConfigError::new(
+                "AWS_ENDPOINT_URL_S3",
+                Some(endpoint),
+                "expected an http:// or https:// URL",
+            ));
+        }
+        Ok(StorageConfig::S3(S3Config {
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+            access_key_id: raw(&s.aws_access_key_id).map(str::to_owned),
+            secret_access_key: raw(&s.aws_secret_access_key).map(Secret::new),
+            region: raw(&s.aws_region).unwrap_or("auto").to_owned(),
+            endpoint: endpoint.map(|e| e.trim_end_matches('/').to_owned()),
+            virtual_hosted_style: parse_bool(
+                "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
+                &s.aws_virtual_hosted_style_request,
+                false,
+            )?,
+        }))
+    }
+}
+
+/// Limits of uploaded files (docs/files.md).
+#[derive(Clone, Debug)]
+pub struct UploadLimits {
+    pub max_bytes: u64,
+    pub quota_bytes_per_user: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct SentryConfig {
     pub dsn: Option<SecretUrl>,
@@ -519,6 +643,8 @@ pub struct Config {
     pub jobs: JobSettings,
     pub email: EmailConfig,
     pub password_reset_ttl: Duration,
+    pub storage: StorageConfig,
+    pub uploads: UploadLimits,
     // example-domain:begin
     pub webhook_secret: Option<Secret>,
     pub max_sse_streams: usize,
@@ -1011,6 +1137,24 @@ impl Config {
                 ONE_HOUR,
                 60..=7 * ONE_DAY,
             )?,
+            storage: StorageConfig::read(s)?,
+            uploads: UploadLimits {
+                // Up to 5 TiB, S3's largest object.
+                max_bytes: parse_num(
+                    "MAX_UPLOAD_BYTES",
+                    &s.max_upload_bytes,
+                    10 << 20,
+                    1..=5 << 40,
+                    "a whole number of bytes",
+                )?,
+                quota_bytes_per_user: parse_num(
+                    "UPLOAD_QUOTA_BYTES_PER_USER",
+                    &s.upload_quota_bytes_per_user,
+                    100 << 20,
+                    0..=1 << 50,
+                    "a whole number of bytes",
+                )?,
+            },
             // example-domain:begin
             webhook_secret: raw(&s.webhook_secret).map(Secret::new),
             max_sse_streams: parse_num(

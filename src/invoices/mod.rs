@@ -3,11 +3,13 @@
 //! a fork deletes both (and the lines marked `example-domain`) to start from the skeleton.
 //!
 //! - `mod.rs`    the invoice as the API shows it, and its status
+//! - `attachments.rs` files attached to an invoice: rows, quota, and the orphan sweep
 //! - `input.rs`  the rules of a new invoice's fields
 //! - `store.rs`  every SQL statement on invoices and payments
 //! - `stats.rs`  the per-user aggregates kept with every change, and the summary read from them
 //! - `events.rs` the hub behind the event streams
 
+pub mod attachments;
 pub mod events;
 pub mod input;
 pub mod stats;

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::db::{self, Db, Tx};
 use crate::email::Mailer;
 use crate::error::ApiError;
+use crate::storage::Storage;
 
 pub use worker::Workers;
 
@@ -58,6 +59,7 @@ pub enum Failure {
 pub struct Context {
     pub db: Db,
     pub mailer: Mailer,
+    pub storage: Storage,
     pub config: Arc<Config>,
 }
 

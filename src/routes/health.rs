@@ -48,6 +48,14 @@ pub struct Checks {
     database: DatabaseCheck,
     redis: RedisCheck,
     migrations: MigrationsCheck,
+    storage: StorageCheck,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StorageCheck {
+    /// `ok` or `error`, at most 5 s old; a storage failure does not fail readiness (only the
+    /// routes that store files answer 503).
+    status: &'static str,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -141,6 +149,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
                 status: redis_status(&state).await,
             },
             migrations: schema.into(),
+            storage: StorageCheck {
+                status: if state.storage.is_healthy() { "ok" } else { "error" },
+            },
         },
         draining,
     };

@@ -55,6 +55,7 @@ pub fn example_domain(state: &AppState) -> OpenApiRouter<AppState> {
     };
     OpenApiRouter::new()
         .merge(router(state))
+        .merge(super::attachments::router(state))
         .merge(super::events::router())
         .merge(super::stats::router())
         .merge(webhooks)
@@ -143,7 +144,7 @@ pub async fn list_invoices(
 }
 
 /// One of the caller's invoices (see `users::own`).
-async fn find_own(state: &AppState, user: AuthUser, id: PathId) -> Result<InvoiceRow, ApiError> {
+pub async fn find_own(state: &AppState, user: AuthUser, id: PathId) -> Result<InvoiceRow, ApiError> {
     let db = state.database()?;
     let found = match id.0 {
         Some(id) => store::find_own(db, user.id, id).await?,

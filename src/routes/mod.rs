@@ -2,6 +2,9 @@
 //! `router()` (or `router(state)` when it attaches a rate limit), merged in `app::api`.
 
 pub mod admin;
+// example-domain:begin
+pub mod attachments;
+// example-domain:end
 pub mod auth;
 pub mod docs;
 // example-domain:begin

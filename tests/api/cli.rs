@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::helpers::{TEST_SECRET, free_port};
+use crate::infra::S3Server;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shipshape");
 
@@ -371,6 +372,11 @@ const CLEAN: &[(&str, &str)] = &[
     ("EMAIL_URL", "smtps://mailer:pw@127.0.0.1:1"),
     ("EMAIL_FROM", "Acme <no-reply@example.com>"),
     ("PUBLIC_URL", "https://app.example.com"),
+    // As `fly storage create` leaves it; nothing listens there either (W019).
+    ("BUCKET_NAME", "acme-uploads"),
+    ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+    ("AWS_SECRET_ACCESS_KEY", "aws-secret-0123456789"),
+    ("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1"),
 ];
 
 /// `check --deploy --format json` with CLEAN, `changes` applied (an empty value unsets).
@@ -447,6 +453,9 @@ fn check_deploy_reports_every_finding_and_clears_it() {
         ("PUBLIC_URL", "", "E008", true),
         ("PUBLIC_URL", "http://app.example.com", "E008", true),
         ("EMAIL_URL", "", "W017", false),
+        ("AWS_ACCESS_KEY_ID", "", "E007", true),
+        ("AWS_SECRET_ACCESS_KEY", "", "E007", true),
+        ("BUCKET_NAME", "", "W016", false),
     ] {
         let (code, report) = check_deploy(&[(var, value)], &[]);
         assert_eq!(ids(&report), [id], "{var}={value:?}: {report}");
@@ -455,6 +464,7 @@ fn check_deploy_reports_every_finding_and_clears_it() {
         assert!(!finding["message"].as_str().unwrap().is_empty() && !finding["fix"].as_str().unwrap().is_empty());
         assert_eq!(code, Some(if is_error { 1 } else { 0 }), "{var}={value:?}");
         assert!(!report.to_string().contains("pw@"), "no credentials in the report");
+        assert!(!report.to_string().contains("aws-secret"), "no credentials in the report");
     }
 }
 
@@ -465,7 +475,7 @@ fn check_deploy_connect_reports_unreachable_database_and_redis() {
         ("REDIS_URL", "redis://127.0.0.1:1"),
     ];
     let (code, report) = check_deploy(&changes, &["--connect"]);
-    assert_eq!(ids(&report), ["E004", "W011", "W020"], "{report}");
+    assert_eq!(ids(&report), ["E004", "W011", "W019", "W020"], "{report}");
     assert_eq!(code, Some(1));
     let (_, without_connect) = check_deploy(&changes, &[]);
     assert_eq!(
@@ -536,4 +546,22 @@ fn production_with_a_good_configuration_serves() {
     let server = start_server(&env);
     let status = blocking_get(&format!("http://127.0.0.1:{}/healthz", server.port), &[]);
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn check_deploy_connect_writes_reads_and_deletes_a_probe_object_in_the_storage() {
+    let mut server = S3Server::start().await;
+    let env: Vec<(&'static str, String)> = server.env();
+    let check = |env: Vec<(&'static str, String)>| {
+        tokio::task::spawn_blocking(move || {
+            let changes: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            check_deploy(&changes, &["--connect"]).1
+        })
+    };
+    let report = check(env.clone()).await.unwrap();
+    assert!(!ids(&report).contains(&"W019".to_owned()), "{report}");
+    assert_eq!(server.objects(), Vec::<String>::new(), "the probe object is deleted");
+    server.stop();
+    let report = check(env).await.unwrap();
+    assert!(ids(&report).contains(&"W019".to_owned()), "{report}");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use serde_json::{Value, json};
 use shipshape::app;
-use shipshape::config::{Config, RateLimits, Secret, SecretUrl};
+use shipshape::config::{Config, RateLimits, Secret, SecretUrl, StorageConfig};
 use shipshape::db::Db;
 use shipshape::server::Application;
 use shipshape::state::AppState;
@@ -68,6 +68,7 @@ pub async fn test_config(backend: &Backend, dir: &tempfile::TempDir) -> Config {
     config.password_hash_concurrency = 2;
     config.rate_limits = RateLimits::all_off();
     config.static_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("static");
+    config.storage = StorageConfig::Local(dir.path().join("uploads"));
     config.database.url = match backend {
         Backend::Sqlite => SecretUrl::new(format!("sqlite://{}/app.db", dir.path().display())),
         Backend::Postgres(admin) => SecretUrl::new(fresh_postgres_database(admin).await),

@@ -501,3 +501,126 @@ impl Smtp {
         }
     }
 }
+
+/// A real S3 API on 127.0.0.1 (the `s3s-fs` server, in this process) that checks every
+/// request's SigV4 signature and keeps objects as files, so a test can count them. It can be
+/// stopped (connections cut, nothing listening) to play an unreachable store.
+pub struct S3Server {
+    pub port: u16,
+    root: tempfile::TempDir,
+    tasks: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl S3Server {
+    pub const BUCKET: &str = "shipshape-test";
+    pub const ACCESS_KEY: &str = "test-access-key";
+    pub const SECRET_KEY: &str = "test-secret-key-0123456789";
+
+    pub async fn start() -> S3Server {
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(root.path().join(Self::BUCKET)).expect("bucket folder");
+        let mut server = S3Server {
+            port: free_port(),
+            root,
+            tasks: None,
+        };
+        server.resume().await;
+        server
+    }
+
+    /// Listens (again) on its port.
+    pub async fn resume(&mut self) {
+        let files = s3s_fs::FileSystem::new(self.root.path()).expect("s3s-fs root");
+        let mut builder = s3s::service::S3ServiceBuilder::new(files);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(Self::ACCESS_KEY, Self::SECRET_KEY));
+        let service = builder.build();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind the S3 port");
+        self.tasks = Some(tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                let service = service.clone();
+                connections.spawn(async move {
+                    let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                    let _ = http
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        }));
+    }
+
+    /// Stops listening and cuts every open connection (dropping the task drops the JoinSet,
+    /// which aborts them).
+    pub fn stop(&mut self) {
+        if let Some(tasks) = self.tasks.take() {
+            tasks.abort();
+        }
+    }
+
+    /// The storage settings of the bucket, under `prefix` ("" for none).
+    pub fn storage(&self, prefix: &str) -> shipshape::config::StorageConfig {
+        shipshape::config::StorageConfig::S3(shipshape::config::S3Config {
+            bucket: Self::BUCKET.to_owned(),
+            prefix: prefix.to_owned(),
+            access_key_id: Some(Self::ACCESS_KEY.to_owned()),
+            secret_access_key: Some(shipshape::config::Secret::new(Self::SECRET_KEY)),
+            region: "auto".to_owned(),
+            endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
+            virtual_hosted_style: false,
+        })
+    }
+
+    /// The same as environment variables, for a server process.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("STORAGE_URL", format!("s3://{}", Self::BUCKET)),
+            ("AWS_ACCESS_KEY_ID", Self::ACCESS_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", Self::SECRET_KEY.to_owned()),
+            ("AWS_ENDPOINT_URL_S3", format!("http://127.0.0.1:{}", self.port)),
+        ]
+    }
+
+    /// The keys of the objects stored, sorted.
+    pub fn objects(&self) -> Vec<String> {
+        files_under(&self.root.path().join(Self::BUCKET))
+    }
+
+    /// Parts of multipart uploads neither completed nor aborted.
+    pub fn pending_parts(&self) -> usize {
+        std::fs::read_dir(self.root.path())
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(".upload_id-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every file under `dir`, as paths relative to it, sorted.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, base, out);
+            } else if let Ok(relative) = path.strip_prefix(base) {
+                out.push(relative.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}

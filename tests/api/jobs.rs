@@ -478,6 +478,7 @@ impl Job for Probe {
 fn probe_registry(db: &Db, config: &Config, runs: Arc<AtomicUsize>) -> Registry {
     let context = jobs::Context {
         db: db.clone(),
+        storage: shipshape::storage::Storage::open(&config.storage).expect("storage"),
         mailer: shipshape::email::Mailer::Log,
         config: Arc::new(config.clone()),
     };

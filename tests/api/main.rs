@@ -13,6 +13,7 @@ mod docs;
 mod drills;
 // example-domain:begin
 mod events;
+mod files;
 // example-domain:end
 mod hardening;
 mod jobs;
