@@ -19,9 +19,6 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::RateSetting;
-// example-domain:begin
-use crate::invoices::attachments;
-// example-domain:end
 use crate::jobs::{self, Registry};
 use crate::observe::Observe;
 use crate::rate_limit::Limit;
@@ -149,11 +146,6 @@ pub fn rate_limits() -> Vec<RateSetting> {
 /// How often the expired sessions and password-reset tokens are deleted. They are refused
 /// from the moment they expire whatever this says: the sweep only keeps the tables small.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
-// example-domain:begin
-/// How often objects left by unfinished uploads are looked for (it lists every attachment's
-/// object, so not often): an orphan goes within a day, as docs/files.md promises.
-const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(6 * 3600);
-// example-domain:end
 
 /// Every job the workers run, and the recurring ones (docs/jobs.md). Add a job's handler here.
 pub fn jobs(context: jobs::Context) -> Registry {
@@ -176,15 +168,7 @@ pub fn jobs(context: jobs::Context) -> Registry {
         .every(SWEEP_EVERY, sessions::SweepExpired)
         .every(SWEEP_EVERY, password_reset::SweepExpired);
     // example-domain:begin
-    let registry = registry
-        .on(|context, _: attachments::SweepOrphans| async move {
-            let deleted = attachments::sweep_orphans(&context.db, &context.storage).await?;
-            if deleted > 0 {
-                tracing::info!(deleted, "attachment objects without a row deleted");
-            }
-            Ok(())
-        })
-        .every(ORPHAN_SWEEP_EVERY, attachments::SweepOrphans);
+    let registry = routes::invoices::example_jobs(registry);
     // example-domain:end
     registry
 }

@@ -22,6 +22,9 @@ pub const ALLOWED_NAMES: &str = "the file must be a PDF, PNG, JPEG or WebP image
 
 /// An object under `attachments/` this old without a row is an upload that never finished.
 const ORPHAN_AGE: Duration = Duration::from_secs(3600);
+/// How often the sweep runs. It lists every attachment's object, so not often; an orphan still
+/// goes within a day.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(6 * 3600);
 /// Ids looked up per query by the sweep.
 const SWEEP_BATCH: usize = 500;
 

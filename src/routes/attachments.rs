@@ -58,6 +58,16 @@ async fn own_invoice(state: &AppState, user: AuthUser, id: Option<Uuid>) -> Resu
     Ok(super::invoices::find_own(state, user, PathId(id)).await?.id)
 }
 
+/// The caller's invoice and the attachment id of a `…/attachments/{attachment_id}` path.
+async fn own_invoice_and_attachment(
+    state: &AppState,
+    user: AuthUser,
+    PathIds(id, attachment_id): PathIds,
+) -> Result<(String, Uuid), ApiError> {
+    let invoice = own_invoice(state, user, id).await?;
+    Ok((invoice, attachment_id.ok_or(ApiError::NotFound)?))
+}
+
 /// Attaches a file to one of the caller's invoices. The type is read from the content, never
 /// from the part's `Content-Type` or the file name.
 #[utoipa::path(post, path = "/api/v1/invoices/{id}/attachments", tag = "attachments",
@@ -144,13 +154,8 @@ pub async fn list(
     (status = 404, body = ErrorBody, description = "`not_found`"),
     (status = 503, body = ErrorBody, description = "`service_unavailable`: the file storage is unreachable"),
 ))]
-pub async fn download(
-    State(state): State<AppState>,
-    user: AuthUser,
-    PathIds(id, attachment_id): PathIds,
-) -> Result<Response, ApiError> {
-    let invoice = own_invoice(&state, user, id).await?;
-    let attachment_id = attachment_id.ok_or(ApiError::NotFound)?;
+pub async fn download(State(state): State<AppState>, user: AuthUser, ids: PathIds) -> Result<Response, ApiError> {
+    let (invoice, attachment_id) = own_invoice_and_attachment(&state, user, ids).await?;
     let row = attachments::find(state.database()?, &invoice, attachment_id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -166,13 +171,8 @@ pub async fn download(
     (status = 401, body = ErrorBody, description = "`unauthorized`"),
     (status = 404, body = ErrorBody, description = "`not_found`"),
 ))]
-pub async fn delete(
-    State(state): State<AppState>,
-    user: AuthUser,
-    PathIds(id, attachment_id): PathIds,
-) -> Result<Response, ApiError> {
-    let invoice = own_invoice(&state, user, id).await?;
-    let attachment_id = attachment_id.ok_or(ApiError::NotFound)?;
+pub async fn delete(State(state): State<AppState>, user: AuthUser, ids: PathIds) -> Result<Response, ApiError> {
+    let (invoice, attachment_id) = own_invoice_and_attachment(&state, user, ids).await?;
     let row = attachments::delete(state.database()?, &invoice, attachment_id)
         .await?
         .ok_or(ApiError::NotFound)?;

@@ -14,10 +14,12 @@ use crate::auth::AuthUser;
 use crate::config::RateSetting;
 use crate::error::{ApiError, ErrorBody, JsonBodyErrors};
 use crate::extract::{ApiJson, ApiQuery, PathId};
+use crate::invoices::attachments::{self, SweepOrphans};
 use crate::invoices::events::{self, EventHub};
 use crate::invoices::input::NewInvoice;
 use crate::invoices::store::{self, InvoiceRow};
 use crate::invoices::{Invoice, InvoiceStatus};
+use crate::jobs::Registry;
 use crate::pagination::{Page, PageRequest};
 use crate::rate_limit::Limit;
 use crate::state::AppState;
@@ -60,6 +62,20 @@ pub fn example_domain(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(super::stats::router())
         .merge(webhooks)
         .route_layer(Extension(events))
+}
+
+/// The example domain's jobs, registered by `app::jobs`: the sweep of attachment objects left
+/// without a row.
+pub fn example_jobs(registry: Registry) -> Registry {
+    registry
+        .on(|context, _: SweepOrphans| async move {
+            let deleted = attachments::sweep_orphans(&context.db, &context.storage).await?;
+            if deleted > 0 {
+                tracing::info!(deleted, "attachment objects without a row deleted");
+            }
+            Ok(())
+        })
+        .every(attachments::SWEEP_EVERY, SweepOrphans)
 }
 
 fn router(state: &AppState) -> OpenApiRouter<AppState> {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 /// The files of the example domain outside `src/invoices/`: its routes, the one place it plugs
 /// into the app (`routes::invoices::example_domain`).
 const EXAMPLE_DOMAIN_ROUTES: &[&str] = &[
+    "routes/attachments.rs",
     "routes/events.rs",
     "routes/invoices.rs",
     "routes/stats.rs",

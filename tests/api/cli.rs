@@ -464,7 +464,10 @@ fn check_deploy_reports_every_finding_and_clears_it() {
         assert!(!finding["message"].as_str().unwrap().is_empty() && !finding["fix"].as_str().unwrap().is_empty());
         assert_eq!(code, Some(if is_error { 1 } else { 0 }), "{var}={value:?}");
         assert!(!report.to_string().contains("pw@"), "no credentials in the report");
-        assert!(!report.to_string().contains("aws-secret"), "no credentials in the report");
+        assert!(
+            !report.to_string().contains("aws-secret"),
+            "no credentials in the report"
+        );
     }
 }
 

@@ -143,6 +143,24 @@ async fn attach(app: &TestApp, token: &str, invoice: &str, name: &str, bytes: &[
     body
 }
 
+/// An app on SQLite storing to `store`, a user and their invoice.
+async fn start_on(store: &Store, email: &str) -> (TestApp, String, String) {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.storage = store.config()).await;
+    let (token, invoice) = owner(&app, email).await;
+    (app, token, invoice)
+}
+
+/// How many attachments the invoice lists.
+async fn attachment_count(app: &TestApp, token: &str, invoice: &str) -> usize {
+    let list: Value = app
+        .get(&attachments_path(invoice), Some(token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    list["items"].as_array().expect("items").len()
+}
+
 /// A signed-up user and an invoice of theirs.
 async fn owner(app: &TestApp, email: &str) -> (String, String) {
     let token = app.signup(email).await;
@@ -330,21 +348,14 @@ async fn every_refused_upload_leaves_nothing_stored() {
     .await;
     assert_error(over_quota, 409, "quota_exceeded").await;
     assert_eq!(store.objects().len(), 1, "only the accepted file");
-    let list: Value = app
-        .get(&attachments_path(&invoice), Some(&token))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(attachment_count(&app, &token, &invoice).await, 1);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn file_names_are_metadata_made_safe() {
     let store = Store::disk();
-    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.storage = store.config()).await;
-    let (token, invoice) = owner(&app, "names@example.com").await;
+    let (app, token, invoice) = start_on(&store, "names@example.com").await;
     let long = format!("{}.pdf", "n".repeat(10_000));
     for (given, kept) in [
         ("../../etc/passwd.pdf", "passwd.pdf"),
@@ -462,21 +473,6 @@ async fn storage_down_is_503_with_nothing_half_visible_and_readyz_stays_ready() 
     app.stop().await;
 }
 
-/// Polls `/readyz` (200 throughout) until its storage check says `status`: within about 5 s.
-async fn wait_for_storage_status(app: &TestApp, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(8);
-    loop {
-        let response = app.get("/readyz", None).await;
-        assert_eq!(response.status(), 200);
-        let body: Value = response.json().await.unwrap();
-        if body["checks"]["storage"]["status"] == status {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "storage never became {status}: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn quota_race(backend: Backend) {
     let store = Store::s3().await;
     let file_size = 300 * 1024;
@@ -552,13 +548,7 @@ async fn a_client_that_stops_mid_upload_times_out_and_nothing_is_kept() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(store.objects(), Vec::<String>::new(), "nothing kept, no parts left");
-        let list: Value = app
-            .get(&attachments_path(&invoice), Some(&token))
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(list["items"].as_array().unwrap().len(), 0);
+        assert_eq!(attachment_count(&app, &token, &invoice).await, 0);
         app.stop().await;
     }
 }
@@ -566,8 +556,7 @@ async fn a_client_that_stops_mid_upload_times_out_and_nothing_is_kept() {
 #[tokio::test]
 async fn the_sweep_deletes_only_old_objects_without_a_row_under_attachments() {
     let store = Store::disk();
-    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.storage = store.config()).await;
-    let (token, invoice) = owner(&app, "sweep@example.com").await;
+    let (app, token, invoice) = start_on(&store, "sweep@example.com").await;
     let kept = attach(&app, &token, &invoice, "kept.pdf", &pdf(100)).await;
     let kept_key = format!("attachments/{}", kept["id"].as_str().unwrap());
     let Store::Disk(dir) = &store else { unreachable!() };
@@ -608,4 +597,135 @@ async fn the_openapi_document_describes_the_multipart_upload() {
         assert!(operation["responses"][status].is_object(), "{status}");
     }
     app.stop().await;
+}
+
+/// A memory figure of process `pid` from /proc (`VmHWM` the peak, `VmRSS` now), in bytes.
+fn memory(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let line = status.lines().find(|l| l.starts_with(field)).expect("field");
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// Resets the peak to the current RSS and returns that (Linux's `clear_refs`, value 5): the
+/// signup's password hash must not hide what the upload takes.
+fn reset_peak_rss(pid: u32) -> u64 {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("clear_refs");
+    memory(pid, "VmRSS:")
+}
+
+/// Chunk `i` of a large generated PDF: deterministic, so its hash can be computed apart.
+fn large_chunk(i: usize) -> Vec<u8> {
+    let mut chunk = file_of(b"", 1 << 20, i as u8);
+    if i == 0 {
+        chunk[..9].copy_from_slice(b"%PDF-1.7\n");
+    }
+    chunk
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_48_mib_upload_streams_through_a_server_process_in_bounded_memory_and_8_parallel_uploads_are_intact() {
+    const CHUNKS: usize = 48;
+    let s3 = S3Server::start().await;
+    let mut env: Vec<(&str, String)> = s3.env();
+    env.extend([
+        ("MAX_UPLOAD_BYTES", (64u64 << 20).to_string()),
+        ("UPLOAD_QUOTA_BYTES_PER_USER", (1u64 << 30).to_string()),
+        ("REQUEST_TIMEOUT_SECS", "300".to_owned()),
+        ("RATE_LIMIT_UPLOAD", "off".to_owned()),
+        ("LOG_LEVEL", "warn".to_owned()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = crate::cli::start_server(&env);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let client = http_client();
+    let signup: Value = client
+        .post(format!("{base}/api/v1/auth/signup"))
+        .json(&serde_json::json!({"email": "big@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = signup["token"].as_str().expect("token").to_owned();
+    let invoice: Value = client
+        .post(format!("{base}/api/v1/invoices"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"customer_name": "Acme", "amount_cents": 100, "currency": "USD"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!("{base}{}", attachments_path(invoice["id"].as_str().unwrap()));
+    let send = |body: reqwest::Body| {
+        client
+            .post(&url)
+            .bearer_auth(&token)
+            .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+            .body(body)
+            .send()
+    };
+
+    // Warm up (connections, pools, the first multipart upload), then measure the peak.
+    let warm = send(multipart(&[file_part("warm.pdf", "application/pdf", &pdf(6 << 20))]).into())
+        .await
+        .unwrap();
+    assert_eq!(warm.status(), 201);
+    let before = reset_peak_rss(server.child.id());
+
+    let head = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.pdf\"\r\nContent-Type: application/pdf\r\n\r\n"
+    );
+    let tail = format!("\r\n--{BOUNDARY}--\r\n");
+    let mut hasher = Sha256::new();
+    (0..CHUNKS).for_each(|i| hasher.update(large_chunk(i)));
+    let expected = format!("{:x}", hasher.finalize());
+    let pieces = std::iter::once(head.into_bytes())
+        .chain((0..CHUNKS).map(large_chunk))
+        .chain(std::iter::once(tail.into_bytes()))
+        .map(Ok::<_, std::io::Error>);
+    let response = send(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
+        .await
+        .unwrap();
+    let status = response.status();
+    let big: Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "{big}");
+    assert_eq!(big["size_bytes"], CHUNKS << 20);
+    assert_eq!(big["sha256"], expected.as_str());
+    let grown = memory(server.child.id(), "VmHWM:").saturating_sub(before);
+    assert!(
+        grown < 32 << 20,
+        "a 48 MiB upload raised the peak RSS by {} MiB",
+        grown >> 20
+    );
+
+    // Eight at once, each different, each stored whole.
+    let files: Vec<Vec<u8>> = (0..8u8)
+        .map(|i| file_of(b"%PDF-1.5\n", (3 << 20) + i as usize * 1000, i))
+        .collect();
+    let uploads = files
+        .iter()
+        .map(|bytes| send(multipart(&[file_part("parallel.pdf", "application/pdf", bytes)]).into()));
+    for (response, bytes) in futures_util::future::join_all(uploads).await.into_iter().zip(&files) {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 201);
+        let attachment: Value = response.json().await.unwrap();
+        assert_eq!(attachment["sha256"], sha256_hex(bytes));
+        let download = client
+            .get(format!("{url}/{}", attachment["id"].as_str().unwrap()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            sha256_hex(&download.bytes().await.unwrap()),
+            sha256_hex(bytes),
+            "downloaded intact"
+        );
+    }
+    assert_eq!(s3.objects().len(), 10);
+    assert_eq!(s3.pending_parts(), 0);
 }

@@ -2,7 +2,7 @@
 //! fresh PostgreSQL database (when `TEST_DATABASE_URL` is set), plus helpers to drive it.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use serde_json::{Value, json};
@@ -559,6 +559,21 @@ pub async fn table_exists(db: &Db, table: &str) -> bool {
     let count: i64 =
         shipshape::with_db!(db, pool => sqlx::query_scalar(sql).bind(table).fetch_one(pool).await).unwrap();
     count > 0
+}
+
+/// Polls `/readyz` (200 throughout) until its storage check says `status`: within about 5 s.
+pub async fn wait_for_storage_status(app: &TestApp, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let response = app.get("/readyz", None).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        if body["checks"]["storage"]["status"] == status {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "storage never became {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Where [`test_items`] is mounted.

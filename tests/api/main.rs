@@ -27,6 +27,7 @@ mod observability;
 mod rate_limits;
 mod security;
 mod sessions;
+mod storage;
 // example-domain:begin
 mod query_plans;
 mod stats;
