@@ -54,7 +54,8 @@ WORKDIR /app
 
 # The binary and static files stay owned by root (read-only to the service user), so a
 # compromised process cannot rewrite its own code. Only /app/data (the default SQLite location,
-# DATABASE_URL=sqlite://data/app.db) belongs to the runtime user.
+# DATABASE_URL=sqlite://data/app.db, and uploads directory, STORAGE_URL=data/uploads) belongs to
+# the runtime user.
 COPY --from=builder /build/target/release/shipshape /app/shipshape
 COPY --from=builder /build/static /app/static
 COPY --from=builder --chown=65532:65532 /out/data /app/data

@@ -113,7 +113,9 @@ async function tryItOut(method, path, body) {
     clear.click();
     await waitFor(() => !block.querySelector(".live-responses-table"), "the earlier response cleared");
   }
-  if (body !== undefined) type(await waitFor(() => block.querySelector("textarea.body-param__text"), "body"), body);
+  // A JSON body is typed; anything else (path parameters, a file) is filled by `body(block)`.
+  if (typeof body === "function") await body(block);
+  else if (body !== undefined) type(await waitFor(() => block.querySelector("textarea.body-param__text"), "body"), body);
   (await waitFor(() => block.querySelector("button.execute"), "Execute")).click();
   const status = await waitFor(() => block.querySelector(".live-responses-table tbody .response-col_status"), "response");
   const shown = block.querySelector(".live-responses-table .response-col_description pre, .live-responses-table .microlight");
@@ -196,6 +198,21 @@ def main():
     stats = run(devtools, 'return await tryItOut("GET", "/api/v1/stats/summary");')
     assert stats["status"] == "200", stats
     print("  /docs: stats with the same token: 200")
+
+    # A file attached through the file picker the multipart body's schema gives.
+    invoice = json.loads(created["body"])["id"]
+    uploaded = run(devtools, """
+      return await tryItOut("POST", "/api/v1/invoices/{id}/attachments", async block => {
+        type(await waitFor(() => block.querySelector('tr[data-param-name="id"] input'), "id"), %s);
+        const picker = await waitFor(() => block.querySelector('input[type="file"]'), "file picker");
+        const files = new DataTransfer();
+        files.items.add(new File(["%%PDF-1.7\\n%% a receipt\\n"], "receipt.pdf", {type: "application/pdf"}));
+        picker.files = files.files;
+        picker.dispatchEvent(new Event("change", {bubbles: true}));
+      });""" % json.dumps(invoice))
+    assert uploaded["status"] == "201", uploaded
+    assert json.loads(uploaded["body"])["content_type"] == "application/pdf", uploaded
+    print("  /docs: a file attached through the file picker: 201")
     # example-domain:end
 
 
