@@ -209,6 +209,8 @@ def main():
         files.items.add(new File(["%%PDF-1.7\\n%% a receipt\\n"], "receipt.pdf", {type: "application/pdf"}));
         picker.files = files.files;
         picker.dispatchEvent(new Event("change", {bubbles: true}));
+        // Swagger UI takes the file on its next render; Execute before that finds no file.
+        await sleep(500);
       });""" % json.dumps(invoice))
     assert uploaded["status"] == "201", uploaded
     assert json.loads(uploaded["body"])["content_type"] == "application/pdf", uploaded
