@@ -35,7 +35,9 @@ fn free_port() -> u16 {
 }
 
 fn pdf(len: usize, seed: u8) -> Vec<u8> {
-    let mut bytes: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+    let mut bytes: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
     bytes[..9].copy_from_slice(b"%PDF-1.7\n");
     bytes
 }
@@ -53,7 +55,11 @@ fn multipart(bytes: &[u8]) -> Vec<u8> {
 fn memory(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
     let line = status.lines().find(|l| l.starts_with(field)).expect("field");
-    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("kB") * 1024
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .expect("kB")
+        * 1024
 }
 
 async fn start_s3(root: &std::path::Path) -> u16 {
@@ -68,7 +74,9 @@ async fn start_s3(root: &std::path::Path) -> u16 {
             let service = service.clone();
             tokio::spawn(async move {
                 let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-                let _ = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service).await;
+                let _ = http
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                    .await;
             });
         }
     });
@@ -113,7 +121,10 @@ async fn measure(binary: &str, target: &Target, work: &tempfile::TempDir) -> Val
     }
     let server = Server(command.spawn().expect("start shipshape"));
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(300)).build().expect("client");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .expect("client");
     let deadline = Instant::now() + Duration::from_secs(20);
     while client.get(format!("{base}/healthz")).send().await.is_err() {
         assert!(Instant::now() < deadline, "shipshape did not start");
@@ -140,7 +151,10 @@ async fn measure(binary: &str, target: &Target, work: &tempfile::TempDir) -> Val
         .json()
         .await
         .expect("json");
-    let url = format!("{base}/api/v1/invoices/{}/attachments", invoice["id"].as_str().expect("id"));
+    let url = format!(
+        "{base}/api/v1/invoices/{}/attachments",
+        invoice["id"].as_str().expect("id")
+    );
     let pid = server.0.id();
 
     let mut rows = Vec::new();
@@ -172,7 +186,11 @@ async fn measure(binary: &str, target: &Target, work: &tempfile::TempDir) -> Val
             for i in 0..count {
                 let key = Path::from(format!("plain/{round}-{i}"));
                 if size <= 5 << 20 {
-                    target.store.put(&key, PutPayload::from(payload.clone())).await.expect("put");
+                    target
+                        .store
+                        .put(&key, PutPayload::from(payload.clone()))
+                        .await
+                        .expect("put");
                 } else {
                     let upload = target.store.put_multipart(&key).await.expect("multipart");
                     let mut writer = WriteMultipart::new_with_chunk_size(upload, 5 << 20);

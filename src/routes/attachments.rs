@@ -47,9 +47,11 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
 /// The multipart body of an upload, for the OpenAPI document (and the file picker of `/docs`).
 #[derive(ToSchema)]
 #[allow(dead_code)]
+// No other part is accepted: `additionalProperties: false`.
+#[serde(deny_unknown_fields)]
 struct UploadForm {
     /// A PDF, PNG, JPEG or WebP file of at most MAX_UPLOAD_BYTES.
-    #[schema(value_type = String, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1)]
     file: Vec<u8>,
 }
 

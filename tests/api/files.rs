@@ -369,6 +369,18 @@ async fn file_names_are_metadata_made_safe() {
     }
     let attachment = attach(&app, &token, &invoice, &long, &pdf(100)).await;
     assert_eq!(attachment["filename"].as_str().unwrap().len(), 255);
+    // A NUL cannot be in a part's header at all: the body is malformed (the name rules would
+    // drop it, as they drop every control character).
+    let stored = store.objects().len();
+    let nul = upload(
+        &app,
+        &token,
+        &invoice,
+        multipart(&[file_part("nul\0byte.pdf", "application/pdf", &pdf(100))]),
+    )
+    .await;
+    assert_error(nul, 422, "validation_failed").await;
+    assert_eq!(store.objects().len(), stored);
     // Whatever the names, the keys are the service's own.
     for object in store.objects() {
         let id = object.strip_prefix("attachments/").expect("under attachments/");
@@ -728,4 +740,34 @@ async fn a_48_mib_upload_streams_through_a_server_process_in_bounded_memory_and_
     }
     assert_eq!(s3.objects().len(), 10);
     assert_eq!(s3.pending_parts(), 0);
+}
+
+#[tokio::test]
+async fn a_slow_store_is_bounded_by_the_request_timeout_and_leaves_no_row() {
+    let server = S3Server::start().await;
+    let proxy = TcpProxy::start(([127, 0, 0, 1], server.port).into(), Duration::from_secs(10)).await;
+    let mut storage = server.storage("");
+    if let StorageConfig::S3(s3) = &mut storage {
+        s3.endpoint = Some(format!("http://{}", proxy.addr));
+    }
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.storage = storage;
+        c.request_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let (token, invoice) = owner(&app, "slow@example.com").await;
+    let started = Instant::now();
+    let response = upload(
+        &app,
+        &token,
+        &invoice,
+        multipart(&[file_part("slow.pdf", "application/pdf", &pdf(1000))]),
+    )
+    .await;
+    assert_error(response, 503, "timeout").await;
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // The store may have the object (its answer was what came late): without a row it is
+    // never listed or served, and the sweep deletes it.
+    assert_eq!(attachment_count(&app, &token, &invoice).await, 0);
+    app.stop().await;
 }
