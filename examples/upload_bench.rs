@@ -227,6 +227,11 @@ async fn measure(binary: &str, target: &Target, work: &tempfile::TempDir) -> Val
 #[tokio::main]
 async fn main() {
     let binary = std::env::args().nth(1).expect("usage: upload_bench PATH/TO/shipshape");
+    // The server runs in a folder of its own.
+    let binary = std::fs::canonicalize(&binary)
+        .expect("the shipshape binary")
+        .display()
+        .to_string();
     shipshape::install_crypto_provider();
     let s3_root = tempfile::tempdir().expect("temp dir");
     let s3_port = start_s3(s3_root.path()).await;

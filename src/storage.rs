@@ -128,7 +128,10 @@ impl Storage {
 
     /// The key of every object under `prefix` last modified more than `age` ago.
     pub fn list_older_than(&self, prefix: &str, age: Duration) -> BoxStream<'static, Result<Path, ApiError>> {
-        let before = crate::db::now_micros() / 1_000_000 - age.as_secs() as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let before = now.saturating_sub(age).as_secs() as i64;
         self.store
             .list(Some(&Path::from(prefix)))
             .map_err(unavailable)
