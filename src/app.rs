@@ -24,7 +24,7 @@ use crate::observe::Observe;
 use crate::rate_limit::Limit;
 use crate::state::AppState;
 use crate::static_files::{self, HtmlErrorPages};
-use crate::{error, password_reset, rate_limit, routes, security, sessions, telemetry, uploads};
+use crate::{backup, error, password_reset, rate_limit, routes, security, sessions, telemetry, uploads};
 
 /// The application: every route inside the whole middleware stack.
 pub fn router(state: AppState) -> Router {
@@ -149,6 +149,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 /// Every job the workers run, and the recurring ones (docs/jobs.md). Add a job's handler here.
 pub fn jobs(context: jobs::Context) -> Registry {
+    // PostgreSQL is backed up by its provider (docs/backups.md).
+    let backup_interval = Some(context.config.backups.interval)
+        .filter(|_| context.config.database.is_sqlite())
+        .flatten();
     let registry = Registry::new(context)
         .on(|context, job: password_reset::SendLink| async move { password_reset::send_link(&context, job).await })
         .on(|context, _: sessions::SweepExpired| async move {
@@ -166,7 +170,16 @@ pub fn jobs(context: jobs::Context) -> Registry {
             Ok(())
         })
         .every(SWEEP_EVERY, sessions::SweepExpired)
-        .every(SWEEP_EVERY, password_reset::SweepExpired);
+        .every(SWEEP_EVERY, password_reset::SweepExpired)
+        .on(|context, _: backup::CreateBackup| async move {
+            let made = backup::create(&context.config, &context.db).await?;
+            tracing::info!(backup = made.name, size_bytes = made.size_bytes, "backup made");
+            Ok(())
+        });
+    let registry = match backup_interval {
+        Some(interval) => registry.every(interval, backup::CreateBackup),
+        None => registry,
+    };
     // example-domain:begin
     let registry = routes::invoices::example_jobs(registry);
     // example-domain:end

@@ -345,6 +345,16 @@ const RULES: &[Rule] = &[
             )
         },
     },
+    Rule {
+        code: "W018",
+        fix: "set BACKUP_INTERVAL_HOURS (e.g. 6), and check `shipshape backup list` after a day; or add Litestream (docs/backups.md)",
+        problems: |c| {
+            when(
+                c.database.is_sqlite() && c.backups.interval.is_none(),
+                "SQLite without BACKUP_INTERVAL_HOURS: nothing backs the database up, and a lost volume is lost data",
+            )
+        },
+    },
 ];
 
 /// The host of a `postgres://` URL that is public and reached without `sslmode=require` or

@@ -2,6 +2,7 @@
 //! `compress-static`, `worker`, `jobs` (in `cli/jobs.rs`), `user` (in `cli/user.rs`). Parses the configuration once and hands it to
 //! the command.
 
+mod backup;
 mod jobs;
 mod user;
 
@@ -86,6 +87,11 @@ pub enum Command {
         #[command(subcommand)]
         action: jobs::JobsAction,
     },
+    /// Back up the SQLite database, list the backups, restore one (docs/backups.md)
+    Backup {
+        #[command(subcommand)]
+        action: backup::BackupAction,
+    },
     /// Create an account (the first admin), change its role, disable or enable it
     User {
         #[command(subcommand)]
@@ -130,8 +136,13 @@ pub fn run() -> ExitCode {
         eprintln!("invalid .env file: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let cli = parse_arguments();
-    let command = cli.command.unwrap_or(Command::Serve);
+    let mut cli = parse_arguments();
+    let command = cli.command.take().unwrap_or(Command::Serve);
+    if let Command::Backup { action } = &command
+        && let Some(url) = action.backup_url()
+    {
+        cli.settings.backup_url = Some(url.to_owned());
+    }
     // `check --deploy` judges production defaults whatever APP_ENV says.
     let force_env = matches!(command, Command::Check { .. }).then_some(AppEnv::Production);
     let config = match Config::from_settings(&cli.settings, force_env) {
@@ -173,6 +184,7 @@ pub fn run() -> ExitCode {
             Command::Worker => worker(config).await,
             Command::Jobs { action } => jobs::run(config, action).await,
             Command::User { action } => user::run(config, action).await,
+            Command::Backup { action } => backup::run(config, action).await,
         }
     });
     // Tasks still running (a request cut off by the drain limit, a password hash on the blocking

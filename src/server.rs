@@ -225,6 +225,8 @@ async fn bind_metrics(state: &AppState) -> anyhow::Result<Option<(TcpListener, R
         return Ok(None);
     };
     let handle = telemetry::metrics::install()?;
+    // From the first scrape: the newest backup's time (0 when there is none).
+    tokio::spawn(crate::backup::export_last_success(config.clone()));
     let listener = TcpListener::bind((config.host, port))
         .await
         .with_context(|| format!("could not listen on {}:{port} (METRICS_PORT)", config.host))?;

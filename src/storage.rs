@@ -118,6 +118,39 @@ impl Storage {
         Ok((found.meta.size, found.into_stream()))
     }
 
+    /// A small object's bytes, whole.
+    pub async fn get(&self, key: &Path) -> Result<Bytes, ApiError> {
+        let found = self.store.get(key).await.map_err(unavailable)?;
+        found.bytes().await.map_err(unavailable)
+    }
+
+    /// Writes a small object in one request.
+    pub async fn put(&self, key: &Path, bytes: Vec<u8>) -> Result<(), ApiError> {
+        self.store
+            .put(key, PutPayload::from(bytes))
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    pub async fn exists(&self, key: &Path) -> Result<bool, ApiError> {
+        match self.store.head(key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// The key of every object in the store.
+    pub async fn keys(&self) -> Result<Vec<Path>, ApiError> {
+        self.store
+            .list(None)
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(unavailable)
+    }
+
     /// Deletes the object; one already gone counts as deleted.
     pub async fn delete(&self, key: &Path) -> Result<(), ApiError> {
         match self.store.delete(key).await {

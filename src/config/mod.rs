@@ -188,6 +188,15 @@ pub struct Settings {
     /// Address a custom endpoint's bucket as https://BUCKET.ENDPOINT/ instead of ENDPOINT/BUCKET/ [default: false]
     #[arg(long, env = "AWS_VIRTUAL_HOSTED_STYLE_REQUEST", global = true)]
     pub aws_virtual_hosted_style_request: Option<String>,
+    /// Where backups go: a directory or `s3://BUCKET[/PREFIX]`, as STORAGE_URL [default: STORAGE_URL's `backups/`]
+    #[arg(long, env = "BACKUP_URL", global = true)]
+    pub backup_url: Option<String>,
+    /// Hours between scheduled SQLite backups, 1-8760 [default: unset, none]
+    #[arg(long, env = "BACKUP_INTERVAL_HOURS", global = true)]
+    pub backup_interval_hours: Option<String>,
+    /// Newest backups kept; older ones are deleted after a backup succeeds [default: 14]
+    #[arg(long, env = "BACKUP_KEEP", global = true)]
+    pub backup_keep: Option<String>,
     /// Largest uploaded file; the JSON routes keep MAX_BODY_BYTES [default: 10485760]
     #[arg(long, env = "MAX_UPLOAD_BYTES", global = true)]
     pub max_upload_bytes: Option<String>,
@@ -524,11 +533,32 @@ impl StorageConfig {
     const DEFAULT_DIR: &str = "data/uploads";
 
     fn read(s: &Settings) -> Result<StorageConfig, ConfigError> {
-        let (var, url) = match (raw(&s.storage_url), raw(&s.bucket_name)) {
-            (Some(url), _) => ("STORAGE_URL", url.to_owned()),
-            (None, Some(bucket)) => ("BUCKET_NAME", format!("s3://{bucket}")),
-            (None, None) => return Ok(StorageConfig::Local(PathBuf::from(Self::DEFAULT_DIR))),
-        };
+        match (raw(&s.storage_url), raw(&s.bucket_name)) {
+            (Some(url), _) => Self::parse(s, "STORAGE_URL", url.to_owned()),
+            (None, Some(bucket)) => Self::parse(s, "BUCKET_NAME", format!("s3://{bucket}")),
+            (None, None) => Ok(StorageConfig::Local(PathBuf::from(Self::DEFAULT_DIR))),
+        }
+    }
+
+    /// `BACKUP_URL`, else the `backups/` folder of the file storage.
+    fn read_backups(s: &Settings, storage: &StorageConfig) -> Result<StorageConfig, ConfigError> {
+        if let Some(url) = raw(&s.backup_url) {
+            return Self::parse(s, "BACKUP_URL", url.to_owned());
+        }
+        Ok(match storage.clone() {
+            StorageConfig::Local(dir) => StorageConfig::Local(dir.join("backups")),
+            StorageConfig::S3(mut s3) => {
+                s3.prefix = match s3.prefix.is_empty() {
+                    true => "backups".to_owned(),
+                    false => format!("{}/backups", s3.prefix),
+                };
+                StorageConfig::S3(s3)
+            }
+        })
+    }
+
+    /// A location: a directory, `file:///PATH` or `s3://BUCKET[/PREFIX]` (with the AWS settings).
+    fn parse(s: &Settings, var: &'static str, url: String) -> Result<StorageConfig, ConfigError> {
         if let Some(path) = url.strip_prefix("file://") {
             return match path.starts_with('/') {
                 true => Ok(StorageConfig::Local(PathBuf::from(path))),
@@ -584,6 +614,15 @@ impl StorageConfig {
             )?,
         }))
     }
+}
+
+/// SQLite backups (docs/backups.md).
+#[derive(Clone, Debug)]
+pub struct BackupConfig {
+    pub location: StorageConfig,
+    /// `None`: no scheduled backups.
+    pub interval: Option<Duration>,
+    pub keep: usize,
 }
 
 /// Limits of uploaded files (docs/files.md).
@@ -645,6 +684,7 @@ pub struct Config {
     pub password_reset_ttl: Duration,
     pub storage: StorageConfig,
     pub uploads: UploadLimits,
+    pub backups: BackupConfig,
     // example-domain:begin
     pub webhook_secret: Option<Secret>,
     pub max_sse_streams: usize,
@@ -1067,6 +1107,7 @@ impl Config {
             "a whole number of bytes",
         )?;
         let request_timeout = parse_secs("REQUEST_TIMEOUT_SECS", &s.request_timeout_secs, 30, 1..=ONE_HOUR)?;
+        let storage = StorageConfig::read(s)?;
         let header_read_timeout = parse_secs("HEADER_READ_TIMEOUT_SECS", &s.header_read_timeout_secs, 10, 1..=300)?;
 
         Ok(Config {
@@ -1137,7 +1178,23 @@ impl Config {
                 ONE_HOUR,
                 60..=7 * ONE_DAY,
             )?,
-            storage: StorageConfig::read(s)?,
+            backups: BackupConfig {
+                location: StorageConfig::read_backups(s, &storage)?,
+                interval: raw(&s.backup_interval_hours)
+                    .map(|_| {
+                        parse_num(
+                            "BACKUP_INTERVAL_HOURS",
+                            &s.backup_interval_hours,
+                            24,
+                            1..=8760,
+                            "a whole number of hours",
+                        )
+                    })
+                    .transpose()?
+                    .map(|hours: u64| Duration::from_secs(hours * ONE_HOUR)),
+                keep: parse_num("BACKUP_KEEP", &s.backup_keep, 14, 1..=10_000, "a whole number")?,
+            },
+            storage,
             uploads: UploadLimits {
                 // Up to 5 TiB, S3's largest object.
                 max_bytes: parse_num(

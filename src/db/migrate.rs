@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -390,21 +389,7 @@ impl SqliteLock {
         if database.as_os_str().is_empty() || database.to_string_lossy().contains(":memory:") {
             return Ok(SqliteLock { _file: None });
         }
-        let mut path = database.into_os_string();
-        path.push("-migrate.lock");
-        let path = PathBuf::from(path);
-        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(folder)
-                .map_err(|e| MigrationError::LockFile(format!("{}: {e}", folder.display())))?;
-        }
-        // Never through a symbolic link: whoever can write the folder could otherwise make
-        // this create or truncate a file elsewhere.
-        let file = std::os::unix::fs::OpenOptionsExt::custom_flags(
-            std::fs::OpenOptions::new().create(true).truncate(false).write(true),
-            libc::O_NOFOLLOW,
-        )
-        .open(&path)
-        .map_err(|e| MigrationError::LockFile(format!("{}: {e}", path.display())))?;
+        let file = super::lock_file(&database, "-migrate.lock").map_err(|e| MigrationError::LockFile(e.to_string()))?;
         let started = Instant::now();
         loop {
             if file.try_lock().is_ok() {
@@ -412,7 +397,7 @@ impl SqliteLock {
             }
             if started.elapsed() >= LOCK_WAIT {
                 return Err(MigrationError::LockTimeout {
-                    holder: format!(" ({} is locked)", path.display()),
+                    holder: format!(" ({}-migrate.lock is locked)", database.display()),
                 });
             }
             tokio::time::sleep(LOCK_POLL).await;

@@ -23,6 +23,25 @@ use crate::error::ApiError;
 pub use faults::PoolerGate;
 pub use migrate::{MIGRATOR, MigrationError, MigrationStatus, Schema, State, never_migrated};
 
+/// Opens (creating it if needed) the lock file `<database><suffix>` beside a SQLite
+/// database, for an exclusive `flock` by one process (migrations, backups). Never through a
+/// symbolic link: whoever can write the folder could otherwise make this create or truncate a
+/// file elsewhere.
+pub fn lock_file(database: &std::path::Path, suffix: &str) -> std::io::Result<std::fs::File> {
+    let mut path = database.as_os_str().to_owned();
+    path.push(suffix);
+    let path = std::path::PathBuf::from(path);
+    if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder)?;
+    }
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true),
+        libc::O_NOFOLLOW,
+    )
+    .open(&path)
+    .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
 #[derive(Clone, Debug)]
 pub enum Db {
     Postgres(PgPool),

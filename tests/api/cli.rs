@@ -377,6 +377,8 @@ const CLEAN: &[(&str, &str)] = &[
     ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
     ("AWS_SECRET_ACCESS_KEY", "aws-secret-0123456789"),
     ("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1"),
+    // Scheduled backups, for when DATABASE_URL is SQLite (W018 without).
+    ("BACKUP_INTERVAL_HOURS", "24"),
 ];
 
 /// `check --deploy --format json` with CLEAN, `changes` applied (an empty value unsets).
@@ -469,6 +471,11 @@ fn check_deploy_reports_every_finding_and_clears_it() {
             "no credentials in the report"
         );
     }
+    // SQLite with nothing backing it up.
+    let sqlite_alone = [("DATABASE_URL", "sqlite://data/app.db"), ("BACKUP_INTERVAL_HOURS", "")];
+    let (code, report) = check_deploy(&sqlite_alone, &[]);
+    assert_eq!(ids(&report), ["W001", "W018"], "{report}");
+    assert_eq!(code, Some(0));
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod infra;
 mod accounts;
 mod admin;
 mod architecture;
+mod backups;
 mod cli;
 mod core;
 mod deploy;
