@@ -176,14 +176,13 @@ pub fn jobs(context: jobs::Context) -> Registry {
             tracing::info!(backup = made.name, size_bytes = made.size_bytes, "backup made");
             Ok(())
         });
-    let registry = match backup_interval {
-        Some(interval) => registry.every(interval, backup::CreateBackup),
-        None => registry,
-    };
     // example-domain:begin
     let registry = routes::invoices::example_jobs(registry);
     // example-domain:end
-    registry
+    match backup_interval {
+        Some(interval) => registry.every(interval, backup::CreateBackup),
+        None => registry,
+    }
 }
 
 /// Drops `identity;q=0` and `*;q=0` from `Accept-Encoding`. Faced with them, the compression
