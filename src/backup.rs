@@ -189,6 +189,10 @@ pub async fn restore(config: &Config, name: &str, to: &FsPath) -> anyhow::Result
 /// Sets `backup_last_success_timestamp_seconds` from the newest backup there is (0 when
 /// none): called at start, so an alert on the metric sees a value from the first scrape.
 pub async fn export_last_success(config: Arc<Config>) {
+    if !config.database.is_sqlite() {
+        metrics::gauge!("backup_last_success_timestamp_seconds").set(0.0);
+        return;
+    }
     let newest = match list(&config).await {
         Ok(backups) => backups.first().and_then(|b| {
             time::OffsetDateTime::parse(&b.created_at, &time::format_description::well_known::Rfc3339).ok()
@@ -210,13 +214,17 @@ fn manifest_key(name: &str) -> Path {
     Path::from(format!("{name}{MANIFEST}"))
 }
 
-/// The manifests of every complete backup, newest first.
+/// The manifests of every complete backup, newest first. A manifest that does not read is
+/// left out with a warning, so one damaged backup does not hide the others.
 async fn manifests(store: &Storage) -> anyhow::Result<Vec<Manifest>> {
     let mut found = Vec::new();
     for key in store.keys().await? {
         if key.as_ref().ends_with(MANIFEST) {
             let bytes = store.get(&key).await?;
-            found.push(serde_json::from_slice::<Manifest>(&bytes).with_context(|| format!("{key} is damaged"))?);
+            match serde_json::from_slice::<Manifest>(&bytes) {
+                Ok(manifest) => found.push(manifest),
+                Err(e) => tracing::warn!(%key, error = %e, "a backup's manifest is damaged: left out"),
+            }
         }
     }
     found.sort_by(|a, b| b.backup.name.cmp(&a.backup.name));

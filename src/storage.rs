@@ -1,6 +1,7 @@
 //! File storage (docs/files.md): a local directory or an S3 bucket (AWS, Tigris, R2, MinIO)
-//! behind `object_store`'s one interface. Keys are the service's own (`attachments/…`, later
-//! `backups/…`); nothing a client sends becomes part of a key.
+//! behind `object_store`'s one interface. Keys are the service's own, each kind of object under
+//! a prefix of its own (the example's `attachments/`); nothing a client sends becomes part of a
+//! key.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -18,9 +19,6 @@ use object_store::{
 
 use crate::config::StorageConfig;
 use crate::error::ApiError;
-
-/// Where each kind of object lives, so a sweep of one never touches another's.
-pub const ATTACHMENTS: &str = "attachments";
 
 /// Parts of a streamed upload: S3's smallest part (5 MiB) is also what one upload holds in
 /// memory at most, twice (the part being filled and the one being sent).

@@ -12,9 +12,12 @@ use uuid::Uuid;
 
 use crate::db::{self, Constraint, Db, OnConstraint, Tx, rfc3339};
 use crate::error::ApiError;
-use crate::storage::{ATTACHMENTS, Storage};
+use crate::storage::Storage;
 use crate::uploads::StoredFile;
 use crate::{with_db, with_tx, with_write};
+
+/// The storage prefix of attachments' objects: the sweep lists this one alone.
+const ATTACHMENTS: &str = "attachments";
 
 /// What an upload may be: the content types accepted, as detected from the bytes.
 pub const ALLOWED_TYPES: &[&str] = &["application/pdf", "image/png", "image/jpeg", "image/webp"];

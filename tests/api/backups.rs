@@ -232,6 +232,10 @@ async fn retention_keeps_the_newest_and_a_second_backup_at_once_is_refused() {
         4,
         "two backups, each a file and its manifest"
     );
+    // A damaged manifest hides no other backup.
+    std::fs::write(backups.path().join("20000101T000000Z.json"), b"{not json").unwrap();
+    assert_eq!(backup::list(config).await.unwrap().len(), 2);
+    std::fs::remove_file(backups.path().join("20000101T000000Z.json")).unwrap();
 
     // A backup running (its lock held): the second is refused, and leaves nothing.
     let lock = shipshape::db::lock_file(&database_file(&app), "-backup.lock").unwrap();
