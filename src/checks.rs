@@ -298,10 +298,11 @@ const RULES: &[Rule] = &[
             let StorageConfig::S3(s3) = &c.storage else {
                 return Vec::new();
             };
-            when(
-                s3.access_key_id.is_none() || s3.secret_access_key.is_none(),
-                "s3:// storage without AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-            )
+            let mut problems = when(s3.bucket.is_empty(), "s3:// storage without a bucket name");
+            if s3.access_key_id.is_none() || s3.secret_access_key.is_none() {
+                problems.push("s3:// storage without AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".to_owned());
+            }
+            problems
         },
     },
     Rule {

@@ -576,13 +576,15 @@ impl StorageConfig {
             };
         };
         let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
-        // S3's bucket naming rules: what any provider accepts.
-        let valid_bucket = (3..=63).contains(&bucket.len())
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-            && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+        // S3's bucket naming rules: what any provider accepts. A missing one (`s3://`) is
+        // `check --deploy`'s E007, which says how to get one.
+        let valid_bucket = bucket.is_empty()
+            || (3..=63).contains(&bucket.len())
+                && bucket
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+                && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
         if !valid_bucket {
             return Err(ConfigError::new(
                 var,

@@ -457,6 +457,7 @@ fn check_deploy_reports_every_finding_and_clears_it() {
         ("EMAIL_URL", "", "W017", false),
         ("AWS_ACCESS_KEY_ID", "", "E007", true),
         ("AWS_SECRET_ACCESS_KEY", "", "E007", true),
+        ("STORAGE_URL", "s3://", "E007", true),
         ("BUCKET_NAME", "", "W016", false),
     ] {
         let (code, report) = check_deploy(&[(var, value)], &[]);
