@@ -21,6 +21,7 @@ set -euo pipefail
 domain_modules=(
     # example-domain:begin
     events
+    files
     invoices
     query_plans
     stats
