@@ -150,9 +150,11 @@ const SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// Every job the workers run, and the recurring ones (docs/jobs.md). Add a job's handler here.
 pub fn jobs(context: jobs::Context) -> Registry {
     // PostgreSQL is backed up by its provider (docs/backups.md).
-    let backup_interval = Some(context.config.backups.interval)
-        .filter(|_| context.config.database.is_sqlite())
-        .flatten();
+    let backup_interval = context
+        .config
+        .backups
+        .interval
+        .filter(|_| context.config.database.is_sqlite());
     let registry = Registry::new(context)
         .on(|context, job: password_reset::SendLink| async move { password_reset::send_link(&context, job).await })
         .on(|context, _: sessions::SweepExpired| async move {

@@ -65,11 +65,9 @@ pub enum ApiError {
     QuotaExceeded,
     #[error("the request body is too large")]
     PayloadTooLarge,
-    #[error("expected Content-Type: application/json")]
-    UnsupportedMediaType,
-    /// An upload that is not `multipart/form-data`, or whose content is not an allowed type.
+    /// A body of a type the route does not take: says which it does.
     #[error("{0}")]
-    UnsupportedUpload(&'static str),
+    UnsupportedMediaType(&'static str),
     #[error("the requested range is not satisfiable")]
     RangeNotSatisfiable,
     #[error("a precondition of the request failed")]
@@ -140,6 +138,9 @@ pub struct ErrorCode(pub &'static str);
 /// megabyte of distinct unknown keys would otherwise answer several megabytes.
 pub const MAX_DETAILS: usize = 20;
 
+/// What a JSON route says to a body of another type.
+pub const JSON_REQUIRED: &str = "expected Content-Type: application/json";
+
 /// Retry-After for 503s: long enough for a pool or database to recover, short for clients.
 const RETRY_AFTER_UNAVAILABLE_SECS: u64 = 5;
 
@@ -172,9 +173,7 @@ impl ApiError {
             // example-domain:end
             QuotaExceeded => (StatusCode::CONFLICT, "quota_exceeded"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            UnsupportedMediaType | UnsupportedUpload(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
+            UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             RangeNotSatisfiable => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
             PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
@@ -192,7 +191,7 @@ impl ApiError {
             StatusCode::NOT_FOUND => ApiError::NotFound,
             StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(JSON_REQUIRED),
             // The static files' answers to `Range` and `If-Match` / `If-Unmodified-Since`.
             StatusCode::RANGE_NOT_SATISFIABLE => ApiError::RangeNotSatisfiable,
             StatusCode::PRECONDITION_FAILED => ApiError::PreconditionFailed,

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::error::{ApiError, FieldError};
+use crate::error::{ApiError, FieldError, JSON_REQUIRED};
 use crate::input::{self, FromJson};
 
 /// JSON body: wrong content type → 415, oversize → 413, broken JSON → 400 `invalid_json`,
@@ -20,7 +20,7 @@ impl<T: FromJson, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         if !has_json_content_type(req.headers()) {
-            return Err(ApiError::UnsupportedMediaType);
+            return Err(ApiError::UnsupportedMediaType(JSON_REQUIRED));
         }
         let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {

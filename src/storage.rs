@@ -32,7 +32,6 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
-    local: bool,
     /// The last health check's result (see [`Storage::watch_health`]).
     healthy: Arc<AtomicBool>,
 }
@@ -40,11 +39,11 @@ pub struct Storage {
 impl Storage {
     /// Opens the store; nothing is sent over the network yet. A local directory is created.
     pub fn open(config: &StorageConfig) -> anyhow::Result<Storage> {
-        let (store, local): (Arc<dyn ObjectStore>, bool) = match config {
+        let store: Arc<dyn ObjectStore> = match config {
             StorageConfig::Local(dir) => {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| anyhow::anyhow!("STORAGE_URL: cannot create {}: {e}", dir.display()))?;
-                (Arc::new(LocalFileSystem::new_with_prefix(dir)?), true)
+                Arc::new(LocalFileSystem::new_with_prefix(dir)?)
             }
             StorageConfig::S3(s3) => {
                 // The S3 client's TLS needs the process's provider (ring); `main` installs it
@@ -81,23 +80,16 @@ impl Storage {
                     builder = builder.with_access_key_id(id).with_secret_access_key(secret.expose());
                 }
                 let s3_store = builder.build()?;
-                let store: Arc<dyn ObjectStore> = match s3.prefix.is_empty() {
+                match s3.prefix.is_empty() {
                     true => Arc::new(s3_store),
                     false => Arc::new(PrefixStore::new(s3_store, s3.prefix.as_str())),
-                };
-                (store, false)
+                }
             }
         };
         Ok(Storage {
             store,
-            local,
             healthy: Arc::new(AtomicBool::new(false)),
         })
-    }
-
-    /// True for a directory on this machine (`check --deploy` W016).
-    pub fn is_local(&self) -> bool {
-        self.local
     }
 
     /// A writer of a new object at `key`, streamed in parts.
@@ -175,12 +167,12 @@ impl Storage {
     /// Writes, reads back and deletes a small object (`check --deploy --connect`, W019).
     pub async fn probe(&self) -> anyhow::Result<()> {
         let key = Path::from(format!("probe/{}", uuid::Uuid::new_v4()));
-        let written = Bytes::from_static(b"shipshape storage probe");
-        self.store.put(&key, PutPayload::from(written.clone())).await?;
-        let read = self.store.get(&key).await?.bytes().await;
-        self.store.delete(&key).await?;
+        let written = b"shipshape storage probe";
+        self.put(&key, written.to_vec()).await?;
+        let read = self.get(&key).await;
+        self.delete(&key).await?;
         anyhow::ensure!(
-            read? == written,
+            read?[..] == written[..],
             "the probe object read back differs from what was written"
         );
         Ok(())

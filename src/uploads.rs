@@ -60,7 +60,7 @@ impl<S: Send + Sync> FromRequest<S> for FileUpload {
         Multipart::from_request(req, state)
             .await
             .map(FileUpload)
-            .map_err(|_| ApiError::UnsupportedUpload("expected Content-Type: multipart/form-data"))
+            .map_err(|_| ApiError::UnsupportedMediaType("expected Content-Type: multipart/form-data"))
     }
 }
 
@@ -133,7 +133,7 @@ fn sniff(head: &[u8], rules: &Rules) -> Result<&'static str, ApiError> {
     infer::get(head)
         .map(|kind| kind.mime_type())
         .and_then(|mime| rules.allowed.iter().copied().find(|allowed| *allowed == mime))
-        .ok_or(ApiError::UnsupportedUpload(rules.allowed_names))
+        .ok_or(ApiError::UnsupportedMediaType(rules.allowed_names))
 }
 
 /// A body that ended early or is not valid multipart is 422; one over the body limit is 413.

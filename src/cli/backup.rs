@@ -46,55 +46,37 @@ impl BackupAction {
 pub async fn run(config: Config, action: BackupAction) -> ExitCode {
     crate::telemetry::init_for_command(&config);
     let done = match action {
-        BackupAction::Create { .. } => create(&config).await,
+        BackupAction::Create { .. } => {
+            if !config.database.is_sqlite() {
+                eprintln!(
+                    "backup create is for SQLite: PostgreSQL is backed up by its provider (docs/backups.md; \
+                     scripts/pg-restore-drill.sh proves a restore)"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let db = match super::open_database(&config) {
+                Ok(db) => db,
+                Err(code) => return code,
+            };
+            let made = backup::create(&config, &db).await;
+            db.close().await;
+            made.map(|made| println!("{}", made.name))
+        }
         BackupAction::List { format } => list(&config, format).await,
-        BackupAction::Restore { name, to } => restore(&config, &name, &to).await,
+        BackupAction::Restore { name, to } => backup::restore(&config, &name, &to)
+            .await
+            .map(|restored| println!("{} restored to {}", restored.name, to.display())),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Refusal::Config(message)) => {
-            eprintln!("{message}");
-            ExitCode::from(EXIT_CONFIG)
-        }
-        Err(Refusal::Failed(error)) => {
+        Err(error) => {
             eprintln!("backup failed: {error:#}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
 }
 
-/// Why a command did nothing: a configuration it cannot work with (exit 2), or a failure (1).
-enum Refusal {
-    Config(&'static str),
-    Failed(anyhow::Error),
-}
-
-impl From<anyhow::Error> for Refusal {
-    fn from(error: anyhow::Error) -> Refusal {
-        Refusal::Failed(error)
-    }
-}
-
-async fn create(config: &Config) -> Result<(), Refusal> {
-    if !config.database.is_sqlite() {
-        return Err(Refusal::Config(
-            "backup create is for SQLite: PostgreSQL is backed up by its provider (docs/backups.md; scripts/pg-restore-drill.sh proves a restore)",
-        ));
-    }
-    let db = crate::db::Db::connect_lazy(&config.database).map_err(|e| Refusal::Failed(e.into()))?;
-    let made = backup::create(config, &db).await;
-    db.close().await;
-    println!("{}", made?.name);
-    Ok(())
-}
-
-async fn restore(config: &Config, name: &str, to: &std::path::Path) -> Result<(), Refusal> {
-    let restored = backup::restore(config, name, to).await?;
-    println!("{} restored to {}", restored.name, to.display());
-    Ok(())
-}
-
-async fn list(config: &Config, format: Format) -> Result<(), Refusal> {
+async fn list(config: &Config, format: Format) -> anyhow::Result<()> {
     let backups = backup::list(config).await?;
     let mut out = std::io::stdout().lock();
     let _ = match format {

@@ -99,10 +99,12 @@ pub fn key(id: &str) -> Path {
     Path::from(format!("{ATTACHMENTS}/{id}"))
 }
 
+/// The bytes one owner's attachments take (`$1` the owner).
+const USED_BYTES: &str = "SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM attachments WHERE user_id = $1";
+
 /// The bytes `owner`'s attachments take.
 pub async fn used_bytes(db: &Db, owner: Uuid) -> Result<u64, ApiError> {
-    let sql = "SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM attachments WHERE user_id = $1";
-    let used: i64 = with_db!(db, pool => sqlx::query_scalar(sql).bind(owner.to_string()).fetch_one(pool).await)?;
+    let used: i64 = with_db!(db, pool => sqlx::query_scalar(USED_BYTES).bind(owner.to_string()).fetch_one(pool).await)?;
     Ok(u64::try_from(used).unwrap_or(0))
 }
 
@@ -122,7 +124,6 @@ pub async fn insert(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
         columns!()
     );
-    let used = "SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM attachments WHERE user_id = $1";
     let size = i64::try_from(file.size).map_err(|e| ApiError::Internal(e.into()))?;
     let mut tx = db.begin().await?;
     // SQLite runs one write transaction at a time already; PostgreSQL locks the owner's row.
@@ -133,7 +134,7 @@ pub async fn insert(
             .await?;
     }
     let row = with_tx!(&mut tx, conn => {
-        let used: i64 = sqlx::query_scalar(used).bind(owner.to_string()).fetch_one(&mut **conn).await?;
+        let used: i64 = sqlx::query_scalar(USED_BYTES).bind(owner.to_string()).fetch_one(&mut **conn).await?;
         if u64::try_from(used.saturating_add(size)).unwrap_or(u64::MAX) > quota {
             return Err(ApiError::QuotaExceeded);
         }

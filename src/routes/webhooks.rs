@@ -15,7 +15,7 @@ use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use crate::error::{ApiError, ErrorBody, JsonBodyErrors};
+use crate::error::{ApiError, ErrorBody, JSON_REQUIRED, JsonBodyErrors};
 use crate::extract;
 use crate::input::{self, Fields, FromJson, Text};
 use crate::input_field;
@@ -149,7 +149,7 @@ pub async fn payment_webhook(
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     verify_signature(secret.expose().as_bytes(), &headers, &body, now)?;
     if !extract::has_json_content_type(&headers) {
-        return Err(ApiError::UnsupportedMediaType);
+        return Err(ApiError::UnsupportedMediaType(JSON_REQUIRED));
     }
     let event: PaymentEvent = input::read_body(&body)?;
     let invoice_id = Uuid::parse_str(&event.invoice_id).map_err(|_| ApiError::NotFound)?;

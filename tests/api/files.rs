@@ -555,10 +555,7 @@ async fn a_client_that_stops_mid_upload_times_out_and_nothing_is_kept() {
         assert!(answer.contains("\"timeout\""), "{answer}");
         drop(socket);
         // The cut-off multipart upload is aborted in the background: give it a moment.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !store.objects().is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until(Duration::from_secs(5), || store.objects().is_empty()).await;
         assert_eq!(store.objects(), Vec::<String>::new(), "nothing kept, no parts left");
         assert_eq!(attachment_count(&app, &token, &invoice).await, 0);
         app.stop().await;

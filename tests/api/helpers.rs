@@ -576,6 +576,15 @@ pub async fn wait_for_storage_status(app: &TestApp, status: &str) -> Value {
     }
 }
 
+/// Polls `done` every 50 ms for up to `limit`, for work that finishes in the background (an
+/// aborted upload's parts going away); the caller asserts the outcome after.
+pub async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Where [`test_items`] is mounted.
 pub const TEST_ITEMS: &str = "/api/v1/test-items";
 

@@ -497,6 +497,21 @@ fn probe_registry(db: &Db, config: &Config, runs: Arc<AtomicUsize>) -> Registry 
     })
 }
 
+/// `count` workers on the app's database running probes, each tried at most `max_attempts`
+/// times; `runs` counts the attempts.
+fn probe_workers(app: &TestApp, max_attempts: u32, count: usize, runs: Arc<AtomicUsize>) -> Workers {
+    let db = &app.state.db;
+    let mut settings = app.state.config.jobs.clone();
+    settings.max_attempts = max_attempts;
+    Workers::start(
+        db.clone(),
+        Default::default(),
+        probe_registry(db, &app.state.config, runs),
+        &settings,
+        count,
+    )
+}
+
 async fn enqueue_probe(db: &Db, action: &str) {
     let mut tx = db.begin().await.unwrap();
     jobs::enqueue(
@@ -534,16 +549,8 @@ async fn a_job_exists_exactly_when_its_transaction_commits() {
 async fn a_panicking_or_hanging_handler_fails_its_attempt_and_the_worker_goes_on() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| c.jobs.concurrency = 0).await;
     let db = app.state.db.clone();
-    let mut settings = app.state.config.jobs.clone();
-    settings.max_attempts = 1;
     let runs = Arc::new(AtomicUsize::new(0));
-    let workers = Workers::start(
-        db.clone(),
-        Default::default(),
-        probe_registry(&db, &app.state.config, runs.clone()),
-        &settings,
-        1,
-    );
+    let workers = probe_workers(&app, 1, 1, runs.clone());
     enqueue_probe(&db, "panic").await;
     enqueue_probe(&db, "hang").await;
     enqueue_probe(&db, "ok").await;
@@ -597,16 +604,8 @@ async fn a_job_whose_worker_died_runs_again_unless_that_was_its_last_attempt() {
         .unwrap();
         tx.commit().await.unwrap();
     }
-    let mut settings = app.state.config.jobs.clone();
-    settings.max_attempts = 2;
     let runs = Arc::new(AtomicUsize::new(0));
-    let workers = Workers::start(
-        db.clone(),
-        Default::default(),
-        probe_registry(&db, &app.state.config, runs.clone()),
-        &settings,
-        2,
-    );
+    let workers = probe_workers(&app, 2, 2, runs.clone());
     let end = wait_for_queue(&db, DELIVERY, |s| s.failed == 1 && s.queued + s.running == 0).await;
     assert_eq!((end.failed, end.queued, end.running), (1, 0, 0));
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the one with an attempt left ran again");
@@ -629,13 +628,7 @@ async fn a_job_cut_off_by_the_shutdown_is_released_not_lost() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| c.jobs.concurrency = 0).await;
     let db = app.state.db.clone();
     let runs = Arc::new(AtomicUsize::new(0));
-    let workers = Workers::start(
-        db.clone(),
-        Default::default(),
-        probe_registry(&db, &app.state.config, runs.clone()),
-        &app.state.config.jobs,
-        2,
-    );
+    let workers = probe_workers(&app, app.state.config.jobs.max_attempts, 2, runs.clone());
     enqueue_probe(&db, "sleep").await;
     wait_for_queue(&db, DELIVERY, |s| s.running == 1).await;
     workers

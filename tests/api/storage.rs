@@ -2,7 +2,7 @@
 //! real S3 API and a directory, an upload route of the test's own built from `uploads`, and
 //! `/readyz`'s storage check.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -54,10 +54,10 @@ async fn a_finished_writer_stores_the_object_and_an_abandoned_one_leaves_nothing
             abandoned.write(chunk.to_vec().into()).await.unwrap();
         }
         drop(abandoned);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while (objects() != ["attachments/whole"] || server.pending_parts() > 0) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(Duration::from_secs(5), || {
+            objects() == ["attachments/whole"] && server.pending_parts() == 0
+        })
+        .await;
         assert_eq!(objects(), ["attachments/whole"], "the abandoned upload left nothing");
         assert_eq!(server.pending_parts(), 0, "its parts were aborted");
 
