@@ -3,14 +3,14 @@
 
 use std::convert::Infallible;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower::Service;
@@ -66,7 +66,14 @@ async fn guard_and_cache(max_age: HeaderValue, root: Option<Arc<Path>>, mut req:
     // no file; opening it would fail with ENAMETOOLONG, which ServeDir answers with a 500.
     let too_long =
         root.as_os_str().len() + relative.len() + 4 >= 4096 || relative.split('/').any(|name| name.len() + 3 > 255);
-    if too_long || !resolves_inside(root, relative).await {
+    // In a block: a borrow of the request must not live across the `await` below.
+    let inside = !too_long && {
+        let accepts = |encoding: &str| mentions(req.headers(), header::ACCEPT_ENCODING, encoding);
+        [("", true), (".br", accepts("br")), (".gz", accepts("gzip"))]
+            .into_iter()
+            .all(|(suffix, may_be_served)| !may_be_served || resolves_inside(&root, &relative, suffix))
+    };
+    if !inside {
         return ApiError::NotFound.into_response();
     }
     // ServeDir resolves paths relative to STATIC_DIR: hand it `/style.css`, not `/static/style.css`.
@@ -91,24 +98,54 @@ async fn guard_and_cache(max_age: HeaderValue, root: Option<Arc<Path>>, mut req:
     response
 }
 
-/// Whether the file `relative` names, and each precompressed sibling ServeDir may pick
-/// instead, really lives under `root` once symlinks are resolved: a link planted in the folder
-/// must not serve `/etc/passwd`. A name that cannot be resolved for a reason other than being
-/// absent (too long, a link loop, a file used as a folder) is refused too.
-async fn resolves_inside(root: Arc<Path>, relative: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        let file = root.join(relative);
-        ["", ".br", ".gz"].into_iter().all(|suffix| {
-            let mut candidate = file.clone().into_os_string();
-            candidate.push(suffix);
-            match std::fs::canonicalize(&candidate) {
-                Ok(real) => real.starts_with(&root),
-                Err(error) => error.kind() == std::io::ErrorKind::NotFound,
+/// Whether the file `relative` + `suffix` names really lives under `root` once symlinks are
+/// resolved: a link planted in the folder must not serve `/etc/passwd`. A name that cannot be
+/// looked at for a reason other than being absent (a link loop, a file used as a folder) is
+/// refused too. Only the variants the client accepts are checked (ServeDir opens a `.br`/`.gz`
+/// sibling only for a client that names the encoding), and a plain path costs one `lstat` per
+/// path segment, on this thread: a few system calls on a local folder cost less than the hop to
+/// the blocking pool they used to take (bench/RESULTS.md, "Static files"). Only a symlink on
+/// the way is resolved in full.
+fn resolves_inside(root: &Path, relative: &str, suffix: &str) -> bool {
+    let mut names = Vec::new();
+    for component in Path::new(relative).components() {
+        match component {
+            Component::Normal(name) => names.push(name.to_owned()),
+            Component::CurDir => {}
+            // `/static//etc/passwd` and `..` name nothing under the folder.
+            _ => return false,
+        }
+    }
+    let Some(last) = names.last_mut() else {
+        return true; // the folder itself, which is never served
+    };
+    last.push(suffix);
+    let mut walked = root.to_path_buf();
+    for name in &names {
+        walked.push(name);
+        match std::fs::symlink_metadata(&walked) {
+            Ok(metadata) if !metadata.file_type().is_symlink() => {}
+            // A link on the way: where the whole path really leads decides.
+            Ok(_) => {
+                return match std::fs::canonicalize(root.join(names.iter().collect::<PathBuf>())) {
+                    Ok(real) => real.starts_with(root),
+                    Err(error) => error.kind() == std::io::ErrorKind::NotFound,
+                };
             }
-        })
+            Err(error) => return error.kind() == std::io::ErrorKind::NotFound,
+        }
+    }
+    true
+}
+
+/// Whether any `name` header mentions `word`, in any case: a superset of what a parser reads.
+fn mentions(headers: &HeaderMap, name: header::HeaderName, word: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
     })
-    .await
-    .unwrap_or(false)
 }
 
 /// `app.3f9a1c2e.css`: a name segment of 8+ hex digits means the content fixes the name,

@@ -404,6 +404,30 @@ async fn symlinks_out_of_the_static_folder_are_neither_served_nor_compressed() {
     let alias = app.get("/static/alias.css", None).await;
     assert_eq!(alias.status(), 200);
     assert_eq!(alias.text().await.unwrap(), "body{}".repeat(400));
+    // Each encoding the client accepts has its sibling checked; one it does not accept is
+    // never opened, so the plain file is served.
+    link(&outside.path().join("secret.css"), "other.css.br");
+    let brotli = app
+        .client
+        .get(app.url("/static/other.css"))
+        .header("accept-encoding", "br")
+        .send()
+        .await
+        .unwrap();
+    assert_error(brotli, 404, "not_found").await;
+    let plain = app.get("/static/other.css", None).await;
+    assert_eq!(plain.status(), 200);
+    assert_eq!(plain.text().await.unwrap(), "p{}".repeat(400));
+    // A linked folder that stays inside is served; a path past a file or from the root is not.
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("sub/inner.css"), "i{}").unwrap();
+    link(&dir.path().join("sub"), "inner-link");
+    let inner = app.get("/static/inner-link/inner.css", None).await;
+    assert_eq!(inner.status(), 200);
+    assert_eq!(inner.text().await.unwrap(), "i{}");
+    for path in ["/static/plain.css/x", "/static//etc/passwd"] {
+        assert_error(app.get(path, None).await, 404, "not_found").await;
+    }
     app.stop().await;
 }
 
