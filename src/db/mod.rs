@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
@@ -149,28 +150,40 @@ impl Db {
     }
 }
 
-/// `/readyz`'s database check: one ping at a time, whose answer every caller that waited for
-/// it shares. A flood of probes then costs one query per round trip, instead of queueing for
-/// the readiness connection until the 2 s bound makes a healthy database look down.
+/// `/readyz`'s database check: one ping at a time, which every call that arrives while it is
+/// in flight joins. A flood of probes then costs one query per round trip, instead of queueing
+/// for the readiness connection until the 2 s bound makes a healthy database look down; and
+/// the joined calls are all woken at once when it ends, not handed a lock one after another.
 #[derive(Default)]
-pub struct SharedPing(tokio::sync::Mutex<Option<(std::time::Instant, Result<Duration, String>)>>);
+pub struct SharedPing(std::sync::Mutex<Option<PingInFlight>>);
+
+/// A ping any number of calls can await; each gets a copy of its answer.
+type PingInFlight = Shared<BoxFuture<'static, Result<Duration, String>>>;
 
 impl SharedPing {
     /// The latency of a ping that ended after this call began, or why it failed.
     pub async fn ping(&self, db: &Db, limit: Duration) -> Result<Duration, String> {
-        let asked = std::time::Instant::now();
-        let mut last = self.0.lock().await;
-        if let Some((answered, result)) = &*last
-            && *answered >= asked
-        {
-            return result.clone();
-        }
-        let result = db.ping(limit).await.map_err(|e| faults::describe(&e));
-        if let Err(error) = &result {
-            tracing::warn!(%error, "readiness: database check failed");
-        }
-        *last = Some((std::time::Instant::now(), result.clone()));
-        result
+        let in_flight = {
+            let mut slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match &*slot {
+                Some(ping) if ping.peek().is_none() => ping.clone(),
+                _ => {
+                    let db = db.clone();
+                    let ping = async move {
+                        let result = db.ping(limit).await.map_err(|e| faults::describe(&e));
+                        if let Err(error) = &result {
+                            tracing::warn!(%error, "readiness: database check failed");
+                        }
+                        result
+                    }
+                    .boxed()
+                    .shared();
+                    *slot = Some(ping.clone());
+                    ping
+                }
+            }
+        };
+        in_flight.await
     }
 }
 
@@ -256,6 +269,78 @@ macro_rules! with_write {
             }
         }
     };
+}
+
+/// Runs one write of several statements as a single call to the database, atomically: the
+/// shortest hold of SQLite's one writer lock, one round trip on PostgreSQL (docs/code-layout.md,
+/// "Writes in one call"). The SQL differs per database, so pick it with [`Db::is_postgres`]:
+/// on PostgreSQL one statement (a data-modifying `WITH` is its own transaction), run on the
+/// pool; on SQLite `BEGIN IMMEDIATE; ...; COMMIT` in one text, run by [`SqliteWrite`] on a
+/// connection that holds the writer's turn. Fetch with `fetch_all`: `fetch_one` stops SQLite
+/// at the first row, before the `COMMIT`.
+#[macro_export]
+macro_rules! with_one_write_call {
+    ($db:expr, $conn:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres(pool) => {
+                let $conn = pool;
+                $body
+            }
+            $crate::db::Db::Sqlite(pool, writers) => match $crate::db::SqliteWrite::start(pool, writers).await {
+                Ok(mut write) => {
+                    let done = {
+                        let $conn = write.connection();
+                        $body
+                    };
+                    write.finish(done.is_ok()).await;
+                    done
+                }
+                Err(error) => Err(error),
+            },
+        }
+    };
+}
+
+/// A SQLite connection holding the writer's turn for one `BEGIN IMMEDIATE; ...; COMMIT` call
+/// ([`with_one_write_call!`]). SQLite stops at a failing statement, so the transaction can
+/// still be open after the call: it must not reach the next user of the connection.
+pub struct SqliteWrite {
+    connection: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    finished: bool,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl SqliteWrite {
+    pub async fn start(pool: &SqlitePool, writers: &WriterQueue) -> Result<SqliteWrite, sqlx::Error> {
+        let limit = pool.options().get_acquire_timeout();
+        let turn = tokio::time::timeout(limit, Arc::clone(writers).lock_owned())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        Ok(SqliteWrite {
+            connection: pool.acquire().await?,
+            finished: false,
+            _turn: turn,
+        })
+    }
+
+    pub fn connection(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.connection
+    }
+
+    /// After a failed call, rolls back what it began; a connection that cannot is closed.
+    pub async fn finish(mut self, succeeded: bool) {
+        self.finished = succeeded || sqlx::raw_sql("ROLLBACK").execute(&mut *self.connection).await.is_ok();
+    }
+}
+
+impl Drop for SqliteWrite {
+    /// Unfinished (the request was cancelled mid-call, or the rollback failed): closing the
+    /// connection rolls back whatever it left open.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.connection.close_on_drop();
+        }
+    }
 }
 
 impl Tx {

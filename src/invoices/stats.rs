@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use sqlx::query::Query;
+use sqlx::{Database, Encode, Type};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -105,11 +107,14 @@ pub struct StatsChange<'a> {
 
 impl<'a> StatsChange<'a> {
     fn of(invoice: &'a InvoiceRow) -> StatsChange<'a> {
+        StatsChange::of_invoice(&invoice.id, &invoice.user_id)
+    }
+
+    fn of_invoice(id: &str, user_id: &'a str) -> StatsChange<'a> {
         StatsChange {
-            user_id: &invoice.user_id,
+            user_id,
             // The last hex digit of a UUID (v7 included) is random; an invoice keeps its shard.
-            shard: invoice
-                .id
+            shard: id
                 .chars()
                 .last()
                 .and_then(|digit| digit.to_digit(16))
@@ -124,11 +129,11 @@ impl<'a> StatsChange<'a> {
         }
     }
 
-    /// A new draft.
-    pub fn created(invoice: &'a InvoiceRow) -> StatsChange<'a> {
+    /// A new draft, before it is stored (its counts go in the statement that stores it).
+    pub fn created(id: &str, user_id: &'a str) -> StatsChange<'a> {
         StatsChange {
             draft: 1,
-            ..StatsChange::of(invoice)
+            ..StatsChange::of_invoice(id, user_id)
         }
     }
 
@@ -167,19 +172,49 @@ impl<'a> StatsChange<'a> {
     }
 }
 
+impl StatsChange<'_> {
+    /// Binds the shard and the counts, the parameters of [`upsert_stats!`] after the user id.
+    pub fn bind_counts<'q, DB: Database>(&self, query: Query<'q, DB, DB::Arguments>) -> Query<'q, DB, DB::Arguments>
+    where
+        i16: Encode<'q, DB> + Type<DB>,
+        i64: Encode<'q, DB> + Type<DB>,
+    {
+        query
+            .bind(self.shard)
+            .bind(self.draft)
+            .bind(self.sent)
+            .bind(self.paid)
+            .bind(self.paid_after_send)
+            .bind(self.paid_after_send_seconds)
+            .bind(self.paid_after_send_micros)
+    }
+}
+
 /// Rows each user's counts are split over: a change updates one, picked by its invoice, so of
 /// concurrent changes of one user's invoices (a burst of creates) few wait on the same row's
 /// lock until a commit. The summary sums them; up to 16 rows is still constant time.
 const SHARDS: u32 = 16;
 
-/// Adds one change's counts to its shard; the shard's first change creates the row.
-const UPSERT_STATS: &str = "INSERT INTO user_stats_shards (user_id, shard, draft, sent, paid, paid_after_send, \
-    paid_after_send_seconds, paid_after_send_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-    ON CONFLICT (user_id, shard) DO UPDATE SET draft = user_stats_shards.draft + excluded.draft, \
-    sent = user_stats_shards.sent + excluded.sent, paid = user_stats_shards.paid + excluded.paid, \
-    paid_after_send = user_stats_shards.paid_after_send + excluded.paid_after_send, \
-    paid_after_send_seconds = user_stats_shards.paid_after_send_seconds + excluded.paid_after_send_seconds, \
-    paid_after_send_micros = user_stats_shards.paid_after_send_micros + excluded.paid_after_send_micros";
+/// Adds one change's counts to its shard; the shard's first change creates the row. `$source`
+/// gives the row: the user id, then the shard and the counts as [`StatsChange::bind_counts`]
+/// binds them.
+macro_rules! upsert_stats {
+    ($source:literal) => {
+        concat!(
+            "INSERT INTO user_stats_shards (user_id, shard, draft, sent, paid, paid_after_send, \
+             paid_after_send_seconds, paid_after_send_micros) ",
+            $source,
+            " ON CONFLICT (user_id, shard) DO UPDATE SET draft = user_stats_shards.draft + excluded.draft, \
+             sent = user_stats_shards.sent + excluded.sent, paid = user_stats_shards.paid + excluded.paid, \
+             paid_after_send = user_stats_shards.paid_after_send + excluded.paid_after_send, \
+             paid_after_send_seconds = user_stats_shards.paid_after_send_seconds + excluded.paid_after_send_seconds, \
+             paid_after_send_micros = user_stats_shards.paid_after_send_micros + excluded.paid_after_send_micros"
+        )
+    };
+}
+pub(super) use upsert_stats;
+
+const UPSERT_STATS: &str = upsert_stats!("VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
 
 const UPSERT_PAID_TOTAL: &str = "INSERT INTO user_paid_totals (user_id, currency, total_cents) \
     VALUES ($1, $2, $3) ON CONFLICT (user_id, currency) \
@@ -190,15 +225,8 @@ const UPSERT_PAID_TOTAL: &str = "INSERT INTO user_paid_totals (user_id, currency
 /// total, always in that order, so concurrent changes never deadlock.
 pub async fn apply(tx: &mut Tx, change: StatsChange<'_>) -> Result<(), sqlx::Error> {
     with_tx!(tx, conn => {
-        sqlx::query(UPSERT_STATS)
-            .bind(change.user_id)
-            .bind(change.shard)
-            .bind(change.draft)
-            .bind(change.sent)
-            .bind(change.paid)
-            .bind(change.paid_after_send)
-            .bind(change.paid_after_send_seconds)
-            .bind(change.paid_after_send_micros)
+        change
+            .bind_counts(sqlx::query(UPSERT_STATS).bind(change.user_id))
             .execute(&mut **conn)
             .await?;
         if let Some((currency, cents)) = change.paid_total {

@@ -1,15 +1,16 @@
 //! Every SQL statement on invoices and payment events, written once for both databases. Each
 //! change updates its owner's aggregates (`stats.rs`) in the same transaction.
 
+use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::input::NewInvoice;
-use super::stats::{self, StatsChange};
+use super::stats::{self, StatsChange, upsert_stats};
 use super::{Invoice, InvoiceStatus};
 use crate::db::{self, Constraint, Db, OnConstraint, rfc3339};
 use crate::error::ApiError;
 use crate::pagination::Cursor;
-use crate::{with_db, with_tx};
+use crate::{with_db, with_one_write_call, with_tx};
 
 /// An invoice whose owner does not exist: a valid token of a deleted account.
 const INVOICE_OWNER: Constraint = Constraint::foreign_key("invoices_user_id_fkey");
@@ -63,18 +64,48 @@ impl InvoiceRow {
     }
 }
 
-/// Stores a new draft of `owner`; 401 when the owner's account no longer exists.
+/// A new invoice, `$1` to `$10`.
+macro_rules! insert_invoice {
+    () => {
+        concat!(
+            "INSERT INTO invoices (id, user_id, customer_name, customer_phone, amount_cents, currency, due_date, \
+             description, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
+            columns!()
+        )
+    };
+}
+
+/// A new invoice and its first count in one call (`with_one_write_call!`). PostgreSQL: one
+/// statement, whose count comes from the row it inserts (so the invoice is locked first, as
+/// in every other change). SQLite: one transaction in one text.
+const INSERT_POSTGRES: &str = concat!(
+    "WITH invoice AS (",
+    insert_invoice!(),
+    "), counted AS (",
+    upsert_stats!("SELECT user_id, $11, $12, $13, $14, $15, $16, $17 FROM invoice"),
+    ") SELECT * FROM invoice"
+);
+const INSERT_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE; ",
+    insert_invoice!(),
+    "; ",
+    upsert_stats!("VALUES ($2, $11, $12, $13, $14, $15, $16, $17)"),
+    "; COMMIT"
+);
+
+/// Stores a new draft of `owner` with its count, in one call to the database; 401 when the
+/// owner's account no longer exists.
 pub async fn insert(db: &Db, owner: Uuid, new: &NewInvoice) -> Result<InvoiceRow, ApiError> {
-    let sql = concat!(
-        "INSERT INTO invoices (id, user_id, customer_name, customer_phone, amount_cents, currency, due_date, \
-         description, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
-        columns!()
-    );
-    let mut tx = db.begin().await?;
-    let row: InvoiceRow = with_tx!(&mut tx, conn => {
-        sqlx::query_as(sql)
-            .bind(Uuid::now_v7().to_string())
-            .bind(owner.to_string())
+    let (id, owner) = (Uuid::now_v7().to_string(), owner.to_string());
+    let counts = StatsChange::created(&id, &owner);
+    let sql = match db {
+        Db::Postgres(_) => INSERT_POSTGRES,
+        Db::Sqlite(..) => INSERT_SQLITE,
+    };
+    let rows: Vec<InvoiceRow> = with_one_write_call!(db, conn => {
+        let query = sqlx::query(sql)
+            .bind(&id)
+            .bind(&owner)
             .bind(&new.customer_name.0)
             .bind(new.customer_phone.as_ref().map(|phone| &phone.0))
             .bind(new.amount_cents.0)
@@ -82,14 +113,13 @@ pub async fn insert(db: &Db, owner: Uuid, new: &NewInvoice) -> Result<InvoiceRow
             .bind(new.due_date.as_ref().map(|date| &date.0))
             .bind(new.description.as_ref().map(|text| &text.0))
             .bind(InvoiceStatus::Draft)
-            .bind(db::now_micros())
-            .fetch_one(&mut **conn)
-            .await
+            .bind(db::now_micros());
+        counts.bind_counts(query).try_map(|row| InvoiceRow::from_row(&row)).fetch_all(conn).await
     })
     .on_constraint(INVOICE_OWNER, || ApiError::Unauthorized)?;
-    stats::apply(&mut tx, StatsChange::created(&row)).await?;
-    tx.commit().await?;
-    Ok(row)
+    rows.into_iter()
+        .next()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the invoice insert returned no row")))
 }
 
 /// A page after the cursor `($2, $3)`, newest first. The row comparison is what both planners
