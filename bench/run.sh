@@ -10,7 +10,8 @@
 #   bench/run.sh --sizes 1000,10000 --duration 2 --warmup 1    a quick check that it works
 #   bench/run.sh --ab /tmp/old/shipshape --label 62e06a8 --rounds 4
 #                                  this build against another shipshape binary (the trivial
-#                                  paths, alternating rounds); build the other from a worktree
+#                                  paths, rounds in turn); build the other from a worktree.
+#                                  Repeat --ab/--label to compare with several in one run.
 #
 # Options are bench.py's (`python3 bench/bench.py --help`): --duration, --warmup, --rounds,
 # --out FILE; shortened runs are labelled as smoke runs in what they write.

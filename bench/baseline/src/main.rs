@@ -8,10 +8,13 @@
 //!   secret, same required claims), then shipshape's keyset query (`LIST_SQL`, or
 //!   `LIST_BY_STATUS_SQL` with `?status=`) for 20 items (`?limit=`, `?cursor=` as shipshape's),
 //!   answered in the same JSON shape.
+//! - `GET /api/v1/me`: the same token check, then shipshape's read of the user (its columns,
+//!   by id), answered in the same JSON shape. shipshape also checks the session, from a cache
+//!   it keeps per instance (docs/accounts.md), so this is the same work but for that lookup.
 //! - `POST /api/v1/invoices`: the same token check and the same `INSERT ... RETURNING`, answered
 //!   201 with the invoice. Only the insert: shipshape also updates the owner's aggregates
-//!   (`user_stats_shards`) in the same transaction, so its create does one more statement, a
-//!   `BEGIN IMMEDIATE` and a `COMMIT` more.
+//!   (`user_stats_shards`) in the same call to the database (one statement on PostgreSQL; on
+//!   SQLite `BEGIN IMMEDIATE`, both statements and `COMMIT` in one call).
 //!
 //! The database, its schema and its indexes are shipshape's own: bench.py starts shipshape on
 //! the database first (which migrates it), then points this binary at it. Pool and SQLite
@@ -127,6 +130,7 @@ fn main() {
             .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
             .route("/readyz", get(readyz))
             .route("/api/v1/invoices", get(list_invoices).post(create_invoice))
+            .route("/api/v1/me", get(me))
             .nest_service("/static", ServeDir::new(static_dir))
             .with_state(app);
         // TCP_NODELAY, as shipshape's server sets it: without it a response written in more
@@ -324,4 +328,25 @@ async fn create(app: App, headers: HeaderMap, body: NewInvoice) -> Result<Respon
     .map_err(internal)?;
     let json = serde_json::to_string(&row.into_invoice()?).map_err(internal)?;
     Ok((StatusCode::CREATED, [(header::CONTENT_TYPE, "application/json")], json).into_response())
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: String,
+    email: String,
+    #[allow(dead_code)]
+    password_hash: String,
+    role: String,
+    #[allow(dead_code)]
+    disabled_at: Option<i64>,
+    created_at: i64,
+}
+
+async fn me(State(app): State<App>, headers: HeaderMap) -> Result<Json<Value>, Response> {
+    let user = user(&app, &headers)?;
+    let sql = "SELECT id, email, password_hash, role, disabled_at, created_at FROM users WHERE id = $1";
+    let row: UserRow = with_db!(&app.db, pool => sqlx::query_as(sql).bind(user.to_string()).fetch_one(pool).await)
+        .map_err(internal)?;
+    let id = Uuid::parse_str(&row.id).map_err(internal)?;
+    Ok(Json(json!({"id": id, "email": row.email, "role": row.role, "created_at": rfc3339(row.created_at)})))
 }
