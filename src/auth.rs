@@ -118,13 +118,16 @@ impl Auth {
         if token.len() > MAX_TOKEN_BYTES {
             return None;
         }
-        // Each key checks the signature alone; the token is decoded once, with the key that signed it.
-        let (message, signature) = token.rsplit_once('.')?;
-        let key = self.decoding.iter().find(|key| {
-            jsonwebtoken::crypto::verify(signature, message.as_bytes(), key, jsonwebtoken::Algorithm::HS256)
-                .unwrap_or(false)
+        // `decode` checks the signature before anything else: a key that did not sign the token
+        // costs one HMAC, and the one that did is not asked twice (the HMAC is most of a token's
+        // cost: bench/RESULTS.md). A token its key signed but that is invalid (expired) stops here.
+        let data = self.decoding.iter().find_map(|key| {
+            match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
+                Err(error) if *error.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature => None,
+                decoded => Some(decoded),
+            }
         })?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).ok()?;
+        let data = data.ok()?;
         Some(TokenClaims {
             user: Uuid::parse_str(&data.claims.sub).ok()?,
             session: Uuid::parse_str(&data.claims.sid).ok()?,
