@@ -43,7 +43,7 @@ def proc_kb(pid, field):
 
 
 class Server:
-    def __init__(self, kind, database_url, binary=SHIPSHAPE):
+    def __init__(self, kind, database_url, binary=SHIPSHAPE, extra_env=None):
         self.kind, self.port = kind, free_port()
         self.dir = tempfile.mkdtemp(dir=work)
         if kind == "shipshape":
@@ -57,6 +57,7 @@ class Server:
                 "RATE_LIMIT_SIGNUP": "100000000/s", "RATE_LIMIT_INVOICE_CREATE": "100000000/s",
                 "RATE_LIMIT_PASSWORD_RESET": "100000000/s",
             }
+            env.update(extra_env or {})
             cmd = [binary, "serve"]
         else:
             env = {"PATH": os.environ["PATH"], "SECRET_KEY": SECRET_KEY}
@@ -357,9 +358,10 @@ def main_section(rows, cold, idle, peak, binary_mb, notes):
         "10–60 % between runs on this shared machine.",
         "The invoice rows are a same-work comparison: the baseline serves the same database (migrated by shipshape: "
         "same schema and indexes), verifies the same HS256 token, runs shipshape's keyset query and answers the "
-        "same JSON (bench.py checks the two lists are equal), with the same pool size. Its create is **only the "
-        "insert**: shipshape's also updates one of the user's aggregates rows (`user_stats_shards`), in the same "
-        "call to the database (one statement on PostgreSQL, one transaction in one call on SQLite). The create "
+        "same JSON (bench.py checks the two lists are equal), with the same pool size. Its create runs shipshape's "
+        "SQL word for word: the insert and the owner's aggregates row (`user_stats_shards`) in one call to the "
+        "database (one statement on PostgreSQL, one transaction in one call on SQLite), without shipshape's input "
+        "rules or its SQLite writer queue. The create "
         f"rows post as one user, as the list does; the \"{SPREAD_USERS} users in turn\" rows spread the same "
         "load over several users, so fewer requests share an aggregates row. The baseline's `/api/v1/me` verifies "
         "the token and reads the user as shipshape does; shipshape also checks the session (cached per instance). "
@@ -692,6 +694,43 @@ def ab_run(out, others):
     write_results(out, ab="\n".join(lines))
 
 
+NOTE = {"title": "Bench", "body": "A note of the benchmark", "pinned": False}
+
+
+def generated_run(binary):
+    """A resource written by scripts/new-resource (`notes`, see bench/generated-resource.sh)
+    against the example's invoices on the same binary, list of 20 and create, rounds in turn.
+    Prints a table for bench/RESULTS.md."""
+    lines = ["| database | route | notes req/s | invoices req/s | notes / invoices (per round) | notes p99 ms |",
+             "|---|---|---:|---:|---|---:|"]
+    for kind in ["SQLite"] + (["PostgreSQL"] if POSTGRES else []):
+        pg_name, url = postgres_database() if kind == "PostgreSQL" else (None, f"sqlite://{work}/generated.db")
+        try:
+            server = Server("shipshape", url, binary=binary, extra_env={"RATE_LIMIT_NOTES_CREATE": "100000000/s"})
+            token = signup(server)
+            for _ in range(20):
+                assert http(server.url("/api/v1/notes"), NOTE, token)[0] == 201
+                assert http(server.url("/api/v1/invoices"), INVOICE, token)[0] == 201
+            auth = [f"Authorization: Bearer {token}"]
+            for label, scripts in (("GET, 20 items", (None, None)),
+                                   ("POST", (lua("note", NOTE), lua("create", INVOICE)))):
+                notes, invoices = [], []
+                for round_ in range(ROUNDS):
+                    pair = [(notes, "/api/v1/notes", scripts[0]), (invoices, "/api/v1/invoices", scripts[1])]
+                    for results, path, script in (pair if round_ % 2 else pair[::-1]):
+                        results.append(wrk(server.url(path), script=script, headers=auth))
+                ratios = [n["rps"] / i["rps"] for n, i in zip(notes, invoices)]
+                lines.append(f"| {kind} | {label} | {statistics.median(n['rps'] for n in notes):,.0f} | "
+                             f"{statistics.median(i['rps'] for i in invoices):,.0f} | "
+                             f"{statistics.median(ratios):.2f}× ({', '.join(f'{r:.2f}' for r in ratios)}) | "
+                             f"{statistics.median(n['p99'] for n in notes):.1f} |")
+            server.stop()
+        finally:
+            if pg_name:
+                drop_postgres_database(pg_name)
+    print("\n".join(lines))
+
+
 def main():
     global WARMUP, MEASURE, ROUNDS
     parser = argparse.ArgumentParser(description="shipshape load benchmark; writes bench/RESULTS.md")
@@ -704,10 +743,14 @@ def main():
     parser.add_argument("--ab", metavar="BINARY", action="append",
                         help="an A/B of the trivial paths against another shipshape binary (repeat for more)")
     parser.add_argument("--label", action="append", help="with --ab, once per binary: what to call it (a commit)")
+    parser.add_argument("--generated", metavar="BINARY",
+                        help="a build with a generated `notes` resource: its routes against the invoices' (prints a table)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "RESULTS.md"), help="the file to (re)write")
     args = parser.parse_args()
     WARMUP, MEASURE, ROUNDS = args.warmup, args.duration, args.rounds
-    if args.ab:
+    if args.generated:
+        generated_run(args.generated)
+    elif args.ab:
         labels = args.label or []
         if len(labels) != len(args.ab):
             parser.error("give one --label per --ab")
