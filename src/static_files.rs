@@ -69,9 +69,9 @@ async fn guard_and_cache(max_age: HeaderValue, root: Option<Arc<Path>>, mut req:
     // In a block: a borrow of the request must not live across the `await` below.
     let inside = !too_long && {
         let accepts = |encoding: &str| mentions(req.headers(), header::ACCEPT_ENCODING, encoding);
-        [("", true), (".br", accepts("br")), (".gz", accepts("gzip"))]
-            .into_iter()
-            .all(|(suffix, may_be_served)| !may_be_served || resolves_inside(&root, &relative, suffix))
+        let variants = [("", true), (".br", accepts("br")), (".gz", accepts("gzip"))];
+        let suffixes: Vec<&str> = variants.iter().filter(|(_, served)| *served).map(|(s, _)| *s).collect();
+        resolves_inside(&root, &relative, &suffixes)
     };
     if !inside {
         return ApiError::NotFound.into_response();
@@ -98,44 +98,57 @@ async fn guard_and_cache(max_age: HeaderValue, root: Option<Arc<Path>>, mut req:
     response
 }
 
-/// Whether the file `relative` + `suffix` names really lives under `root` once symlinks are
-/// resolved: a link planted in the folder must not serve `/etc/passwd`. A name that cannot be
-/// looked at for a reason other than being absent (a link loop, a file used as a folder) is
-/// refused too. Only the variants the client accepts are checked (ServeDir opens a `.br`/`.gz`
-/// sibling only for a client that names the encoding), and a plain path costs one `lstat` per
-/// path segment, on this thread: a few system calls on a local folder cost less than the hop to
-/// the blocking pool they used to take (bench/RESULTS.md, "Static files"). Only a symlink on
-/// the way is resolved in full.
-fn resolves_inside(root: &Path, relative: &str, suffix: &str) -> bool {
-    let mut names = Vec::new();
+/// Whether the file `relative` names, with each of `suffixes` (the variants ServeDir may open
+/// for this client: a `.br`/`.gz` sibling only for one that names the encoding), really lives
+/// under `root` once symlinks are resolved: a link planted in the folder must not serve
+/// `/etc/passwd`. A name that cannot be looked at for a reason other than being absent (a link
+/// loop, a file used as a folder) is refused too. It costs one `lstat` per folder on the way
+/// and per variant, on this thread: a few system calls on a local folder cost less than the
+/// hop to the blocking pool they used to take (bench/RESULTS.md, "Performance of 2026-12-07").
+/// Only a symlink met on the way is resolved in full.
+fn resolves_inside(root: &Path, relative: &str, suffixes: &[&str]) -> bool {
+    let (mut folder, mut file) = (root.to_path_buf(), None);
     for component in Path::new(relative).components() {
         match component {
-            Component::Normal(name) => names.push(name.to_owned()),
+            Component::Normal(name) => folder.extend(file.replace(name)),
             Component::CurDir => {}
             // `/static//etc/passwd` and `..` name nothing under the folder.
             _ => return false,
         }
     }
-    let Some(last) = names.last_mut() else {
+    let Some(file) = file else {
         return true; // the folder itself, which is never served
     };
-    last.push(suffix);
+    // The folders on the way, once for every variant.
     let mut walked = root.to_path_buf();
-    for name in &names {
+    for name in folder.strip_prefix(root).into_iter().flat_map(Path::components) {
         walked.push(name);
-        match std::fs::symlink_metadata(&walked) {
-            Ok(metadata) if !metadata.file_type().is_symlink() => {}
-            // A link on the way: where the whole path really leads decides.
-            Ok(_) => {
-                return match std::fs::canonicalize(root.join(names.iter().collect::<PathBuf>())) {
-                    Ok(real) => real.starts_with(root),
-                    Err(error) => error.kind() == std::io::ErrorKind::NotFound,
-                };
-            }
-            Err(error) => return error.kind() == std::io::ErrorKind::NotFound,
+        match inside(root, &walked) {
+            Some(true) => {}
+            Some(false) => return false,
+            None => return true, // absent: nothing to serve
         }
     }
-    true
+    suffixes.iter().all(|suffix| {
+        let mut name = file.to_owned();
+        name.push(suffix);
+        inside(root, &folder.join(name)) != Some(false)
+    })
+}
+
+/// Whether `path` (under `root`, its parent already checked) stays inside `root`: `None` when
+/// it does not exist. Only a symlink is resolved.
+fn inside(root: &Path, path: &Path) -> Option<bool> {
+    let resolved = match std::fs::symlink_metadata(path) {
+        Ok(metadata) if !metadata.file_type().is_symlink() => return Some(true),
+        Ok(_) => std::fs::canonicalize(path).map(|real| real.starts_with(root)),
+        Err(error) => Err(error),
+    };
+    match resolved {
+        Ok(inside) => Some(inside),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) => Some(false),
+    }
 }
 
 /// Whether any `name` header mentions `word`, in any case: a superset of what a parser reads.

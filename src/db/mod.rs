@@ -236,14 +236,22 @@ impl Db {
         Ok(match self {
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
             Db::Sqlite(pool, writers) => {
-                // Waiting is bounded as acquiring a connection is.
-                let turn = tokio::time::timeout(pool.options().get_acquire_timeout(), Arc::clone(writers).lock_owned())
-                    .await
-                    .map_err(|_| sqlx::Error::PoolTimedOut)?;
+                let turn = writer_turn(pool, writers).await?;
                 Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, turn)
             }
         })
     }
+}
+
+/// This process's turn at SQLite's one writer, waited for in order; the wait is bounded as
+/// acquiring a connection is.
+async fn writer_turn(
+    pool: &SqlitePool,
+    writers: &WriterQueue,
+) -> Result<tokio::sync::OwnedMutexGuard<()>, sqlx::Error> {
+    tokio::time::timeout(pool.options().get_acquire_timeout(), Arc::clone(writers).lock_owned())
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)
 }
 
 /// Runs one write statement, `$conn` its executor: on PostgreSQL straight on the pool (a
@@ -273,7 +281,7 @@ macro_rules! with_write {
 
 /// Runs one write of several statements as a single call to the database, atomically: the
 /// shortest hold of SQLite's one writer lock, one round trip on PostgreSQL (docs/code-layout.md,
-/// "Writes in one call"). The SQL differs per database, so pick it with [`Db::is_postgres`]:
+/// "Writes in one call"). The SQL differs per database, so pick it by matching the [`Db`]:
 /// on PostgreSQL one statement (a data-modifying `WITH` is its own transaction), run on the
 /// pool; on SQLite `BEGIN IMMEDIATE; ...; COMMIT` in one text, run by [`SqliteWrite`] on a
 /// connection that holds the writer's turn. Fetch with `fetch_all`: `fetch_one` stops SQLite
@@ -312,10 +320,7 @@ pub struct SqliteWrite {
 
 impl SqliteWrite {
     pub async fn start(pool: &SqlitePool, writers: &WriterQueue) -> Result<SqliteWrite, sqlx::Error> {
-        let limit = pool.options().get_acquire_timeout();
-        let turn = tokio::time::timeout(limit, Arc::clone(writers).lock_owned())
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        let turn = writer_turn(pool, writers).await?;
         Ok(SqliteWrite {
             connection: pool.acquire().await?,
             finished: false,
