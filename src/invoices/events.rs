@@ -149,26 +149,24 @@ impl EventHub {
     /// other instance. Never waits.
     pub fn publish(&self, user: Uuid, kind: &'static str, payload: &impl Serialize) {
         match serde_json::to_string(payload) {
-            Ok(data) => self.publish_json(user, kind, data),
+            Ok(data) => self.publish_json(user, kind, &data),
             Err(error) => tracing::error!(%error, kind, "cannot serialise event"),
         }
     }
 
     /// [`publish`](Self::publish) for a payload already serialized, e.g. the body of the
-    /// response that announces the same change.
-    pub fn publish_json(&self, user: Uuid, kind: &'static str, data: String) {
-        let event = Event {
+    /// response that announces the same change. Copied only where it goes: to Redis, or to
+    /// this instance's streams of `user` when there are any (most writes have no listener).
+    pub fn publish_json(&self, user: Uuid, kind: &'static str, data: &str) {
+        let event = || Event {
             kind: kind.to_owned(),
-            data,
+            data: data.to_owned(),
         };
         if let Some(redis) = &self.redis {
             let envelope = Envelope {
                 origin: self.instance,
                 user,
-                event: Event {
-                    kind: event.kind.clone(),
-                    data: event.data.clone(),
-                },
+                event: event(),
             };
             let mut connection = redis.clone();
             tokio::spawn(async move {
@@ -185,16 +183,17 @@ impl EventHub {
                 }
             });
         }
-        self.deliver(user, Arc::new(event));
+        self.deliver(user, event);
     }
 
-    /// Hands an event to `user`'s streams on this instance. A full queue marks its stream
-    /// lagged and drops it; closed streams are forgotten.
-    fn deliver(&self, user: Uuid, event: Arc<Event>) {
+    /// Hands an event, made only if `user` has streams on this instance, to those streams. A
+    /// full queue marks its stream lagged and drops it; closed streams are forgotten.
+    fn deliver(&self, user: Uuid, event: impl FnOnce() -> Event) {
         let mut subscribers = self.subscribers();
         let Some(streams) = subscribers.get_mut(&user) else {
             return;
         };
+        let event = Arc::new(event());
         streams.retain(|subscriber| match subscriber.queue.try_send(event.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -254,7 +253,7 @@ async fn relay_events(hub: &Weak<EventHub>, client: &redis::Client) -> Result<()
             continue;
         };
         if envelope.origin != hub.instance {
-            hub.deliver(envelope.user, Arc::new(envelope.event));
+            hub.deliver(envelope.user, || envelope.event);
         }
     }
     Err("the Redis connection closed".to_owned())

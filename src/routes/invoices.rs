@@ -115,7 +115,7 @@ fn publish_and_answer(
     row: InvoiceRow,
 ) -> Result<Response, ApiError> {
     let json = serde_json::to_string(&row.into_invoice()?).map_err(|e| ApiError::Internal(e.into()))?;
-    events.publish_json(user.id, kind, json.clone());
+    events.publish_json(user.id, kind, &json);
     Ok((status, [(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
