@@ -131,6 +131,7 @@ pub struct ListParams {
     limit: Option<u32>,
     /// `next_cursor` of the previous page: `{created_at}_{id}`, the position after its last
     /// item (creation time in microseconds since 1970, and the invoice id).
+    // `PageParams`' pattern: utoipa takes only a literal (a test checks they agree).
     #[param(pattern = r"^[0-9]{1,18}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     cursor: Option<String>,
 }

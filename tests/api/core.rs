@@ -104,6 +104,34 @@ async fn pool_exhausted_is_a_quick_503(backend: Backend) {
     app.stop().await;
 }
 
+/// utoipa takes a parameter's pattern only as a literal, so each list's query struct repeats the
+/// cursor's; they must all be `PageParams`' (the one `Cursor::decode` accepts exactly).
+#[tokio::test]
+async fn every_list_documents_the_one_cursor_pattern() {
+    use utoipa::IntoParams;
+    let page_params = shipshape::pagination::PageParams::into_params(|| None);
+    let cursor = page_params
+        .iter()
+        .find(|p| p.name == "cursor")
+        .expect("PageParams has a cursor");
+    let expected = serde_json::to_value(cursor).unwrap()["schema"]["pattern"].clone();
+    assert!(expected.is_string(), "the cursor is documented with a pattern");
+
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let doc: Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    let mut lists = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let parameters = operation["parameters"].as_array().into_iter().flatten();
+            for parameter in parameters.filter(|p| p["name"] == "cursor") {
+                assert_eq!(parameter["schema"]["pattern"], expected, "{method} {path}");
+                lists.push(format!("{method} {path}"));
+            }
+        }
+    }
+    assert!(lists.contains(&"get /api/v1/admin/users".to_owned()), "{lists:?}");
+}
+
 #[tokio::test]
 async fn openapi_documents_every_api_route() {
     let app = TestApp::spawn(Backend::Sqlite).await;
