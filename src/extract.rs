@@ -86,7 +86,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
     }
 }
 
-/// The `{id}` and the child's id of a nested resource's path (`/invoices/{id}/attachments/{attachment_id}`),
+/// The `{id}` and the child's id of a nested resource's path (`/projects/{id}/files/{file_id}`),
 /// each `None` when it is not a UUID, as for [`PathId`].
 pub struct PathIds(pub Option<Uuid>, pub Option<Uuid>);
 
