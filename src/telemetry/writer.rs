@@ -21,6 +21,9 @@ use super::throttle::Throttle;
 const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
 /// Dropped lines are reported at most this often.
 const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+/// How long the writer, woken by a line, lets more lines gather before it writes them: a line
+/// reaches stdout at most this much later.
+const BATCH_WINDOW: Duration = Duration::from_millis(1);
 /// How long the last lines may take to be written at exit.
 const FLUSH_AT_EXIT: Duration = Duration::from_secs(1);
 
@@ -69,11 +72,13 @@ pub fn spawn(out: impl Write + Send + 'static) -> io::Result<(LogWriter, LogGuar
     Ok((LogWriter(queue), guard))
 }
 
-/// The writer thread: writes lines as they come, flushing whenever the queue is empty (so under
-/// load one write(2) carries many lines, and a quiet server still logs at once). crossbeam's
-/// channel, like tracing-appender's: its receiver yields a few times before it sleeps, so the
-/// threads that log do not wake it for every line (std's `mpsc` sleeps at once, and woken per
-/// line the writer took the core from the request workers 130,000 times a second).
+/// The writer thread: writes lines in batches, flushing whenever the queue is empty, so one
+/// write(2) carries many lines. Once caught up it sleeps until the next line, then waits
+/// [`BATCH_WINDOW`] for the lines that follow it: without that pause, a server logging a few
+/// thousand lines a second woke the writer and wrote once per line, which cost a create 14 %
+/// of its throughput on one core (bench/RESULTS.md). crossbeam's channel, like
+/// tracing-appender's: a send wakes the receiver only while it sleeps in `recv` (std's `mpsc`,
+/// tried first, woke it per line: 130,000 times a second).
 fn write_lines(queue: &Queue, receiver: &Receiver<Message>, out: impl Write) {
     let mut out = io::BufWriter::new(out);
     let mut reported = 0;
@@ -92,10 +97,9 @@ fn write_lines(queue: &Queue, receiver: &Receiver<Message>, out: impl Write) {
                     );
                     reported = dropped;
                 }
-                match receiver.recv() {
-                    Ok(message) => message,
-                    Err(_) => break,
-                }
+                let Ok(message) = receiver.recv() else { break };
+                std::thread::sleep(BATCH_WINDOW);
+                message
             }
             Err(TryRecvError::Disconnected) => break,
         };
