@@ -75,8 +75,8 @@ pub fn spawn(out: impl Write + Send + 'static) -> io::Result<(LogWriter, LogGuar
 /// The writer thread: writes lines in batches, flushing whenever the queue is empty, so one
 /// write(2) carries many lines. Once caught up it sleeps until the next line, then waits
 /// [`BATCH_WINDOW`] for the lines that follow it: without that pause, a server logging a few
-/// thousand lines a second woke the writer and wrote once per line, which cost a create 14 %
-/// of its throughput on one core (bench/RESULTS.md). crossbeam's channel, like
+/// thousand lines a second woke the writer and wrote once per line, on the cores serving
+/// requests (the pause gained a create 0-4 %: bench/RESULTS.md). crossbeam's channel, like
 /// tracing-appender's: a send wakes the receiver only while it sleeps in `recv` (std's `mpsc`,
 /// tried first, woke it per line: 130,000 times a second).
 fn write_lines(queue: &Queue, receiver: &Receiver<Message>, out: impl Write) {
