@@ -70,8 +70,7 @@ async fn guard_and_cache(max_age: HeaderValue, root: Option<Arc<Path>>, mut req:
     let inside = !too_long && {
         let accepts = |encoding: &str| mentions(req.headers(), header::ACCEPT_ENCODING, encoding);
         let variants = [("", true), (".br", accepts("br")), (".gz", accepts("gzip"))];
-        let suffixes: Vec<&str> = variants.iter().filter(|(_, served)| *served).map(|(s, _)| *s).collect();
-        resolves_inside(&root, &relative, &suffixes)
+        resolves_inside(&root, &relative, &variants)
     };
     if !inside {
         return ApiError::NotFound.into_response();
@@ -98,15 +97,16 @@ async fn guard_and_cache(max_age: HeaderValue, root: Option<Arc<Path>>, mut req:
     response
 }
 
-/// Whether the file `relative` names, with each of `suffixes` (the variants ServeDir may open
-/// for this client: a `.br`/`.gz` sibling only for one that names the encoding), really lives
+/// Whether the file `relative` names, with each suffix of `variants` marked served (the ones
+/// ServeDir may open for this client: a `.br`/`.gz` sibling only for one that names the
+/// encoding), really lives
 /// under `root` once symlinks are resolved: a link planted in the folder must not serve
 /// `/etc/passwd`. A name that cannot be looked at for a reason other than being absent (a link
 /// loop, a file used as a folder) is refused too. It costs one `lstat` per folder on the way
 /// and per variant, on this thread: a few system calls on a local folder cost less than the
 /// hop to the blocking pool they used to take (bench/RESULTS.md, "Performance of 2026-12-07").
 /// Only a symlink met on the way is resolved in full.
-fn resolves_inside(root: &Path, relative: &str, suffixes: &[&str]) -> bool {
+fn resolves_inside(root: &Path, relative: &str, variants: &[(&str, bool)]) -> bool {
     let (mut folder, mut file) = (root.to_path_buf(), None);
     for component in Path::new(relative).components() {
         match component {
@@ -129,7 +129,7 @@ fn resolves_inside(root: &Path, relative: &str, suffixes: &[&str]) -> bool {
             None => return true, // absent: nothing to serve
         }
     }
-    suffixes.iter().all(|suffix| {
+    variants.iter().filter(|(_, served)| *served).all(|(suffix, _)| {
         let mut name = file.to_owned();
         name.push(suffix);
         inside(root, &folder.join(name)) != Some(false)
