@@ -7,7 +7,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Extensions, HeaderMap, HeaderValue, Request, StatusCode, header};
-use axum::middleware;
 use axum::response::Response;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -39,8 +38,8 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     // Static files and the landing page, and the API reference at /docs only when API_DOCS is
     // on: off, its assets are 404 as well.
     let site = match config.api_docs {
-        true => static_files::router(config).merge(routes::docs::router(config)),
-        false => static_files::router(config).layer(middleware::from_fn(routes::docs::hide_assets)),
+        true => static_files::router(config, |_| false).merge(routes::docs::router(config)),
+        false => static_files::router(config, routes::docs::is_docs_asset),
     };
     let routes = extra
         .merge(api)

@@ -4,7 +4,7 @@
 //! boxes it on every call: with the four as `from_fn`, a `/healthz` took 62,400 instructions
 //! instead of 39,100, a logged 404 67,300 instead of 54,700 (callgrind; docs/code-layout.md).
 //! A middleware implements [`Middleware`]; [`MiddlewareLayer`] makes it a layer. For one of
-//! your own on a few routes, `from_fn` is fine and shorter (see `routes::docs::hide_assets`).
+//! your own on a few routes, `from_fn` is fine and shorter.
 
 use std::convert::Infallible;
 use std::pin::Pin;

@@ -11,7 +11,6 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower::Service;
 use tower_http::services::{ServeDir, ServeFile};
@@ -21,8 +20,10 @@ use crate::error::ApiError;
 use crate::middleware::{BoxResponseFuture, Middleware, MiddlewareLayer};
 
 /// `/` (the landing page) and `/static/*` from `STATIC_DIR`, with precompressed `.br`/`.gz`
-/// siblings, ETag/Last-Modified and 304s (all from tower-http), and our cache policy.
-pub fn router<S: Clone + Send + Sync + 'static>(config: &Config) -> Router<S> {
+/// siblings, ETag/Last-Modified and 304s (all from tower-http), and our cache policy. Paths
+/// for which `hidden` says yes answer 404 as if absent (the API reference's assets while
+/// `API_DOCS` is off).
+pub fn router<S: Clone + Send + Sync + 'static>(config: &Config, hidden: fn(&str) -> bool) -> Router<S> {
     let files = ServeDir::new(&config.static_dir)
         .precompressed_br()
         .precompressed_gzip()
@@ -32,69 +33,92 @@ pub fn router<S: Clone + Send + Sync + 'static>(config: &Config) -> Router<S> {
         .precompressed_gzip();
     let max_age = HeaderValue::from_str(&format!("public, max-age={}", config.static_max_age_secs))
         .unwrap_or_else(|_| HeaderValue::from_static("public, max-age=3600"));
-    // Resolved once; a missing folder serves nothing.
-    let root: Option<Arc<Path>> = std::fs::canonicalize(&config.static_dir).ok().map(Arc::from);
+    let guard = StaticGuard(Arc::new(GuardSettings {
+        max_age,
+        // Resolved once; a missing folder serves nothing.
+        root: std::fs::canonicalize(&config.static_dir).ok(),
+        hidden,
+    }));
     Router::new()
         // A route (not `nest_service`) so logs and metrics name it `/static/{*path}`.
         .route_service("/static/{*path}", files)
         .route_service("/", index)
-        .layer(middleware::from_fn(move |req: Request, next: Next| {
-            let (max_age, root) = (max_age.clone(), root.clone());
-            async move { guard_and_cache(max_age, root, req, next).await }
-        }))
+        .layer(MiddlewareLayer(guard))
 }
 
 const IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
 
-/// Refuses dotfiles, anything that decodes to `..`, and files whose real path is outside the
-/// folder, then sets `Cache-Control`.
-async fn guard_and_cache(max_age: HeaderValue, root: Option<Arc<Path>>, mut req: Request, next: Next) -> Response {
-    let decoded = percent_encoding::percent_decode_str(req.uri().path())
-        .decode_utf8_lossy()
-        .into_owned();
-    if decoded.split(['/', '\\']).any(|segment| segment.starts_with('.')) {
-        return ApiError::NotFound.into_response();
+/// The middleware in front of the files: refuses dotfiles, anything that decodes to `..`,
+/// hidden paths and files whose real path is outside the folder, then sets `Cache-Control`.
+/// A [`Middleware`], not `from_fn`, which clones the file server and boxes it on every call:
+/// on the cheapest request there is, that showed (bench/RESULTS.md, "Static files and the
+/// ping before each query").
+#[derive(Clone)]
+struct StaticGuard(Arc<GuardSettings>);
+
+struct GuardSettings {
+    max_age: HeaderValue,
+    root: Option<PathBuf>,
+    hidden: fn(&str) -> bool,
+}
+
+impl Middleware for StaticGuard {
+    fn handle<S>(&self, inner: &mut S, mut req: Request) -> BoxResponseFuture
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let Some(policy) = self.admit(&mut req) else {
+            return Box::pin(std::future::ready(Ok(ApiError::NotFound.into_response())));
+        };
+        let below = inner.call(req);
+        Box::pin(async move {
+            let mut response = below.await?;
+            if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
+                response.headers_mut().insert(header::CACHE_CONTROL, policy);
+            }
+            Ok(response)
+        })
     }
-    let relative = match decoded.strip_prefix("/static/") {
-        Some(relative) => relative.to_owned(),
-        None => "index.html".to_owned(),
-    };
-    let Some(root) = root else {
-        return ApiError::NotFound.into_response();
-    };
-    // Longer than Linux takes (a 255-byte name, a 4096-byte path, with room for `.br`) names
-    // no file; opening it would fail with ENAMETOOLONG, which ServeDir answers with a 500.
-    let too_long =
-        root.as_os_str().len() + relative.len() + 4 >= 4096 || relative.split('/').any(|name| name.len() + 3 > 255);
-    // In a block: a borrow of the request must not live across the `await` below.
-    let inside = !too_long && {
+}
+
+impl StaticGuard {
+    /// The file's `Cache-Control` when it may be served, with the request's path made the one
+    /// ServeDir reads; `None` for a 404.
+    fn admit(&self, req: &mut Request) -> Option<HeaderValue> {
+        let settings = &*self.0;
+        let path = req.uri().path();
+        let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+        if decoded.split(['/', '\\']).any(|segment| segment.starts_with('.')) || (settings.hidden)(path) {
+            return None;
+        }
+        let relative = decoded.strip_prefix("/static/").unwrap_or("index.html");
+        let root = settings.root.as_deref()?;
+        // Longer than Linux takes (a 255-byte name, a 4096-byte path, with room for `.br`) names
+        // no file; opening it would fail with ENAMETOOLONG, which ServeDir answers with a 500.
+        let too_long =
+            root.as_os_str().len() + relative.len() + 4 >= 4096 || relative.split('/').any(|name| name.len() + 3 > 255);
         let accepts = |encoding: &str| mentions(req.headers(), header::ACCEPT_ENCODING, encoding);
         let variants = [("", true), (".br", accepts("br")), (".gz", accepts("gzip"))];
-        resolves_inside(&root, &relative, &variants)
-    };
-    if !inside {
-        return ApiError::NotFound.into_response();
-    }
-    // ServeDir resolves paths relative to STATIC_DIR: hand it `/style.css`, not `/static/style.css`.
-    if let Some(relative) = req
-        .uri()
-        .path_and_query()
-        .and_then(|p| p.as_str().strip_prefix("/static"))
-        && let Ok(uri) = relative.parse()
-    {
-        *req.uri_mut() = uri;
-    }
-    let file_name = decoded.rsplit('/').next().unwrap_or_default().to_owned();
-    let mut response = next.run(req).await;
-    if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
-        let policy = if has_content_hash(&file_name) {
-            IMMUTABLE
-        } else {
-            max_age
+        if too_long || !resolves_inside(root, relative, &variants) {
+            return None;
+        }
+        let file_name = relative.rsplit('/').next().unwrap_or_default();
+        let policy = match has_content_hash(file_name) {
+            true => IMMUTABLE,
+            false => settings.max_age.clone(),
         };
-        response.headers_mut().insert(header::CACHE_CONTROL, policy);
+        // ServeDir resolves paths relative to STATIC_DIR: hand it `/style.css`, not `/static/style.css`.
+        if let Some(relative) = req
+            .uri()
+            .path_and_query()
+            .and_then(|p| p.as_str().strip_prefix("/static"))
+            && let Ok(uri) = relative.parse()
+        {
+            *req.uri_mut() = uri;
+        }
+        Some(policy)
     }
-    response
 }
 
 /// Whether the file `relative` names, with each suffix of `variants` marked served (the ones
@@ -164,10 +188,12 @@ fn mentions(headers: &HeaderMap, name: header::HeaderName, word: &str) -> bool {
 /// `app.3f9a1c2e.css`: a name segment of 8+ hex digits means the content fixes the name,
 /// so the file can be cached for a year.
 fn has_content_hash(file_name: &str) -> bool {
-    let parts: Vec<&str> = file_name.split('.').collect();
-    parts.len() >= 3
-        && parts[1..parts.len() - 1]
-            .iter()
+    let parts = file_name.split('.').count();
+    parts >= 3
+        && file_name
+            .split('.')
+            .skip(1)
+            .take(parts - 2)
             .any(|p| p.len() >= 8 && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 

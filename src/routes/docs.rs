@@ -2,16 +2,13 @@
 //! `/openapi.json` in the browser. Mounted only when `API_DOCS` is on.
 
 use axum::Router;
-use axum::extract::Request;
 use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Redirect;
 use axum::routing::get;
 use tower_http::services::ServeFile;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::state::AppState;
 
 /// The page at `/docs`; its assets are ordinary static files under `/static/docs/`.
@@ -51,17 +48,10 @@ fn page_policy(policy: &str) -> String {
     }
 }
 
-/// With `API_DOCS` off nothing of the reference is served: its assets answer 404 too.
-pub async fn hide_assets(req: Request, next: Next) -> Response {
-    if is_docs_asset(req.uri().path()) {
-        return ApiError::NotFound.into_response();
-    }
-    next.run(req).await
-}
-
 /// Whether `path` names something under `/static/docs/` as the file server reads it:
-/// percent-decoded, with empty and `.` segments skipped.
-fn is_docs_asset(path: &str) -> bool {
+/// percent-decoded, with empty and `.` segments skipped. With `API_DOCS` off nothing of the
+/// reference is served: the static files' guard answers these paths 404 too.
+pub fn is_docs_asset(path: &str) -> bool {
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
     let mut segments = decoded.split('/').filter(|s| !s.is_empty() && *s != ".");
     segments.next() == Some("static") && segments.next() == Some("docs")
