@@ -66,6 +66,15 @@ macro_rules! with_db {
     };
 }
 
+/// A pooled connection used less than this long ago is handed out without a ping first.
+/// sqlx's default pings before every acquire: one more round trip per query on PostgreSQL (a
+/// hop to the connection's thread on SQLite) to ask a connection that answered a moment ago.
+/// sqlx still pings each connection as it goes back to the pool and drops a broken one there,
+/// so what this skips is only the check of a connection that was just fine (HikariCP's
+/// `aliveBypassWindowMs` does the same; bench/RESULTS.md, "Static files and the ping before
+/// each query").
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// The pool settings (docs/configuration.md), the same for both backends.
 fn pool_options<DB: sqlx::Database>(config: &DatabaseConfig) -> PoolOptions<DB> {
     PoolOptions::new()
@@ -74,6 +83,15 @@ fn pool_options<DB: sqlx::Database>(config: &DatabaseConfig) -> PoolOptions<DB> 
         .acquire_timeout(config.acquire_timeout)
         .idle_timeout(config.idle_timeout)
         .max_lifetime(config.max_lifetime)
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 impl Db {

@@ -345,6 +345,40 @@ async fn shutdown_lets_an_in_flight_request_finish_and_readiness_fail() {
     );
 }
 
+/// The server closes the pool's connections while they sit idle, as a pooler's or a managed
+/// database's idle timeout does: the next request still succeeds, because a connection idle
+/// for a second or more is pinged, and replaced, before it is used (docs/operations.md).
+#[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_closed_while_idle_are_replaced_unseen() {
+    use sqlx::Connection;
+    let admin = crate::helpers::postgres_admin();
+    let app = TestApp::spawn(Backend::Postgres(admin.clone())).await;
+    let token = app.signup("idle@example.com").await;
+    assert_eq!(app.get("/api/v1/me", Some(&token)).await.status(), 200);
+
+    let url = url::Url::parse(app.state.config.database.url.expose()).expect("database URL");
+    let database = url.path().trim_start_matches('/').to_owned();
+    let mut server = sqlx::PgConnection::connect(&admin).await.expect("admin connection");
+    let closed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()) AS ended",
+    )
+    .bind(&database)
+    .fetch_one(&mut server)
+    .await
+    .expect("end the app's sessions");
+    assert!(closed >= 1, "the app held at least one connection");
+
+    // Past the idle time after which a connection is checked before use.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..3 {
+        assert_eq!(app.get("/api/v1/me", Some(&token)).await.status(), 200);
+        assert_eq!(app.get("/readyz", None).await.status(), 200);
+    }
+    app.stop().await;
+}
+
 /// PostgreSQL goes away while serving (a proxy in front of it is cut), then comes back.
 #[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
