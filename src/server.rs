@@ -402,6 +402,8 @@ fn spawn_connection<D>(
         let mut shutting_down = false;
         loop {
             tokio::select! {
+                // The connection first: the deadline is read after what it did (`expired`).
+                biased;
                 result = connection.as_mut() => {
                     if let Err(error) = result {
                         note_connection_error(&*error, peer);
@@ -503,7 +505,7 @@ struct Activity {
     idle_since: AtomicU64,
     /// HTTP/2 reads frames (pings, window updates) that are no request head.
     http2: AtomicBool,
-    /// Wakes the watchdog when its deadline moves earlier.
+    /// Wakes the watchdog when an HTTP/2 stream, in a task of its own, has ended.
     changed: Notify,
 }
 
@@ -526,16 +528,13 @@ impl Activity {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Bytes arrived: on an idle HTTP/1 connection they begin the next request head.
+    /// Bytes arrived: on an idle HTTP/1 connection they begin the next request head. Called
+    /// while the connection's task is polled, which looks at the deadline next (`expired`).
     fn bytes_read(&self) {
-        if self.in_flight.load(Ordering::Acquire) == 0
-            && !self.http2.load(Ordering::Relaxed)
-            && self
+        if self.in_flight.load(Ordering::Acquire) == 0 && !self.http2.load(Ordering::Relaxed) {
+            let _ = self
                 .head_since
-                .compare_exchange(NEVER, self.now_ms(), Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            self.changed.notify_one();
+                .compare_exchange(NEVER, self.now_ms(), Ordering::AcqRel, Ordering::Acquire);
         }
     }
 
@@ -570,27 +569,36 @@ impl Activity {
     }
 
     /// Completes when the connection has been silent, half-open, idle or not reading a
-    /// response for too long.
+    /// response for too long. The deadline is worked out again at every poll: on HTTP/1 all
+    /// that moves it happens while the connection's task is polled, and the connection is
+    /// polled just before this (`biased`), so a request costs the task no wake-up of its own.
+    /// HTTP/2 streams run in tasks of their own: a finished one wakes it through `changed`.
     async fn expired(&self, header_timeout: Duration) {
         // One timer for the connection, moved when the deadline does: cheaper than a new one
         // registered, and the old one dropped, twice a request. No wake-up per response frame:
         // while requests are in flight the timer looks at their progress every `header_timeout`.
         let timer = tokio::time::sleep(Duration::MAX);
         let mut timer = std::pin::pin!(timer);
-        loop {
-            let changed = self.changed.notified();
-            let deadline = self.deadline(header_timeout);
-            if deadline <= Instant::now() {
-                return;
+        let changed = self.changed.notified();
+        let mut changed = std::pin::pin!(changed);
+        std::future::poll_fn(|cx| {
+            loop {
+                while changed.as_mut().poll(cx).is_ready() {
+                    changed.set(self.changed.notified());
+                }
+                let deadline = self.deadline(header_timeout);
+                if deadline <= Instant::now() {
+                    return Poll::Ready(());
+                }
+                if timer.deadline() != deadline.into() {
+                    timer.as_mut().reset(deadline.into());
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
             }
-            if timer.deadline() != deadline.into() {
-                timer.as_mut().reset(deadline.into());
-            }
-            tokio::select! {
-                () = timer.as_mut() => {}
-                () = changed => {}
-            }
-        }
+        })
+        .await
     }
 }
 
@@ -612,7 +620,8 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let activity = &self.0;
         activity.idle_since.store(activity.now_ms(), Ordering::Release);
-        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // An HTTP/2 stream ends in a task of its own; on HTTP/1 this runs in the connection's.
+        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 && activity.http2.load(Ordering::Relaxed) {
             activity.changed.notify_one();
         }
     }
