@@ -358,7 +358,9 @@ def main_section(rows, cold, idle, peak, binary_mb, notes):
         "10–60 % between runs on this shared machine.",
         "The invoice rows are a same-work comparison: the baseline serves the same database (migrated by shipshape: "
         "same schema and indexes), verifies the same HS256 token, runs shipshape's keyset query and answers the "
-        "same JSON (bench.py checks the two lists are equal), with the same pool size. Its create runs shipshape's "
+        "same JSON (bench.py checks the two lists are equal), with the same pool size; its pool keeps sqlx's default "
+        "ping before every acquire, where shipshape's pings only a connection idle for a second or more. Its create "
+        "runs shipshape's "
         "SQL word for word: the insert and the owner's aggregates row (`user_stats_shards`) in one call to the "
         "database (one statement on PostgreSQL, one transaction in one call on SQLite), without shipshape's input "
         "rules or its SQLite writer queue. The create "

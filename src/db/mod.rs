@@ -70,9 +70,9 @@ macro_rules! with_db {
 /// sqlx's default pings before every acquire: one more round trip per query on PostgreSQL (a
 /// hop to the connection's thread on SQLite) to ask a connection that answered a moment ago.
 /// sqlx still pings each connection as it goes back to the pool and drops a broken one there,
-/// so what this skips is only the check of a connection that was just fine (HikariCP's
-/// `aliveBypassWindowMs` does the same; bench/RESULTS.md, "Static files and the ping before
-/// each query").
+/// so what this skips is a second check of a connection that passed one less than this long
+/// ago. HikariCP's `aliveBypassWindowMs` does the same (bench/RESULTS.md, "Static files and
+/// the ping before each query").
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// The pool settings (docs/configuration.md), the same for both backends.
