@@ -123,9 +123,8 @@ impl StaticGuard {
 
 /// Whether the file `relative` names, with each suffix of `variants` marked served (the ones
 /// ServeDir may open for this client: a `.br`/`.gz` sibling only for one that names the
-/// encoding), really lives
-/// under `root` once symlinks are resolved: a link planted in the folder must not serve
-/// `/etc/passwd`. A name that cannot be looked at for a reason other than being absent (a link
+/// encoding), really lives under `root` once symlinks are resolved: a link planted in the
+/// folder must not serve `/etc/passwd`. A name that cannot be looked at for a reason other than being absent (a link
 /// loop, a file used as a folder) is refused too. It costs one `lstat` per folder on the way
 /// and per variant, on this thread: a few system calls on a local folder cost less than the
 /// hop to the blocking pool they used to take (bench/RESULTS.md, "Performance of 2026-12-07").
