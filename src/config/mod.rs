@@ -49,7 +49,7 @@ pub struct Settings {
     /// Used by `migrate` alone when set: the provider's direct URL that bypasses a pooler [default: unset]
     #[arg(long, env = "DATABASE_DIRECT_URL", global = true, hide_env_values = true)]
     pub database_direct_url: Option<String>,
-    /// Largest pool size [default: 10]
+    /// Largest pool size; SQLite writes use one more connection of their own [default: 10]
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", global = true)]
     pub database_max_connections: Option<String>,
     /// Connections kept open when idle [default: 0]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::PgPool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 
 use crate::config::DatabaseConfig;
 use crate::config::postgres::connect_options;
@@ -53,7 +53,12 @@ pub enum Db {
 /// instead of in SQLite's busy handler, which sleeps 1, 2, 5, 10... ms between attempts and
 /// leaves the lock idle meanwhile (under a burst of writes: lower throughput, a long p99 tail).
 /// Other processes (`shipshape migrate`) still meet the busy timeout.
-pub type WriterQueue = Arc<tokio::sync::Mutex<()>>;
+///
+/// The writer keeps a connection of its own, opened at the first write, beside the pool: a
+/// write neither acquires a pooled connection nor gives one back (sqlx pings each connection
+/// given back, one more hop to its thread), and its prepared statements stay cached
+/// (bench/RESULTS.md, "The writer's own connection").
+pub type WriterQueue = Arc<tokio::sync::Mutex<Option<SqliteConnection>>>;
 
 /// Runs the same expression against whichever pool is live: `with_db!(db, pool => query.fetch_one(pool))`.
 #[macro_export]
@@ -164,7 +169,18 @@ impl Db {
     }
 
     pub async fn close(&self) {
-        with_db!(self, pool => pool.close().await);
+        match self {
+            Db::Postgres(pool) => pool.close().await,
+            Db::Sqlite(pool, writers) => {
+                pool.close().await;
+                // Last: the last connection to close folds the write-ahead log into the file.
+                if let Some(connection) = writers.lock().await.take()
+                    && let Err(error) = sqlx::Connection::close(connection).await
+                {
+                    tracing::warn!(%error, "closing the SQLite writer's connection failed");
+                }
+            }
+        }
     }
 }
 
@@ -228,11 +244,8 @@ pub fn rfc3339(micros: i64) -> String {
 /// (an early return, an error) rolls it back.
 pub enum Tx {
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
-    /// With its turn in the [`WriterQueue`], given back when the transaction ends.
-    Sqlite(
-        sqlx::Transaction<'static, sqlx::Sqlite>,
-        tokio::sync::OwnedMutexGuard<()>,
-    ),
+    /// On the writer's connection, for its turn in the [`WriterQueue`].
+    Sqlite(WriterTurn),
 }
 
 /// Runs the same expression on a transaction's connection, whichever database it is on:
@@ -242,34 +255,102 @@ macro_rules! with_tx {
     ($tx:expr, $conn:ident => $body:expr) => {
         match $tx {
             $crate::db::Tx::Postgres($conn) => $body,
-            $crate::db::Tx::Sqlite($conn, _) => $body,
+            $crate::db::Tx::Sqlite($conn) => $body,
         }
     };
 }
 
 impl Db {
     /// Starts a transaction. SQLite's is `BEGIN IMMEDIATE`: taking the write lock up front
-    /// avoids "database is locked" when two deferred transactions both try to upgrade.
+    /// avoids "database is locked" when another process's deferred transaction upgrades too.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
             Db::Sqlite(pool, writers) => {
-                let turn = writer_turn(pool, writers).await?;
-                Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, turn)
+                let mut turn = WriterTurn::take(pool, writers).await?;
+                sqlx::query("BEGIN IMMEDIATE").execute(turn.opening()).await?;
+                Tx::Sqlite(turn)
             }
         })
     }
 }
 
-/// This process's turn at SQLite's one writer, waited for in order; the wait is bounded as
-/// acquiring a connection is.
-async fn writer_turn(
-    pool: &SqlitePool,
-    writers: &WriterQueue,
-) -> Result<tokio::sync::OwnedMutexGuard<()>, sqlx::Error> {
-    tokio::time::timeout(pool.options().get_acquire_timeout(), Arc::clone(writers).lock_owned())
-        .await
-        .map_err(|_| sqlx::Error::PoolTimedOut)
+/// This process's turn at SQLite's one writer, and the writer's connection for it. A turn
+/// that ends inside a transaction (a [`Tx`] dropped without commit, a failed or cancelled
+/// call) rolls it back before the next turn begins, so no open transaction reaches the next
+/// write; a connection that cannot roll back is closed, and the next turn opens another.
+pub struct WriterTurn {
+    /// `None` only once dropped.
+    held: Option<tokio::sync::OwnedMutexGuard<Option<SqliteConnection>>>,
+    in_transaction: bool,
+}
+
+const HELD: &str = "a writer's turn holds its connection until it ends";
+
+impl WriterTurn {
+    /// Waits for the turn, in order, bounded as acquiring a pooled connection is.
+    pub async fn take(pool: &SqlitePool, writers: &WriterQueue) -> Result<WriterTurn, sqlx::Error> {
+        let take = async {
+            let mut held = Arc::clone(writers).lock_owned().await;
+            if held.is_none() {
+                *held = Some(sqlx::ConnectOptions::connect(&*pool.connect_options()).await?);
+            }
+            Ok(WriterTurn {
+                held: Some(held),
+                in_transaction: false,
+            })
+        };
+        tokio::time::timeout(pool.options().get_acquire_timeout(), take)
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+    }
+
+    /// The connection, for a call that opens a transaction: from here until [`Self::committed`],
+    /// the end of the turn rolls back.
+    pub fn opening(&mut self) -> &mut SqliteConnection {
+        self.in_transaction = true;
+        self
+    }
+
+    /// The transaction opened ended with its `COMMIT`.
+    pub fn committed(&mut self) {
+        self.in_transaction = false;
+    }
+}
+
+impl std::ops::Deref for WriterTurn {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        self.held.as_ref().and_then(|held| held.as_ref()).expect(HELD)
+    }
+}
+
+impl std::ops::DerefMut for WriterTurn {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.held.as_mut().and_then(|held| held.as_mut()).expect(HELD)
+    }
+}
+
+impl Drop for WriterTurn {
+    /// Inside a transaction: the rollback runs in a task that keeps the turn until it is done.
+    /// Without a runtime to run it (the process is ending), closing the connection rolls back.
+    fn drop(&mut self) {
+        let Some(mut held) = self.held.take().filter(|_| self.in_transaction) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            *held = None;
+            return;
+        };
+        runtime.spawn(async move {
+            if let Some(connection) = held.as_mut()
+                && sqlx::query("ROLLBACK").execute(connection).await.is_err()
+            {
+                *held = None;
+            }
+        });
+    }
 }
 
 /// Runs one write statement, `$conn` its executor: on PostgreSQL straight on the pool (a
@@ -301,9 +382,9 @@ macro_rules! with_write {
 /// shortest hold of SQLite's one writer lock, one round trip on PostgreSQL (docs/code-layout.md,
 /// "Writes in one call"). The SQL differs per database, so pick it by matching the [`Db`]:
 /// on PostgreSQL one statement (a data-modifying `WITH` is its own transaction), run on the
-/// pool; on SQLite `BEGIN IMMEDIATE; ...; COMMIT` in one text, run by [`SqliteWrite`] on a
-/// connection that holds the writer's turn. Fetch with `fetch_all`: `fetch_one` stops SQLite
-/// at the first row, before the `COMMIT`.
+/// pool; on SQLite `BEGIN IMMEDIATE; ...; COMMIT` in one text, run on the writer's connection
+/// in its turn ([`WriterTurn`]), which rolls back what a failed call left open. Fetch with
+/// `fetch_all`: `fetch_one` stops SQLite at the first row, before the `COMMIT`.
 #[macro_export]
 macro_rules! with_one_write_call {
     ($db:expr, $conn:ident => $body:expr) => {
@@ -312,13 +393,15 @@ macro_rules! with_one_write_call {
                 let $conn = pool;
                 $body
             }
-            $crate::db::Db::Sqlite(pool, writers) => match $crate::db::SqliteWrite::start(pool, writers).await {
-                Ok(mut write) => {
+            $crate::db::Db::Sqlite(pool, writers) => match $crate::db::WriterTurn::take(pool, writers).await {
+                Ok(mut turn) => {
                     let done = {
-                        let $conn = write.connection();
+                        let $conn = turn.opening();
                         $body
                     };
-                    write.finish(done.is_ok()).await;
+                    if done.is_ok() {
+                        turn.committed();
+                    }
                     done
                 }
                 Err(error) => Err(error),
@@ -327,48 +410,16 @@ macro_rules! with_one_write_call {
     };
 }
 
-/// A SQLite connection holding the writer's turn for one `BEGIN IMMEDIATE; ...; COMMIT` call
-/// ([`with_one_write_call!`]). SQLite stops at a failing statement, so the transaction can
-/// still be open after the call: it must not reach the next user of the connection.
-pub struct SqliteWrite {
-    connection: sqlx::pool::PoolConnection<sqlx::Sqlite>,
-    finished: bool,
-    _turn: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl SqliteWrite {
-    pub async fn start(pool: &SqlitePool, writers: &WriterQueue) -> Result<SqliteWrite, sqlx::Error> {
-        let turn = writer_turn(pool, writers).await?;
-        Ok(SqliteWrite {
-            connection: pool.acquire().await?,
-            finished: false,
-            _turn: turn,
-        })
-    }
-
-    pub fn connection(&mut self) -> &mut sqlx::SqliteConnection {
-        &mut self.connection
-    }
-
-    /// After a failed call, rolls back what it began; a connection that cannot is closed.
-    pub async fn finish(mut self, succeeded: bool) {
-        self.finished = succeeded || sqlx::raw_sql("ROLLBACK").execute(&mut *self.connection).await.is_ok();
-    }
-}
-
-impl Drop for SqliteWrite {
-    /// Unfinished (the request was cancelled mid-call, or the rollback failed): closing the
-    /// connection rolls back whatever it left open.
-    fn drop(&mut self) {
-        if !self.finished {
-            self.connection.close_on_drop();
-        }
-    }
-}
-
 impl Tx {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        with_tx!(self, tx => tx.commit().await)
+        match self {
+            Tx::Postgres(tx) => tx.commit().await,
+            Tx::Sqlite(mut turn) => {
+                sqlx::query("COMMIT").execute(&mut *turn).await?;
+                turn.committed();
+                Ok(())
+            }
+        }
     }
 }
 

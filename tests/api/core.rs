@@ -379,6 +379,45 @@ async fn connections_closed_while_idle_are_replaced_unseen() {
     app.stop().await;
 }
 
+/// SQLite's writes take turns on one connection kept for them (docs/code-layout.md, "Writes in
+/// one call"). A turn that ends inside a transaction (a `Tx` dropped without commit, as by an
+/// early return or a cancelled request; a call of several statements that fails half-way) is
+/// rolled back before the next turn, on the same connection, which goes on serving.
+#[tokio::test]
+async fn a_write_turn_left_inside_a_transaction_is_rolled_back_before_the_next() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let db = &app.state.db;
+    let run = |sql: &'static str| async move {
+        let mut tx = db.begin().await.expect("the writer's turn");
+        shipshape::with_tx!(&mut tx, conn => sqlx::raw_sql(sql).execute(&mut **conn).await.map(drop)).expect(sql);
+        tx
+    };
+    // A temporary table lives as long as its connection: it shows the writer's is the same.
+    run("CREATE TEMP TABLE marks (n INTEGER)").await.commit().await.unwrap();
+    drop(run("INSERT INTO marks VALUES (1)").await);
+
+    let failed: Result<_, sqlx::Error> = shipshape::with_one_write_call!(db, conn => {
+        sqlx::raw_sql("BEGIN IMMEDIATE; INSERT INTO marks VALUES (2); SELECT * FROM no_such_table; COMMIT")
+            .execute(conn)
+            .await
+            .map(drop)
+    });
+    assert!(failed.is_err(), "the call stops at the missing table");
+
+    // Inside a transaction still, this would fail: SQLite cannot begin one in another.
+    let mut tx = run("INSERT INTO marks VALUES (3)").await;
+    let marks: Vec<i64> = shipshape::with_tx!(&mut tx, conn => {
+        sqlx::query_scalar("SELECT n FROM marks").fetch_all(&mut **conn).await.expect("the marks")
+    });
+    assert_eq!(
+        marks,
+        [3],
+        "both unfinished writes were rolled back, on the same connection"
+    );
+    tx.commit().await.unwrap();
+    app.stop().await;
+}
+
 /// PostgreSQL goes away while serving (a proxy in front of it is cut), then comes back.
 #[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
