@@ -57,8 +57,16 @@ pub enum Db {
 /// The writer keeps a connection of its own, opened at the first write, beside the pool: a
 /// write neither acquires a pooled connection nor gives one back (sqlx pings each connection
 /// given back, one more hop to its thread), and its prepared statements stay cached
-/// (bench/RESULTS.md, "The writer's own connection").
-pub type WriterQueue = Arc<tokio::sync::Mutex<Option<SqliteConnection>>>;
+/// (bench/RESULTS.md, "The writer's own connection"). Like a pooled one, it is replaced once
+/// older than `DATABASE_MAX_LIFETIME_SECS`.
+pub type WriterQueue = Arc<tokio::sync::Mutex<Option<WriterConnection>>>;
+
+/// The writer's connection, and when it was opened.
+#[derive(Debug)]
+pub struct WriterConnection {
+    connection: SqliteConnection,
+    opened: std::time::Instant,
+}
 
 /// Runs the same expression against whichever pool is live: `with_db!(db, pool => query.fetch_one(pool))`.
 #[macro_export]
@@ -174,8 +182,8 @@ impl Db {
             Db::Sqlite(pool, writers) => {
                 pool.close().await;
                 // Last: the last connection to close folds the write-ahead log into the file.
-                if let Some(connection) = writers.lock().await.take()
-                    && let Err(error) = sqlx::Connection::close(connection).await
+                if let Some(writer) = writers.lock().await.take()
+                    && let Err(error) = sqlx::Connection::close(writer.connection).await
                 {
                     tracing::warn!(%error, "closing the SQLite writer's connection failed");
                 }
@@ -281,7 +289,7 @@ impl Db {
 /// write; a connection that cannot roll back is closed, and the next turn opens another.
 pub struct WriterTurn {
     /// `None` only once dropped.
-    held: Option<tokio::sync::OwnedMutexGuard<Option<SqliteConnection>>>,
+    held: Option<tokio::sync::OwnedMutexGuard<Option<WriterConnection>>>,
     in_transaction: bool,
 }
 
@@ -292,8 +300,18 @@ impl WriterTurn {
     pub async fn take(pool: &SqlitePool, writers: &WriterQueue) -> Result<WriterTurn, sqlx::Error> {
         let take = async {
             let mut held = Arc::clone(writers).lock_owned().await;
+            let max_lifetime = pool.options().get_max_lifetime();
+            if held
+                .as_ref()
+                .is_some_and(|writer| max_lifetime.is_some_and(|max| writer.opened.elapsed() > max))
+            {
+                *held = None;
+            }
             if held.is_none() {
-                *held = Some(sqlx::ConnectOptions::connect(&*pool.connect_options()).await?);
+                *held = Some(WriterConnection {
+                    connection: sqlx::ConnectOptions::connect(&*pool.connect_options()).await?,
+                    opened: std::time::Instant::now(),
+                });
             }
             Ok(WriterTurn {
                 held: Some(held),
@@ -322,13 +340,21 @@ impl std::ops::Deref for WriterTurn {
     type Target = SqliteConnection;
 
     fn deref(&self) -> &SqliteConnection {
-        self.held.as_ref().and_then(|held| held.as_ref()).expect(HELD)
+        self.held
+            .as_ref()
+            .and_then(|held| held.as_ref())
+            .map(|writer| &writer.connection)
+            .expect(HELD)
     }
 }
 
 impl std::ops::DerefMut for WriterTurn {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        self.held.as_mut().and_then(|held| held.as_mut()).expect(HELD)
+        self.held
+            .as_mut()
+            .and_then(|held| held.as_mut())
+            .map(|writer| &mut writer.connection)
+            .expect(HELD)
     }
 }
 
@@ -344,8 +370,8 @@ impl Drop for WriterTurn {
             return;
         };
         runtime.spawn(async move {
-            if let Some(connection) = held.as_mut()
-                && sqlx::query("ROLLBACK").execute(connection).await.is_err()
+            if let Some(writer) = held.as_mut()
+                && sqlx::query("ROLLBACK").execute(&mut writer.connection).await.is_err()
             {
                 *held = None;
             }

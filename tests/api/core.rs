@@ -418,6 +418,34 @@ async fn a_write_turn_left_inside_a_transaction_is_rolled_back_before_the_next()
     app.stop().await;
 }
 
+/// The writer's connection is replaced once older than `DATABASE_MAX_LIFETIME_SECS`, as a
+/// pooled one is (a database file swapped under a running server is not written through an old
+/// handle forever).
+#[tokio::test]
+async fn the_writers_connection_is_replaced_past_its_max_lifetime() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.database.max_lifetime = Duration::from_secs(2)).await;
+    let db = &app.state.db;
+    let has_marks = || async {
+        let mut tx = db.begin().await.expect("the writer's turn");
+        let found: i64 = shipshape::with_tx!(&mut tx, conn => {
+            sqlx::query_scalar("SELECT count(*) FROM sqlite_temp_master WHERE name = 'marks'")
+                .fetch_one(&mut **conn)
+                .await
+                .expect("the temporary tables")
+        });
+        tx.commit().await.unwrap();
+        found == 1
+    };
+    let mut tx = db.begin().await.unwrap();
+    shipshape::with_tx!(&mut tx, conn => sqlx::raw_sql("CREATE TEMP TABLE marks (n INTEGER)").execute(&mut **conn).await.map(drop))
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(has_marks().await, "the same connection, within its lifetime");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert!(!has_marks().await, "another connection, past it");
+    app.stop().await;
+}
+
 /// PostgreSQL goes away while serving (a proxy in front of it is cut), then comes back.
 #[cfg_attr(not(test_postgres), ignore = "needs TEST_DATABASE_URL (a PostgreSQL server)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
