@@ -258,6 +258,17 @@ async fn no_secret_reaches_any_log_line() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Read while it runs: debug lines fill a pipe's buffer, and a log writer blocked on a full
+    // pipe loses the lines it holds at exit.
+    let read_all = |mut from: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            from.read_to_string(&mut text).unwrap();
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -353,10 +364,7 @@ async fn no_secret_reaches_any_log_line() {
         .unwrap();
     let output = tokio::task::spawn_blocking(move || {
         let status = child.wait().unwrap();
-        let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-        child.stderr.take().unwrap().read_to_string(&mut out).unwrap();
-        (status, out)
+        (status, stdout.join().unwrap() + &stderr.join().unwrap())
     })
     .await
     .unwrap();
